@@ -1,0 +1,54 @@
+"""Shared test fixtures: where the golden fixtures and the sample data live.
+
+``ISEGFORMER_GOLDEN`` (default ../shared/golden) holds arrays computed by the reference code;
+``ISEGFORMER_DATA`` (default ../shared/data) holds real sample volumes. Tests that need either
+skip with a clear message only when the folder is absent.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _folder(env_var: str, default: Path) -> Path:
+    value = os.environ.get(env_var)
+    return Path(value).expanduser().resolve() if value else default.resolve()
+
+
+GOLDEN_DIR = _folder("ISEGFORMER_GOLDEN", PROJECT_ROOT.parent / "shared" / "golden")
+DATA_DIR = _folder("ISEGFORMER_DATA", PROJECT_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN_DIR.is_dir():
+        pytest.skip(
+            f"golden fixtures not found at {GOLDEN_DIR}: set ISEGFORMER_GOLDEN to the folder "
+            "of reference fixtures (shared/golden) to run the fidelity tests"
+        )
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(
+            f"sample data not found at {DATA_DIR}: set ISEGFORMER_DATA to the sample "
+            "volumes folder (shared/data) to run these tests"
+        )
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def weights_formula(golden_dir: Path):
+    """The golden set's own numpy weight generator (fill(manifest) -> {key: array})."""
+    path = golden_dir / "weights_formula.py"
+    spec = importlib.util.spec_from_file_location("golden_weights_formula", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
