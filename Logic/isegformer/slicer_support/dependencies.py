@@ -1,0 +1,86 @@
+"""Which Python packages the Slicer module needs, and which of them are missing or unsupported.
+
+Versions get a floor and a cap below the next major version, never an exact pin, so that the
+module shares Slicer's Python with other extensions. torch is listed separately: in Slicer it is
+installed by the PyTorch extension (which picks the CUDA build that matches the driver), the rest
+with Slicer's pip.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Iterable, Optional
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """``name>=floor,<cap``; ``module`` is the import name when it differs from the distribution."""
+
+    name: str
+    floor: str
+    cap: str
+    module: str = ""
+
+    @property
+    def specifier(self) -> str:
+        return f"{self.name}>={self.floor},<{self.cap}"
+
+
+#: installed by the PyTorch extension (PyTorchUtils), never by pip directly
+TORCH = Requirement("torch", "2.1", "3")
+
+#: installed with Slicer's pip after asking the user; numpy, vtk and requests ship with Slicer
+PIP_REQUIREMENTS: tuple[Requirement, ...] = (
+    Requirement("timm", "0.9", "2"),
+    Requirement("SimpleITK", "2.2", "3"),
+    Requirement("scikit-image", "0.21", "1", module="skimage"),
+    Requirement("tqdm", "4.60", "5"),
+)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """Leading numeric components of a version ("2.3.1+cu121" -> (2, 3, 1))."""
+    parts = []
+    for piece in version.split("."):
+        match = re.match(r"\d+", piece)
+        if not match:
+            break
+        parts.append(int(match.group()))
+        if match.end() != len(piece):
+            break
+    return tuple(parts)
+
+
+def satisfies(version: str, requirement: Requirement) -> bool:
+    """Whether ``version`` is within ``[floor, cap)`` (pre-release tags are ignored)."""
+    value = _version_tuple(version)
+    return bool(value) and _version_tuple(requirement.floor) <= value < _version_tuple(requirement.cap)
+
+
+def installed_version(name: str, lookup: Callable[[str], str] = metadata.version) -> Optional[str]:
+    try:
+        return lookup(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def unmet(
+    requirements: Iterable[Requirement], lookup: Callable[[str], str] = metadata.version
+) -> list[tuple[Requirement, Optional[str]]]:
+    """The requirements that are missing (version None) or installed outside their range."""
+    problems = []
+    for requirement in requirements:
+        version = installed_version(requirement.name, lookup)
+        if version is None or not satisfies(version, requirement):
+            problems.append((requirement, version))
+    return problems
+
+
+def describe(problems: Iterable[tuple[Requirement, Optional[str]]]) -> str:
+    """One line per problem, for the confirmation dialog."""
+    lines = []
+    for requirement, version in problems:
+        state = "not installed" if version is None else f"version {version} installed"
+        lines.append(f"- {requirement.specifier} ({state})")
+    return "\n".join(lines)
