@@ -1,0 +1,88 @@
+"""Label maps as NIfTI, NRRD or MetaImage files, on the volume's grid (SimpleITK does the format).
+
+A label map is a (k, j, i) integer array: 0 is background, segment ``n`` has its label value.
+It is written with the volume's exact geometry, so Slicer and ITK tools overlay it in place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FileFormatError, InvalidInputError
+from ..volume import Volume
+from ..volume.image_io import read_label_map as _read_on_grid
+from .atomic import atomic_write
+from .seg_nrrd import read_seg_nrrd
+
+log = logging.getLogger(__name__)
+
+LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volume) -> Path:
+    """Write ``labels`` (k, j, i) with ``reference``'s geometry; the suffix picks the format.
+
+    uint8 when every value fits, else uint16. Written atomically; returns the path.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith(LABEL_MAP_SUFFIXES) or name.endswith(".seg.nrrd"):
+        raise InvalidInputError(
+            f"Cannot write a label map to {path.name}: use .nii.gz, .nii, .nrrd or .mha "
+            "(or save_segmentation for a Slicer .seg.nrrd)."
+        )
+    labels = np.asarray(labels)
+    if labels.shape != reference.shape:
+        raise InvalidInputError(
+            f"The label map has shape {labels.shape} but the volume {reference.shape}."
+        )
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InvalidInputError(f"A label map holds integers, got dtype {labels.dtype}.")
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        raise InvalidInputError("Label values must lie in 0..65535.")
+    dtype = np.uint8 if (labels.size == 0 or labels.max() <= 255) else np.uint16
+    image = reference.to_sitk(labels.astype(dtype, copy=False))
+    with atomic_write(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as err:
+            raise OSError(str(err).strip().splitlines()[-1]) from err
+    log.info("Wrote a label map %s to %s", labels.shape, path)
+    return path
+
+
+def read_label_map(path: str | os.PathLike, reference: Volume) -> np.ndarray:
+    """Read a label map (any SimpleITK format, or a ``.seg.nrrd``) that lies on ``reference``'s grid.
+
+    Returns a (k, j, i) integer array. A ``.seg.nrrd`` gives segment ``n`` (file order) the
+    value ``n + 1``. A file on another grid raises InvalidInputError.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"No such label file: {path}.")
+    if path.name.lower().endswith(".seg.nrrd"):
+        segmentation = read_seg_nrrd(path)
+        on_grid = Volume(segmentation.label_map(), segmentation.ijk_to_ras)
+        try:
+            reference.check_label_map(on_grid)
+        except InvalidInputError as err:
+            raise InvalidInputError(f"{path.name}: {err}") from err
+        return on_grid.array
+    label = _read_on_grid(path, reference)
+    array = label.array
+    if not np.issubdtype(array.dtype, np.integer):
+        # Label maps are sometimes stored as floats (BraTS does): accept whole numbers only.
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise FileFormatError(
+                f"{path.name} holds fractional values; a label map holds whole numbers 0, 1, 2, ..."
+            )
+        array = rounded.astype(np.int32)
+    return array

@@ -1,0 +1,227 @@
+"""`.seg.nrrd` files: what we write must read back in slicerio (Slicer's own reader logic) with
+the right geometry, names, colours and label values, and we must read Slicer's files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isegformer.errors import FileFormatError, InvalidInputError
+from isegformer.output.atomic import OutputPathError
+from isegformer.output.seg_nrrd import SegmentInfo, read_seg_nrrd, write_seg_nrrd
+from isegformer.volume import read_volume
+
+slicerio = pytest.importorskip("slicerio")
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def oblique_ijk_to_ras() -> np.ndarray:
+    """A rotated, anisotropic grid, so that no axis or sign mix-up can pass unnoticed."""
+    angle = np.deg2rad(20.0)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
+    permute = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ permute @ np.diag([0.5, 0.75, 2.0])
+    matrix[:3, 3] = [12.5, -30.25, 7.0]
+    return matrix
+
+
+def blob_masks(shape=(6, 9, 11)):
+    rng = np.random.default_rng(3)
+    first = np.zeros(shape, bool)
+    first[1:4, 2:6, 3:9] = True
+    second = np.zeros(shape, bool)
+    second[3:6, 6:9, 0:3] = True
+    third = rng.random(shape) > 0.7  # overlaps both
+    return first, second, third
+
+
+def slicerio_mask_kji(segmentation, name):
+    # slicerio (through pynrrd) gives (i, j, k) arrays
+    return np.transpose(slicerio.segment_mask(segmentation, name), (2, 1, 0))
+
+
+def test_slicerio_reads_our_geometry_names_colours_and_masks(tmp_path):
+    first, second, _ = blob_masks()
+    matrix = oblique_ijk_to_ras()
+    infos = [
+        SegmentInfo("femur", (0.9, 0.1, 0.2), label_value=1),
+        SegmentInfo("femoral cartilage", (0.2, 0.6, 1.0), label_value=7, tags={"Segmentation.Status": "inprogress"}),
+    ]
+    path = write_seg_nrrd(tmp_path / "two.seg.nrrd", [first, second], infos, matrix)
+
+    seg = slicerio.read_segmentation(str(path))
+    np.testing.assert_allclose(LPS_TO_RAS @ seg["ijkToLPS"], matrix, atol=1e-12)
+    assert seg["voxels"].shape == first.shape[::-1]  # one shared layer: a 3D file
+    assert [s["name"] for s in seg["segments"]] == ["femur", "femoral cartilage"]
+    assert [s["labelValue"] for s in seg["segments"]] == [1, 7]
+    np.testing.assert_allclose(seg["segments"][0]["color"], [0.9, 0.1, 0.2], atol=1e-6)
+    np.testing.assert_allclose(seg["segments"][1]["color"], [0.2, 0.6, 1.0], atol=1e-6)
+    assert seg["segments"][1]["status"] == "inprogress"
+    assert seg["masterRepresentation"] == "Binary labelmap"
+    assert seg["containedRepresentationNames"] == ["Binary labelmap"]
+    assert seg["referenceImageExtentOffset"] == [0, 0, 0]
+    np.testing.assert_array_equal(slicerio_mask_kji(seg, "femur"), first)
+    np.testing.assert_array_equal(slicerio_mask_kji(seg, "femoral cartilage"), second)
+
+    # Slicer's extent: imin imax jmin jmax kmin kmax of the voxels present
+    k, j, i = np.nonzero(second)
+    assert seg["segments"][1]["extent"] == [i.min(), i.max(), j.min(), j.max(), k.min(), k.max()]
+
+
+def test_overlapping_segments_go_to_layers_and_read_back(tmp_path):
+    masks = blob_masks()
+    infos = [SegmentInfo(f"s{n}", (0.1 * n, 0.5, 0.5), label_value=n + 1) for n in range(3)]
+    path = write_seg_nrrd(tmp_path / "overlap.seg.nrrd", masks, infos, oblique_ijk_to_ras())
+
+    seg = slicerio.read_segmentation(str(path))
+    assert seg["voxels"].ndim == 4  # overlapping segments need a second layer
+    layers = [s["layer"] for s in seg["segments"]]
+    assert layers[0] == layers[1] != layers[2]  # the disjoint ones share a layer
+    for n, mask in enumerate(masks):
+        np.testing.assert_array_equal(slicerio_mask_kji(seg, f"s{n}"), mask)
+
+    ours = read_seg_nrrd(path)
+    np.testing.assert_allclose(ours.ijk_to_ras, oblique_ijk_to_ras(), atol=1e-12)
+    assert [s.name for s in ours.segments] == ["s0", "s1", "s2"]
+    for n, mask in enumerate(masks):
+        np.testing.assert_array_equal(ours.mask(n), mask)
+
+
+def test_empty_segment_has_slicers_empty_extent(tmp_path):
+    first, _, _ = blob_masks()
+    empty = np.zeros_like(first)
+    path = write_seg_nrrd(
+        tmp_path / "e.seg.nrrd", [first, empty], [SegmentInfo("a"), SegmentInfo("b", label_value=2)], np.eye(4)
+    )
+    seg = slicerio.read_segmentation(str(path))
+    assert seg["segments"][1]["extent"] == [0, -1, 0, -1, 0, -1]
+    assert not slicerio_mask_kji(seg, "b").any()
+
+
+def test_we_read_segmentations_slicer_wrote():
+    data = Path(slicerio.__file__).parent / "data"
+    files = [data / "Segmentation.seg.nrrd", data / "SegmentationOverlapping.seg.nrrd"]
+    if not all(f.exists() for f in files):
+        pytest.skip("slicerio's sample segmentations are not installed")
+    for file in files:
+        theirs = slicerio.read_segmentation(str(file))
+        ours = read_seg_nrrd(file)
+        np.testing.assert_allclose(ours.ijk_to_ras, LPS_TO_RAS @ theirs["ijkToLPS"], atol=1e-9)
+        assert [s.name for s in ours.segments] == [s["name"] for s in theirs["segments"]]
+        for info in theirs["segments"]:
+            np.testing.assert_array_equal(ours.mask(info["id"]), slicerio_mask_kji(theirs, info["id"]))
+            assert ours.segments[ours.index(info["id"])].label_value == info["labelValue"]
+
+
+def test_we_read_what_slicerio_writes(tmp_path):
+    first, second, _ = blob_masks()
+    voxels = (first * 1 + second * 2).astype(np.uint8)
+    ijk_to_lps = np.diag([-0.5, -0.5, 3.0, 1.0])
+    ijk_to_lps[:3, 3] = [10, 20, 30]
+    segmentation = slicerio.create_segmentation(voxels.shape[::-1], ijk_to_lps)
+    segmentation["voxels"] = np.transpose(voxels, (2, 1, 0))
+    segmentation["segments"] = [
+        {"id": "Segment_1", "name": "liver", "labelValue": 1, "color": [1.0, 0.0, 0.0]},
+        {"id": "Segment_2", "name": "spleen", "labelValue": 2, "color": [0.0, 0.0, 1.0]},
+    ]
+    slicerio.write_segmentation(str(tmp_path / "s.seg.nrrd"), segmentation)
+
+    ours = read_seg_nrrd(tmp_path / "s.seg.nrrd")
+    np.testing.assert_allclose(ours.ijk_to_ras, LPS_TO_RAS @ ijk_to_lps)
+    np.testing.assert_array_equal(ours.mask("liver"), first)
+    np.testing.assert_array_equal(ours.mask("spleen"), second)
+    assert ours.segments[1].color == (0.0, 0.0, 1.0)
+
+
+@pytest.mark.data
+def test_geometry_of_a_real_volume_matches_simpleitk(tmp_path, data_dir):
+    """The file's grid is the volume's grid, as SimpleITK (another reader) sees it."""
+    import SimpleITK as sitk
+
+    volume = read_volume(data_dir / "radiomics_brain" / "brain1_image.nrrd")
+    label = read_volume(data_dir / "radiomics_brain" / "brain1_label.nrrd").array > 0
+    path = write_seg_nrrd(tmp_path / "brain.seg.nrrd", [label], [SegmentInfo("tumour")], volume.ijk_to_ras)
+
+    image = sitk.ReadImage(str(path))
+    reference = sitk.ReadImage(str(data_dir / "radiomics_brain" / "brain1_image.nrrd"))
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image) > 0, label)
+
+
+def test_not_a_nrrd_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.seg.nrrd"
+    path.write_text("hello")
+    with pytest.raises(FileFormatError, match="not a NRRD"):
+        read_seg_nrrd(path)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    first, _, _ = blob_masks()
+    path = write_seg_nrrd(tmp_path / "t.seg.nrrd", [first], [SegmentInfo("a")], np.eye(4), compress=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(FileFormatError, match="truncated"):
+        read_seg_nrrd(path)
+
+
+def test_masks_on_different_grids_are_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="same grid"):
+        write_seg_nrrd(
+            tmp_path / "x.seg.nrrd",
+            [np.zeros((2, 3, 4), bool), np.zeros((2, 3, 5), bool)],
+            [SegmentInfo("a"), SegmentInfo("b", label_value=2)],
+            np.eye(4),
+        )
+    assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_unwritable_path_leaves_the_old_file(tmp_path):
+    first, _, _ = blob_masks()
+    with pytest.raises(OutputPathError, match="does not exist"):
+        write_seg_nrrd(tmp_path / "missing" / "x.seg.nrrd", [first], [SegmentInfo("a")], np.eye(4))
+
+    target = write_seg_nrrd(tmp_path / "keep.seg.nrrd", [first], [SegmentInfo("a")], np.eye(4))
+    before = target.read_bytes()
+    if os.geteuid() != 0:  # root ignores permissions
+        os.chmod(tmp_path, 0o500)
+        try:
+            with pytest.raises(OutputPathError):
+                write_seg_nrrd(target, [~first], [SegmentInfo("a")], np.eye(4))
+        finally:
+            os.chmod(tmp_path, 0o700)
+    with pytest.raises(OutputPathError, match="folder"):
+        write_seg_nrrd(tmp_path, [first], [SegmentInfo("a")], np.eye(4))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.seg.nrrd"]  # no temporary left behind
+
+
+@pytest.mark.data
+def test_label_map_files_keep_the_grid_and_refuse_another_grid(tmp_path, data_dir):
+    from isegformer.output.labelmap import read_label_map, write_label_map
+
+    volume = read_volume(data_dir / "radiomics_brain" / "brain1_image.nrrd")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[10:12, 100:140, 90:150] = 2
+    labels[5, 5:9, 5:9] = 1
+    for name in ("l.nii.gz", "l.nrrd"):
+        path = write_label_map(tmp_path / name, labels, volume)
+        np.testing.assert_array_equal(read_label_map(path, volume), labels)
+        assert read_volume(path).ijk_to_ras == pytest.approx(volume.ijk_to_ras, abs=1e-6)
+
+    seg = write_seg_nrrd(tmp_path / "l.seg.nrrd", [labels == 1, labels == 2],
+                         [SegmentInfo("a"), SegmentInfo("b", label_value=2)], volume.ijk_to_ras)
+    np.testing.assert_array_equal(read_label_map(seg, volume), labels)
+
+    shifted = volume.ijk_to_ras.copy()
+    shifted[:3, 3] += 5.0
+    other = write_seg_nrrd(tmp_path / "o.seg.nrrd", [labels == 1], [SegmentInfo("a")], shifted)
+    with pytest.raises(InvalidInputError, match="origin"):
+        read_label_map(other, volume)
