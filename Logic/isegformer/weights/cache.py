@@ -1,0 +1,279 @@
+"""The weights cache: where downloaded files live, what is known about them, and the locks.
+
+Layout under ``ISEGFORMER_HOME`` (default: the user's cache folder, see :func:`cache_home`)::
+
+    cache.json                      the record: which file came from which URL, when, size, SHA256
+    models/<name>/<filename>        a verified file
+    models/<name>/<filename>.part   a download in progress (removed when it fails or is cancelled)
+    locks/<name>.lock               held while one process downloads or verifies <name>
+
+Trust on first use: where the registry gives no SHA256, the hash of the first complete download
+(or of a file put in place by hand) is written to ``cache.json``; every later use hashes the file
+again and must match it. Local files given by path are recorded the same way, keyed by their
+absolute path; a file whose size or modification time changed is a new file and is trusted anew,
+while different content under the same path, size and time is refused as corrupt.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from ..errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "ISEGFORMER_HOME"
+RECORD_VERSION = 1
+_HASH_BLOCK = 1 << 20
+
+
+def cache_home() -> Path:
+    """``ISEGFORMER_HOME``, else the platform's per-user cache folder plus ``isegformer``."""
+    override = os.environ.get(HOME_ENV)
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "isegformer"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "isegformer"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "isegformer"
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA256 of a file's bytes, as 64 lower-case hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LockTimeoutError(WeightsError):
+    """Another process held a cache lock for longer than we were willing to wait."""
+
+
+class FileLock:
+    """An exclusive lock on a file, between threads and between processes.
+
+    The operating system drops the lock when its holder dies, so a crashed download never leaves
+    a stale lock behind. ``flock`` (POSIX) and ``msvcrt.locking`` (Windows) both treat two
+    separate opens of the lock file as competitors, so threads of one process exclude each other
+    too. While waiting, ``on_wait`` is called every ``poll`` seconds; it may raise (for example
+    CancelledError) to give up.
+    """
+
+    def __init__(self, path: Path, *, timeout: Optional[float] = None, poll: float = 0.05,
+                 on_wait: Optional[Callable[[], None]] = None):
+        self.path = Path(path)
+        self.timeout = timeout
+        self.poll = poll
+        self.on_wait = on_wait
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        start = time.monotonic()
+        try:
+            while not _try_lock(fd):
+                if self.timeout is not None and time.monotonic() - start > self.timeout:
+                    raise LockTimeoutError(
+                        f"another process has held {self.path} for more than {self.timeout:.0f} s. "
+                        "Wait for its download to finish, or stop that process and retry."
+                    )
+                if self.on_wait is not None:
+                    self.on_wait()
+                time.sleep(self.poll)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                _unlock(fd)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """What the cache knows about one downloaded (or hand-placed) model file."""
+
+    filename: str
+    url: str
+    downloaded_at: str
+    size: int
+    sha256: str
+    trust: str  # "registry": matched the registry's hash; "first-use": recorded by us
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class LocalRecord:
+    """What the cache knows about one local file given by path (trust on first use)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    first_seen: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ModelCache:
+    """One cache folder: file paths, the ``cache.json`` record, and per-model locks."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None):
+        self.home = Path(home).expanduser() if home is not None else cache_home()
+
+    @property
+    def record_path(self) -> Path:
+        return self.home / "cache.json"
+
+    def model_dir(self, name: str) -> Path:
+        return self.home / "models" / name
+
+    def model_path(self, name: str, filename: str) -> Path:
+        return self.model_dir(name) / filename
+
+    def part_path(self, name: str, filename: str) -> Path:
+        return self.model_dir(name) / (filename + ".part")
+
+    def lock(self, name: str, *, timeout: Optional[float] = None,
+             on_wait: Optional[Callable[[], None]] = None) -> FileLock:
+        return FileLock(self.home / "locks" / f"{name}.lock", timeout=timeout, on_wait=on_wait)
+
+    # -- the record -----------------------------------------------------------------------
+
+    def download_record(self, name: str) -> Optional[DownloadRecord]:
+        raw = self._read().get("models", {}).get(name)
+        return _parse(DownloadRecord, raw)
+
+    def local_record(self, path: Path) -> Optional[LocalRecord]:
+        raw = self._read().get("local_files", {}).get(str(Path(path).resolve()))
+        return _parse(LocalRecord, raw)
+
+    def remember_download(self, name: str, record: DownloadRecord) -> None:
+        with self._editing() as data:
+            data.setdefault("models", {})[name] = record.to_json()
+
+    def forget_download(self, name: str) -> None:
+        with self._editing() as data:
+            data.setdefault("models", {}).pop(name, None)
+
+    def remember_local(self, path: Path, record: LocalRecord) -> None:
+        with self._editing() as data:
+            data.setdefault("local_files", {})[str(Path(path).resolve())] = record.to_json()
+
+    def forget_local(self, path: Path) -> None:
+        with self._editing() as data:
+            data.setdefault("local_files", {}).pop(str(Path(path).resolve()), None)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            text = self.record_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"version": RECORD_VERSION}
+        except OSError as err:
+            raise WeightsError(f"cannot read the cache record {self.record_path}: {err}. Check "
+                               f"the folder's permissions, or set {HOME_ENV} to another folder.")
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            # Keep the damaged record for inspection; starting afresh only costs re-hashing.
+            backup = self.record_path.with_name(f"cache.json.corrupt-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                os.replace(self.record_path, backup)
+            log.warning("the cache record %s was unreadable; moved it to %s and started a new one",
+                        self.record_path, backup)
+            return {"version": RECORD_VERSION}
+        return data
+
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write of cache.json under its own lock, replaced atomically."""
+        with FileLock(self.home / "locks" / "cache.json.lock"):
+            data = self._read()
+            data["version"] = RECORD_VERSION
+            yield data
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".cache.json.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as stream:
+                    json.dump(data, stream, indent=2, sort_keys=True)
+                    stream.write("\n")
+                os.replace(tmp, self.record_path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+
+def _parse(cls, raw: Any):
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return cls(**raw)
+    except TypeError:
+        log.warning("ignoring a malformed cache record entry: %r", raw)
+        return None
