@@ -165,6 +165,9 @@ def test_slices_match_frames_and_ijk():
         k, j, i = geometry.ijk_to_array_index(ijk)
         assert array[k, j, i] == slicing.extract_slice(array, axis, index)[row, col]
         assert slicing.ijk_to_slice_point(axis, ijk) == (index, row, col)
+    # Spacing (i, j, k) = (0.5, 0.7, 2.0): rows/cols are (j, i), (k, i), (k, j).
+    assert [slicing.slice_spacing((0.5, 0.7, 2.0), axis) for axis in range(3)] == [
+        (0.7, 0.5), (2.0, 0.5), (2.0, 0.7)]
     out = np.zeros((3, 4, 5), np.uint8)
     slicing.insert_slice(out, 2, 4, np.ones((3, 4), np.uint8))
     assert out[:, :, 4].all() and out.sum() == 12

@@ -15,7 +15,7 @@ Choices that a reader of the results should know:
   them: the absent side is given the constant distance ``depth``, the largest inner distance of
   the present side, so the blend's inside vanishes at ``w = 0.5``.
 - Probabilities: object ``k`` gets ``p_k = sigmoid(-sdf_k / softness)`` (``softness`` one pixel by
-  default), the background ``1 - max_k p_k``, and the channels are normalised to sum to one.
+  default, in the units of ``pixel_spacing``), the background ``1 - max_k p_k``, and the channels are normalised to sum to one.
   So the argmax is the interpolated shape: an object wins where its blended distance is negative
   (and, where objects overlap, the one it is deepest inside); a tie at exactly zero goes to the
   background. Annotated frames are their label maps exactly (one-hot).
@@ -51,7 +51,7 @@ class InterpolationPropagator(Propagator):
         num_objects: int,
         *,
         pixel_spacing: Sequence[float] = (1.0, 1.0),
-        softness: float = 1.0,
+        softness: Optional[float] = None,
     ) -> None:
         if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
             raise InvalidInputError(f"The stack needs at least one frame, got {num_frames!r}.")
@@ -63,6 +63,8 @@ class InterpolationPropagator(Propagator):
         spacing = tuple(float(v) for v in pixel_spacing)
         if len(spacing) != 2 or min(spacing) <= 0 or not np.all(np.isfinite(spacing)):
             raise InvalidInputError(f"pixel_spacing must be two positive numbers, got {pixel_spacing!r}.")
+        if softness is None:
+            softness = min(spacing)  # one pixel
         if not softness > 0:
             raise InvalidInputError(f"softness must be positive, got {softness!r}.")
         self._num_frames = int(num_frames)

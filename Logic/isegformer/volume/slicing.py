@@ -52,6 +52,12 @@ def slice_shape(array_shape: Sequence[int], axis: int) -> tuple[int, int]:
     return rest[0], rest[1]
 
 
+def slice_spacing(spacing_ijk: Sequence[float], axis: int) -> tuple[float, float]:
+    """Pixel spacing (row, col) of a slice along ``axis``, from a volume's spacing in (i, j, k) order."""
+    comp = _IJK_COMPONENT[check_axis(axis)]
+    return float(spacing_ijk[comp[1]]), float(spacing_ijk[comp[2]])
+
+
 def extract_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The 2D slice (a view, not a copy) of a 3D ``array`` along ``axis`` at ``index``."""
     if array.ndim != 3:

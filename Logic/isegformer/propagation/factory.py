@@ -1,0 +1,55 @@
+"""One way to get a propagator by name, for the CLI, the session and the evaluation."""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .base import Propagator
+
+log = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("interpolation", "stcn")
+
+
+def create_propagator(
+    name: str,
+    volume: np.ndarray,
+    axis: int,
+    num_objects: int,
+    *,
+    device: str = "auto",
+    weights=None,
+    fusion_weights=None,
+    pixel_spacing: Optional[Sequence[float]] = None,
+) -> Propagator:
+    """A propagator ``name`` ("interpolation" or "stcn") over ``volume`` (k, j, i) along ``axis``.
+
+    ``weights`` and ``fusion_weights`` (a path, a registry name, or a loaded network) only
+    matter to STCN; without ``fusion_weights`` STCN blends the two directions by distance.
+    ``pixel_spacing`` (row, col) in mm lets the interpolation measure distances in mm.
+    """
+    method = str(name).strip().lower()
+    if method not in METHODS:
+        raise InvalidInputError(f"Unknown propagation method {name!r}: use one of {', '.join(METHODS)}.")
+    array = np.asarray(volume)
+    if array.ndim != 3:
+        raise InvalidInputError(f"Expected a 3D volume, got an array of shape {array.shape}.")
+    if method == "interpolation":
+        from .interpolation import InterpolationPropagator
+
+        if weights is not None or fusion_weights is not None:
+            log.warning("The interpolation baseline uses no weights; ignoring the weights given.")
+        kwargs = {} if pixel_spacing is None else {"pixel_spacing": tuple(pixel_spacing)}
+        return InterpolationPropagator.from_volume(array, axis, num_objects, **kwargs)
+
+    # Imported here: STCN pulls in torch and the networks, which the baseline never needs.
+    from . import stcn
+
+    network = stcn.load_stcn(weights)
+    fusion = stcn.load_fusion(fusion_weights) if fusion_weights is not None else None
+    if fusion is None:
+        log.info("No FusionNet weights given: STCN blends the two directions by distance.")
+    return stcn.STCNPropagator.from_volume(array, axis, num_objects, network, fusion=fusion, device=device)
