@@ -21,9 +21,10 @@ def report(progress: Optional[ProgressCallback], done: int, total: int, message:
 class TqdmProgress:
     """A ProgressCallback that drives one tqdm bar (used by the CLI)."""
 
-    def __init__(self, desc: str = "", unit: str = "it"):
+    def __init__(self, desc: str = "", unit: str = "it", unit_scale: bool = False):
         self._desc = desc
         self._unit = unit
+        self._unit_scale = unit_scale  # True shows bytes as kB/MB
         self._bar = None
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
@@ -32,7 +33,8 @@ class TqdmProgress:
         if self._bar is None or self._bar.total != total:
             if self._bar is not None:
                 self._bar.close()
-            self._bar = tqdm(total=total, desc=self._desc, unit=self._unit, leave=True)
+            self._bar = tqdm(total=total, desc=self._desc, unit=self._unit,
+                             unit_scale=self._unit_scale, leave=True)
         self._bar.n = done
         if message:
             self._bar.set_postfix_str(message, refresh=False)

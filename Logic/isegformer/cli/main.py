@@ -14,6 +14,8 @@ from ..errors import ISegFormerError
 
 # Module names under isegformer.cli, in the order `isegformer --help` lists them.
 COMMANDS: tuple[str, ...] = (
+    "models",
+    "download",
     "evaluate_propagation",
 )
 
