@@ -1,0 +1,302 @@
+"""STCN propagation through a stack of frames, with MiVOS' interaction semantics.
+
+Each ``annotate(index, label_map)`` does what MiVOS' ``InferenceCore.interact`` does:
+
+* the frame's one-hot annotation replaces its probabilities, and the change from the previous
+  probabilities (its positive and negative parts) is kept for the fusion attention;
+* the frame joins the *certain memory* (every annotated frame, in annotation order);
+* a forward pass, then a backward pass, run from the frame to just before the nearest other
+  annotated frame (or to the end of the stack). Each pass starts from the certain memory and
+  adds a frame every ``memory_every`` frames counted from the last added one, never the frame
+  that ends the pass;
+* between two annotated frames the new estimate and the previous one are fused by FusionNet
+  (or, without its weights, blended by distance); elsewhere the new estimate is taken as is;
+* several objects are decoded separately and combined by soft aggregation.
+
+Differences from the reference, all without effect on its results:
+
+* query features are computed once per frame (in batches) and cached, instead of re-encoding
+  a frame each time it is visited; the memory read gathers the top-k entries instead of
+  multiplying by a mostly-zero matrix;
+* a correction (annotating a frame again) replaces that frame's certain-memory entry; MiVOS
+  kept the stale one too;
+* results are written to a new buffer and committed at the end, so a cancel changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ...device import resolve_device
+from ...errors import InvalidInputError
+from ...progress import ProgressCallback, report
+from ..base import Propagator, frames_along_axis
+from .cache import FeatureCache, FrameFeatures
+from .fusion import FusionNet
+from .network import KEY_DIM, VALUE_DIM, STCNNetwork, soft_aggregate
+from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, volume_to_frames
+
+log = logging.getLogger(__name__)
+
+MEMORY_EVERY = 5
+#: feature cache budget when none is given: about 150 frames of 384x384 on the CPU
+DEFAULT_CPU_CACHE_BYTES = 2_700 * 2**20
+DEFAULT_CUDA_CACHE_BYTES = 8 * 2**30
+
+
+class STCNPropagator(Propagator):
+    """Propagates annotated frames through ``frames`` with STCN (see the module docstring).
+
+    ``frames``: (T, H, W, 3) uint8 frames as the network sees them, or (T, H, W) raw
+    intensities, which are converted as the reference did (``preprocess.volume_to_frames``).
+    ``network`` and ``fusion`` are moved to ``device`` and put in eval mode. Without
+    ``fusion`` the two directions between annotated frames are blended linearly by distance.
+    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 2.6 GiB on CPU,
+    8 GiB on CUDA); a smaller budget only costs recomputation.
+    """
+
+    name = "stcn"
+
+    def __init__(self, frames: np.ndarray, num_objects: int, network: STCNNetwork,
+                 fusion: Optional[FusionNet] = None, device: str | torch.device = "auto", *,
+                 memory_every: int = MEMORY_EVERY, feature_cache_bytes: Optional[int] = None,
+                 batch_size: int = 4):
+        frames = _validated_frames(frames)
+        if isinstance(num_objects, bool) or not isinstance(num_objects, (int, np.integer)) or num_objects < 1:
+            raise InvalidInputError(f"num_objects must be a positive integer, got {num_objects!r}.")
+        if int(memory_every) < 1:
+            raise InvalidInputError(f"memory_every must be at least 1, got {memory_every!r}.")
+        if not isinstance(network, STCNNetwork):
+            raise InvalidInputError("network must be an STCNNetwork (see load_stcn).")
+        if fusion is not None and not isinstance(fusion, FusionNet):
+            raise InvalidInputError("fusion must be a FusionNet (see load_fusion) or None.")
+        self._device = resolve_device(device)
+        self._net = network.to(self._device).eval()
+        self._fusion = None if fusion is None else fusion.to(self._device).eval()
+        if self._fusion is None:
+            log.warning("No FusionNet weights: between annotated slices the two propagation "
+                        "directions are blended linearly by distance instead of fused.")
+        self._frames = frames
+        self._k = int(num_objects)
+        self._every = int(memory_every)
+        t, h, w = frames.shape[:3]
+        self._pad = padding_for(h, w)
+        self._hp = h + self._pad[2] + self._pad[3]
+        self._wp = w + self._pad[0] + self._pad[1]
+        # like the reference: background 1e-7, objects 0 before anything is annotated
+        self._prob = torch.zeros((self._k + 1, t, self._hp, self._wp), dtype=torch.float32)
+        self._prob[0] = 1e-7
+        self._annotations: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+        if feature_cache_bytes is None:
+            feature_cache_bytes = (DEFAULT_CUDA_CACHE_BYTES if self._device.type == "cuda"
+                                   else DEFAULT_CPU_CACHE_BYTES)
+        self._cache = FeatureCache(self._encode_frames, feature_cache_bytes, batch_size)
+        #: frames decoded so far (one per frame per pass; for tests and benchmarks)
+        self.frames_decoded = 0
+
+    @classmethod
+    def from_volume(cls, volume: np.ndarray, axis: int, num_objects: int, network: STCNNetwork,
+                    fusion: Optional[FusionNet] = None, **kwargs) -> "STCNPropagator":
+        """A propagator over the slices of a (k, j, i) ``volume`` along ``axis`` (0, 1 or 2),
+        with the reference's intensity normalisation. Frame t is slice t along that axis."""
+        return cls(volume_to_frames(frames_along_axis(np.asarray(volume), axis)), num_objects,
+                   network, fusion, **kwargs)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def num_frames(self) -> int:
+        return self._frames.shape[0]
+
+    @property
+    def num_objects(self) -> int:
+        return self._k
+
+    @property
+    def frame_shape(self) -> Tuple[int, int]:
+        return self._frames.shape[1], self._frames.shape[2]
+
+    @property
+    def annotated(self) -> Mapping[int, np.ndarray]:
+        return dict(self._annotations)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(K+1, T, H, W) float32, a read-only view of the current state (copy it to keep it
+        across later ``annotate`` calls)."""
+        view = unpad(self._prob, self._pad).numpy()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def frames_encoded(self) -> int:
+        """Frames that went through the key encoder so far."""
+        return self._cache.encoded
+
+    # ------------------------------------------------------------------------------ annotate
+    def annotate(self, index: int, label_map: np.ndarray,
+                 progress: Optional[ProgressCallback] = None) -> np.ndarray:
+        index = self._validated_index(index)
+        labels = self._validated_labels(label_map)
+        with torch.inference_mode():
+            self._annotate(index, labels, progress)
+        return self.probabilities
+
+    def _annotate(self, index: int, labels: np.ndarray, progress: Optional[ProgressCallback]) -> None:
+        others = [a for a in self._annotations if a != index]
+        upper = min([a for a in others if a > index] + [self.num_frames])
+        lower = max([a for a in others if a < index] + [-1])
+        forward = list(range(index + 1, upper))
+        backward = list(range(index - 1, lower, -1))
+        total = len(forward) + len(backward)
+        report(progress, 0, total, "propagating")
+
+        mask = self._one_hot(labels)  # (K+1, 1, Hp, Wp) on the device
+        previous = self._prob[:, index].unsqueeze(1).to(self._device)
+        change = mask - previous
+        pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
+
+        feats = self._cache.get(index, forward[: 1] + backward[: 1])
+        value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
+        certain = OrderedDict((a, entry) for a, entry in self._certain.items() if a != index)
+        certain[index] = (feats.k16[0], value[:, :, 0])
+
+        # new probabilities of frames lower+1 .. upper-1, committed only when all is done
+        fresh = torch.empty((self._k + 1, upper - lower - 1, self._hp, self._wp), dtype=torch.float32)
+        fresh[:, index - lower - 1] = mask[:, 0].cpu()
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            report(progress, done[0], total, "propagating")
+
+        for frames, bound in ((forward, upper), (backward, lower)):
+            if not frames:
+                continue
+            fused = 0 <= bound < self.num_frames
+            self._run_pass(index, frames, bound if fused else None, certain, feats.k16,
+                           pos_change, neg_change, fresh, lower + 1, step)
+
+        self._prob[:, lower + 1:upper] = fresh
+        self._annotations.pop(index, None)
+        self._annotations[index] = labels
+        self._certain = certain
+
+    def _run_pass(self, index: int, frames: List[int], bound: Optional[int],
+                  certain: Mapping[int, Tuple[torch.Tensor, torch.Tensor]], index_k16: torch.Tensor,
+                  pos_change: torch.Tensor, neg_change: torch.Tensor, fresh: torch.Tensor,
+                  offset: int, step) -> None:
+        """One direction of MiVOS' ``interact``: ``frames`` in visiting order."""
+        hw = index_k16.shape[-2] * index_k16.shape[-1]
+        n_certain = len(certain)
+        capacity = n_certain + (len(frames) - 1) // self._every + 1
+        keys = torch.empty((KEY_DIM, capacity * hw), device=self._device)
+        values = torch.empty((self._k, VALUE_DIM, capacity * hw), device=self._device)
+        for slot, (k16, value) in enumerate(certain.values()):
+            keys[:, slot * hw:(slot + 1) * hw] = k16.reshape(KEY_DIM, hw)
+            values[:, :, slot * hw:(slot + 1) * hw] = value.reshape(self._k, VALUE_DIM, hw)
+        used = n_certain
+        last_added = index
+        end = frames[-1]
+        for position, t in enumerate(frames):
+            feats = self._cache.get(t, frames[position + 1:])
+            prob = self._net.segment(keys[:, :used * hw], values[:, :, :used * hw], feats.k16,
+                                     feats.f16_thin, feats.skip8, feats.skip4)
+            self.frames_decoded += 1
+            out = soft_aggregate(prob)  # (K+1, 1, Hp, Wp)
+            if t != end and abs(t - last_added) >= self._every:
+                keys[:, used * hw:(used + 1) * hw] = feats.k16.reshape(KEY_DIM, hw)
+                value = self._net.encode_value(self._image(t), feats.f16, out[1:])
+                values[:, :, used * hw:(used + 1) * hw] = value.reshape(self._k, VALUE_DIM, hw)
+                used += 1
+                last_added = t
+            if bound is not None:
+                out = self._fuse(bound, index, t, out, index_k16, feats.k16, pos_change, neg_change)
+            fresh[:, t - offset] = out[:, 0].cpu()
+            step()
+
+    def _fuse(self, bound: int, index: int, t: int, current: torch.Tensor, index_k16: torch.Tensor,
+              query_k16: torch.Tensor, pos_change: torch.Tensor, neg_change: torch.Tensor) -> torch.Tensor:
+        """Combine the new estimate with the frame's previous one (from the other side)."""
+        previous = self._prob[:, t].unsqueeze(1).to(self._device)
+        span = abs(bound - index)
+        to_bound = abs(bound - t) / span  # 1 next to the new annotation, 0 next to the other
+        to_index = abs(index - t) / span
+        if self._fusion is None:
+            return to_bound * current + to_index * previous
+        attention = self._net.attention(index_k16, pos_change, neg_change, query_k16)
+        distances = torch.tensor([[to_bound, to_index]], dtype=torch.float32, device=self._device)
+        image = self._image(t)
+        weights = torch.cat([
+            torch.sigmoid(self._fusion(image, previous[k:k + 1], current[k:k + 1],
+                                       attention[k:k + 1], distances))
+            for k in range(1, self._k + 1)
+        ], dim=0)
+        return soft_aggregate(weights)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _image(self, t: int) -> torch.Tensor:
+        """Normalised, padded frame t, (1, 3, Hp, Wp) on the device."""
+        return pad_to_multiple(normalize_frames(self._frames[t:t + 1]), self._pad).to(self._device)
+
+    def _encode_frames(self, indices: Sequence[int]) -> List[FrameFeatures]:
+        images = torch.cat([self._image(t) for t in indices], dim=0)
+        keys = self._net.encode_key(images)
+        skip8, skip4 = self._net.decoder.project_skips(keys.f8, keys.f4)
+        return [
+            FrameFeatures(keys.k16[i:i + 1].clone(), keys.f16_thin[i:i + 1].clone(),
+                          keys.f16[i:i + 1].clone(), skip8[i:i + 1].clone(), skip4[i:i + 1].clone())
+            for i in range(len(indices))
+        ]
+
+    def _one_hot(self, labels: np.ndarray) -> torch.Tensor:
+        lab = torch.from_numpy(labels.astype(np.int64))
+        mask = torch.stack([(lab == k) for k in range(self._k + 1)]).float().unsqueeze(1)
+        return pad_to_multiple(mask, self._pad).to(self._device)
+
+    def _validated_index(self, index) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise InvalidInputError(f"The slice index must be an integer, got {index!r}.")
+        if not 0 <= index < self.num_frames:
+            raise InvalidInputError(
+                f"Slice index {index} is out of range: this stack has slices 0..{self.num_frames - 1}."
+            )
+        return int(index)
+
+    def _validated_labels(self, label_map) -> np.ndarray:
+        labels = np.asarray(label_map)
+        if labels.shape != self.frame_shape:
+            raise InvalidInputError(
+                f"The annotation has shape {labels.shape}, but slices here are {self.frame_shape} "
+                "(rows, columns): give one label map of the slice's size."
+            )
+        if labels.dtype.kind == "f":
+            if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+                raise InvalidInputError("The annotation must hold whole label values 0..K, "
+                                        "found fractional, NaN or infinite values.")
+        elif labels.dtype.kind not in "iub":
+            raise InvalidInputError(f"The annotation must be a label map of integers, got {labels.dtype}.")
+        if labels.size and (labels.min() < 0 or labels.max() > self._k):
+            raise InvalidInputError(
+                f"The annotation holds labels {int(labels.min())}..{int(labels.max())}, but this "
+                f"propagator tracks objects 1..{self._k} (0 is background)."
+            )
+        return labels.astype(np.uint8 if self._k < 256 else np.int32, copy=True)
+
+
+def _validated_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        return volume_to_frames(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InvalidInputError(
+            f"Expected (T, H, W) intensities or (T, H, W, 3) uint8 frames, got {frames.shape} "
+            f"{frames.dtype}."
+        )
+    if min(frames.shape[:3]) < 1:
+        raise InvalidInputError(f"The stack is empty: shape {frames.shape}.")
+    return np.ascontiguousarray(frames)

@@ -1,0 +1,87 @@
+"""Loading ``stcn.pth`` and ``fusion_stcn.pth`` into the networks, strictly.
+
+A file is accepted only if its keys and shapes are exactly those of the network (the
+``num_batches_tracked`` counters, unused at inference, may be absent). Anything else raises
+:class:`CheckpointError` naming the missing, unexpected and mis-shaped keys, so that a wrong
+or truncated download is never half-loaded.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, TypeVar, Union
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError
+from .fusion import FusionNet
+from .network import STCNNetwork
+
+Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+Net = TypeVar("Net", bound=nn.Module)
+
+_OPTIONAL_SUFFIX = "num_batches_tracked"
+_ADVICE = {
+    "STCN": "Download stcn.pth again (`isegformer download stcn`) and retry.",
+    "FusionNet": "Download fusion_stcn.pth again (`isegformer download fusion_stcn`), or "
+                 "propagate without fusion weights.",
+}
+
+
+def _state_dict_of(source: Source, what: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(source, Mapping):
+        return source
+    from ...checkpoint import load_checkpoint
+
+    return load_checkpoint(source, advice=_ADVICE[what])["state_dict"]
+
+
+def _list(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_strict(network: Net, source: Source, what: str) -> Net:
+    """Load ``source`` (a path or a state dict) into ``network`` after checking every key."""
+    given = _state_dict_of(source, what)
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIX)]
+    unexpected = [k for k in given if k not in expected]
+    misshaped = [
+        f"{k} {tuple(given[k].shape)} instead of {tuple(expected[k].shape)}"
+        for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    non_tensor = [k for k in given if not isinstance(given[k], torch.Tensor)]
+    if missing or unexpected or misshaped or non_tensor:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_list(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_list(unexpected)})")
+        if misshaped:
+            parts.append(f"{len(misshaped)} with the wrong shape ({_list(misshaped, 4)})")
+        if non_tensor:
+            parts.append(f"{len(non_tensor)} that are not tensors ({_list(non_tensor)})")
+        name = source if not isinstance(source, Mapping) else "the given state dict"
+        raise CheckpointError(
+            f"{name} is not a {what} checkpoint: {'; '.join(parts)} keys. "
+            f"{_ADVICE[what]}"
+        )
+    full = dict(given)
+    for key, value in expected.items():
+        if key not in full:  # only the optional counters reach here
+            full[key] = torch.zeros_like(value)
+    full = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in full.items()}
+    network.load_state_dict(full, strict=True)
+    return network.eval()
+
+
+def load_stcn(source: Source) -> STCNNetwork:
+    """An :class:`STCNNetwork` in eval mode with the weights of ``stcn.pth`` (path or state dict)."""
+    return load_strict(STCNNetwork(), source, "STCN")
+
+
+def load_fusion(source: Source) -> FusionNet:
+    """A :class:`FusionNet` in eval mode with the weights of ``fusion_stcn.pth``."""
+    return load_strict(FusionNet(), source, "FusionNet")
