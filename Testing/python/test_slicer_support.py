@@ -417,3 +417,195 @@ def test_unmet_lists_missing_and_out_of_range_packages():
     assert [(r.name, v) for r, v in problems] == [("timm", "0.6.0"), ("SimpleITK", None)]
     text = dependencies.describe(problems)
     assert "timm>=0.9,<2 (version 0.6.0 installed)" in text and "not installed" in text
+
+
+# ---- session bridge ------------------------------------------------------------------------
+
+from contextlib import contextmanager  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from isegformer.slicer_support.session_bridge import ClickSpec, SessionBridge  # noqa: E402
+from isegformer.slicer_support.transforms import SlicePoint, take_slice  # noqa: E402
+
+
+class FakeSession:
+    """The part of isegformer.session.Session the bridge uses; a click sets a 3x3 square."""
+
+    def __init__(self, shape=(6, 8, 10)):
+        self.volume = SimpleNamespace(shape=shape, array=np.zeros(shape, np.float32))
+        self.segments = []
+        self.annotations = {}  # (name, axis, index) -> (mask, clicks)
+        self.labels = []
+        self.calls = []
+        self.history = SimpleNamespace(undo_labels=self.labels, transaction=self._transaction)
+
+    @contextmanager
+    def _transaction(self, label):
+        start = len(self.labels)
+        yield
+        del self.labels[start:]
+        self.labels.append(label)
+
+    def add_segment(self, name):
+        self.segments.append(SimpleNamespace(name=name, propagation_axis=None))
+        self.labels.append(f"add segment {name!r}")
+
+    def segment(self, name):
+        return next(s for s in self.segments if s.name == name)
+
+    def click_slice(self, axis, index, row, col, positive=True, segment=None):
+        self.calls.append(("click", axis, index, row, col, positive))
+        key = (segment, axis, index)
+        mask, clicks = self.annotations.get(key, (None, ()))
+        rows, cols = [n for a, n in enumerate(self.volume.shape) if a != axis]
+        mask = np.zeros((rows, cols), bool) if mask is None else mask.copy()
+        r, c = int(round(row)), int(round(col))
+        mask[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = positive
+        self.annotations[key] = (mask, clicks + ((row, col, positive),))
+        self.labels.append(f"{'positive' if positive else 'negative'} click on slice {index} (axis {axis}) of {segment!r}")
+        return mask
+
+    def clear_slice(self, axis, index, segment=None):
+        self.calls.append(("clear", axis, index))
+        self.annotations.pop((segment, axis, index), None)
+
+    def set_slice_mask(self, axis, index, mask, segment=None):
+        self.calls.append(("set", axis, index))
+        self.annotations[(segment, axis, index)] = (np.asarray(mask, bool), ())
+
+    def undo(self):
+        self.calls.append(("undo",))
+        label = self.labels.pop()
+        # the fake only undoes the last click of a slice
+        for key, (mask, clicks) in list(self.annotations.items()):
+            if label.endswith(f" click on slice {key[2]} (axis {key[1]}) of {key[0]!r}"):
+                remaining = clicks[:-1]
+                self.annotations.pop(key)
+                for row, col, positive in remaining:
+                    self.click_slice(key[1], key[2], row, col, positive, key[0])
+                    self.labels.pop()
+
+    def segment_mask(self, segment=None):
+        mask = np.zeros(self.volume.shape, bool)
+        for (name, axis, index), (slice_mask, _) in self.annotations.items():
+            if name == segment:
+                take_slice(mask, axis, index)[...] |= slice_mask
+        return mask
+
+    def annotated_slices(self, segment=None, axis=None):
+        return sorted(i for (n, a, i) in self.annotations if n == segment and a == axis)
+
+    def propagate(self, segment=None, method="stcn", axis=None, progress=None):
+        self.calls.append(("propagate", method, axis))
+        if progress:
+            progress(1, 1, "done")
+        self.segment(segment).propagation_axis = axis
+        mask = self.segment_mask(segment)
+        return np.repeat(mask.any(axis=axis, keepdims=True), mask.shape[axis], axis=axis)
+
+
+def test_bridge_opens_the_session_with_the_volume_and_options():
+    seen = {}
+
+    def factory(volume, **options):
+        seen["volume"], seen["options"] = volume, options
+        return FakeSession(volume[0].shape)
+
+    bridge = SessionBridge.open(np.ones((6, 8, 10)), np.eye(4), click_model="m.pth", device="cpu",
+                                stcn_weights="stcn.pth", session_factory=factory)
+    assert seen["volume"][0].shape == (6, 8, 10) and seen["volume"][1].shape == (4, 4)
+    assert seen["options"] == {"click_model": "m.pth", "device": "cpu", "stcn_weights": "stcn.pth"}
+    assert bridge.volume_shape == (6, 8, 10)
+    with pytest.raises(InvalidInputError):
+        SessionBridge.open(np.ones((6, 8)), np.eye(4), click_model="m.pth", session_factory=factory)
+
+
+def test_bridge_click_creates_the_segment_and_returns_the_slice_mask():
+    session = FakeSession()
+    bridge = SessionBridge(session)
+    update = bridge.click("seg1", SlicePoint(axis=1, index=3, row=2.0, col=4.0), positive=True)
+    assert [s.name for s in session.segments] == ["seg1"]
+    assert (update.segment, update.axis, update.index) == ("seg1", 1, 3)
+    assert update.mask.shape == (6, 10) and update.mask[2, 4] and update.mask.sum() == 9
+
+
+def test_bridge_undo_uses_the_session_undo_when_the_click_was_the_last_action():
+    session = FakeSession()
+    bridge = SessionBridge(session)
+    first = bridge.click("s", SlicePoint(0, 2, 2.0, 2.0), True)
+    bridge.click("s", SlicePoint(0, 2, 5.0, 7.0), True)
+    update = bridge.undo_click("s", 0, 2, [ClickSpec(2.0, 2.0, True)])
+    assert ("undo",) in session.calls and not any(c[0] == "clear" for c in session.calls)
+    np.testing.assert_array_equal(update.mask, first.mask)
+
+
+def test_bridge_undo_replays_when_another_action_came_after_the_click():
+    session = FakeSession()
+    bridge = SessionBridge(session)
+    first = bridge.click("s", SlicePoint(0, 2, 2.0, 2.0), True)
+    bridge.click("s", SlicePoint(0, 2, 5.0, 7.0), True)
+    bridge.click("s", SlicePoint(2, 9, 5.0, 1.0), True)  # a later click on a slice not crossing it
+    update = bridge.undo_click("s", 0, 2, [ClickSpec(2.0, 2.0, True)])
+    assert ("undo",) not in session.calls and ("clear", 0, 2) in session.calls
+    np.testing.assert_array_equal(update.mask, first.mask)
+    assert session.labels[-1].startswith("replay clicks on slice 2 (axis 0)")  # one undoable action
+
+
+def test_bridge_replay_with_no_click_left_empties_the_slice():
+    session = FakeSession()
+    bridge = SessionBridge(session)
+    bridge.click("s", SlicePoint(0, 1, 3.0, 3.0), True)
+    update = bridge.replay("s", 0, 1, [])
+    assert not update.mask.any()
+
+
+def test_bridge_adopts_hand_edited_slices_as_annotations():
+    session = FakeSession()
+    bridge = SessionBridge(session)
+    bridge.click("s", SlicePoint(0, 1, 3.0, 3.0), True)
+    written = session.segment_mask("s")
+    current = written.copy()
+    current[4, 0:2, 0:2] = True  # painted in Slicer on slice 4
+    assert bridge.adopt_edits("s", 0, current, written) == [4]
+    assert ("set", 0, 4) in session.calls
+    np.testing.assert_array_equal(session.segment_mask("s")[4], current[4])
+
+
+def test_bridge_propagation_returns_the_whole_mask_and_annotated_slices():
+    session = FakeSession()
+    bridge = SessionBridge(session)
+    bridge.click("s", SlicePoint(0, 1, 3.0, 3.0), True)
+    bridge.click("s", SlicePoint(0, 4, 3.0, 3.0), True)
+    steps = []
+    update = bridge.propagate("s", axis=0, method="interpolation", progress=lambda d, t, m: steps.append(d))
+    assert update.mask.shape == (6, 8, 10) and update.axis == 0 and update.annotated == (1, 4)
+    assert all(update.mask[i].any() for i in range(6)) and steps == [1]
+    assert ("propagate", "interpolation", 0) in session.calls
+
+
+def test_bridge_refuses_masks_of_the_wrong_shape():
+    session = FakeSession()
+    session.click_slice = lambda *args, **kwargs: np.zeros((3, 3), bool)
+    with pytest.raises(InvalidInputError, match="shape"):
+        SessionBridge(session).click("s", SlicePoint(0, 1, 1.0, 1.0), True)
+
+
+@pytest.mark.slow
+@pytest.mark.golden
+def test_bridge_drives_the_real_session_with_the_tiny_checkpoint(golden_dir):
+    """The contract the fake follows, checked against isegformer.session (about a minute on CPU)."""
+    rng = np.random.default_rng(0)
+    volume = np.zeros((10, 40, 48), np.float32)
+    volume[2:8, 10:30, 12:36] = 100
+    volume += rng.normal(0, 5, volume.shape).astype(np.float32)
+    bridge = SessionBridge.open(volume, np.diag([0.8, 0.8, 2.0, 1.0]),
+                                click_model=str(golden_dir / "tiny_isegformer.pth"), device="cpu")
+    first = bridge.click("s", SlicePoint(0, 3, 20.0, 24.0), True)
+    second = bridge.click("s", SlicePoint(0, 3, 5.0, 5.0), False)
+    assert first.mask.shape == second.mask.shape == (40, 48)
+    undone = bridge.undo_click("s", 0, 3, [ClickSpec(20.0, 24.0, True)])
+    np.testing.assert_array_equal(undone.mask, first.mask)
+    bridge.click("s", SlicePoint(0, 6, 20.0, 24.0), True)
+    update = bridge.propagate("s", axis=0, method="interpolation")
+    assert update.annotated == (3, 6) and update.mask.shape == volume.shape
+    np.testing.assert_array_equal(update.mask[3], first.mask)
