@@ -189,6 +189,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.negativeModeCheckBox.connect("toggled(bool)", self.onNegativeModeToggled)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # No dependency check here: it imports the package, which waits for enter().
         self.ui.dependenciesLabel.text = _("Checked when the module is opened.")
@@ -218,6 +219,8 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volume = self.ui.inputVolumeSelector.currentNode()
         if volume is not None:
             self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+            self.logic.setVolume(volume)
+        self._usePointLists()
         self.updateStatus()
 
     def exit(self):
@@ -230,6 +233,10 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event):
         self.logic.reset()
         self._observePointLists(None, None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self._usePointLists()
 
     # ---- settings -------------------------------------------------------------------------
     def onInputVolumeChanged(self, volumeNode):
@@ -293,25 +300,29 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- clicks -----------------------------------------------------------------------------
     def onNegativeModeToggled(self, negative):
-        """The toggle switches which list the place button adds to."""
+        """The toggle switches placing between the positive and the negative list."""
         target = self.ui.negativePlaceWidget if negative else self.ui.positivePlaceWidget
         other = self.ui.positivePlaceWidget if negative else self.ui.negativePlaceWidget
-        if other.placeModeEnabled:
-            other.setPlaceModeEnabled(False)
-            target.setPlaceModeEnabled(True)
+        other.setPlaceModeEnabled(False)
+        target.setPlaceModeEnabled(True)
+
+    def _usePointLists(self):
+        """Create (once) the positive and negative point lists, show them in the place widgets
+        and observe them: placing, moving and deleting points drives the Logic."""
+        positive, negative = self.logic.getClickNodes()
+        self.ui.positivePlaceWidget.setCurrentNode(positive)
+        self.ui.negativePlaceWidget.setCurrentNode(negative)
+        self._observePointLists(positive, negative)
 
     def _prepareClicks(self):
-        """Make sure point lists, segmentation and segment exist and are observed."""
+        """Make sure a segmentation and a segment exist and are selected; returns both."""
         volume = self.ui.inputVolumeSelector.currentNode()
         segmentation = self.ui.segmentEditorWidget.segmentationNode()
         segmentId = self.ui.segmentEditorWidget.currentSegmentID()
         segmentation, segmentId = self.logic.setSegmentation(volume, segmentation, segmentId or None)
         self.ui.segmentEditorWidget.setSegmentationNode(segmentation)
         self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
-        positive, negative = self.logic.getClickNodes()
-        self.ui.positivePlaceWidget.setCurrentNode(positive)
-        self.ui.negativePlaceWidget.setCurrentNode(negative)
-        self._observePointLists(positive, negative)
+        self.logic.getSegmentEditorNode()
         self.logic.saveStateForUndo = self.ui.segmentEditorWidget.saveStateForUndo
         return segmentation, segmentId
 
@@ -335,10 +346,6 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         segmentation, segmentId = self._prepareClicks()
         positive = caller is self.logic.getClickNodes()[0]
-        if positive and (self.ui.negativeModeCheckBox.checked or self._shiftHeld()):
-            index = self._movePoint(caller, index, self.logic.getClickNodes()[1])
-            caller = self.logic.getClickNodes()[1]
-            positive = False
         pointId = caller.GetNthControlPointID(index)
         position = [0.0, 0.0, 0.0]
         caller.GetNthControlPointPositionWorld(index, position)
@@ -390,24 +397,6 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.RemoveNthControlPoint(index)
         finally:
             self._muted = False
-
-    def _movePoint(self, source, index, target):
-        position = [0.0, 0.0, 0.0]
-        source.GetNthControlPointPositionWorld(index, position)
-        self._muted = True
-        try:
-            source.RemoveNthControlPoint(index)
-            newIndex = target.AddControlPointWorld(vtk.vtkVector3d(*position))
-        finally:
-            self._muted = False
-        return newIndex
-
-    @staticmethod
-    def _shiftHeld():
-        try:
-            return bool(int(qt.QApplication.keyboardModifiers()) & int(qt.Qt.ShiftModifier))
-        except TypeError:
-            return False
 
     @staticmethod
     def _sliceNodeUnderCursor():
@@ -546,10 +535,13 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         self.viewAlignmentToleranceDegrees = 1.0
         self._worker = None
         self._bridge = None
+        self._stale = False  # True: reopen the session (settings changed) before the next job
+        self._generation = 0
         self._records = []
         self._order = 0
         self._written = {}  # segment ID -> (k, j, i) bool mask the module last wrote
         self._appliers = {}  # job id -> function applying its result on the GUI thread
+        self._onFailure = {}  # job id -> function undoing the GUI-side bookkeeping of a failed job
 
     # ---- dependencies -----------------------------------------------------------------------
     @staticmethod
@@ -619,8 +611,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
             if value and getattr(self, attribute) != value:
                 setattr(self, attribute, value)
                 changed = True
-        if changed:
-            self._closeSession()
+        if changed and self._bridge is not None:
+            self._stale = True  # reopened with the new settings, clicks replayed, on next use
 
     def _isPath(self, name):
         return os.sep in name or "/" in name or name.endswith((".pth", ".pt", ".ckpt"))
@@ -782,11 +774,14 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
             self._worker = _support().worker.Worker(name="isegformer-slicer")
         return self._worker
 
-    def submit(self, function, label="", apply=None):
-        """Run ``function(progress)`` on the worker; ``apply(result)`` runs later on this thread."""
+    def submit(self, function, label="", apply=None, onFailure=None):
+        """Run ``function(progress)`` on the worker; ``apply(result)`` runs later on this thread,
+        ``onFailure()`` instead when the job fails or is cancelled."""
         jobId = self.worker.submit(function, label=label)
         if apply is not None:
             self._appliers[jobId] = apply
+        if onFailure is not None:
+            self._onFailure[jobId] = onFailure
         return jobId
 
     def pollEvents(self):
@@ -800,6 +795,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
                 events.append(_Event("progress", event.job_id, event.done, event.total, event.message))
                 continue
             apply = self._appliers.pop(event.job_id, None)
+            onFailure = self._onFailure.pop(event.job_id, None)
             error, trace = event.error, event.traceback
             if error is None and apply is not None:
                 try:
@@ -808,6 +804,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
                     import traceback
 
                     error, trace = err, traceback.format_exc()
+            if error is not None and onFailure is not None:
+                onFailure()
             events.append(_Event("done", event.job_id, error=error, cancelled=event.cancelled, traceback=trace))
         return events
 
@@ -847,37 +845,61 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
 
     # ---- the session (worker thread) --------------------------------------------------------
     def _closeSession(self):
-        bridge = self._bridge
+        """Drop the session (new volume, scene closed): pending work is cancelled."""
+        self._generation += 1
         self._bridge = None
-        if bridge is not None and self._worker is not None:
+        self._stale = False
+        if self._worker is not None:
             self._worker.cancel()
 
     def _openSessionJob(self):
-        """A worker job that opens the session (and warms the model up) if none is open."""
+        """A worker job that opens a session (model loaded and warmed up) and replays the clicks.
+
+        Replaying the recorded clicks lets a new session (other model or device, or STCN weights
+        downloaded since) continue exactly where the previous one was.
+        """
+        from isegformer.slicer_support.session_bridge import ClickSpec
+
         volume = slicer.util.arrayFromVolume(self.volumeNode).copy()
         ijkToWorld = self.volumeIJKToWorld()
         model, device, propagation = self.model, self.device, self.propagation
+        generation = self._generation
+        slices = {}
+        for record in sorted(self._records, key=lambda r: r.order):
+            slices.setdefault(record.sliceKey, []).append(ClickSpec(record.point.row, record.point.col, record.positive))
 
         def openSession(progress):
+            from isegformer.errors import WeightsError
             from isegformer.slicer_support.session_bridge import SessionBridge
             from isegformer.weights.resolve import resolve_model
 
-            if self._bridge is not None:
-                return None
             progress(0, 0, "Loading the model...")
-            checkpoint = resolve_model(model, download=False)
-            stcnWeights = resolve_model(STCN_MODEL, download=False) if propagation == "stcn" else None
+            try:
+                checkpoint = resolve_model(model, download=False)
+            except WeightsError as err:
+                raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
+            stcnWeights = None
+            if propagation == "stcn":
+                try:  # clicks work without STCN; Propagate says what is missing
+                    stcnWeights = str(resolve_model(STCN_MODEL, download=False))
+                except WeightsError as err:
+                    logging.warning("iSegFormer: STCN weights not available yet: %s", err)
             bridge = SessionBridge.open(volume, ijkToWorld, click_model=str(checkpoint), device=device,
-                                        stcn_weights=None if stcnWeights is None else str(stcnWeights))
+                                        stcn_weights=stcnWeights)
             bridge.warm_up()
-            self._bridge = bridge
+            for number, ((segmentId, axis, index), clicks) in enumerate(slices.items(), start=1):
+                progress(number, len(slices), "Restoring the clicks...")
+                bridge.replay(segmentId, axis, index, clicks)
+            if generation == self._generation:  # else the volume changed meanwhile
+                self._bridge = bridge
             return None
 
         return openSession
 
-    def _submitWithSession(self, function, label, apply):
+    def _submitWithSession(self, function, label, apply, onFailure=None):
         """Queue ``function(bridge, progress)``, after opening the session if none is open."""
-        if self._bridge is None:
+        if self._bridge is None or self._stale:
+            self._stale = False
             self.submit(self._openSessionJob(), label="open")
 
         def run(progress):
@@ -885,11 +907,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
             if bridge is None:
                 raise RuntimeError(
                     "No iSegFormer session: the model could not be loaded (see the previous error), "
-                    "or the volume or model changed meanwhile. Place the point again."
+                    "or the volume changed meanwhile. Place the point again."
                 )
             return function(bridge, progress)
 
-        return self.submit(run, label=label, apply=apply)
+        return self.submit(run, label=label, apply=apply, onFailure=onFailure)
 
     # ---- clicks -----------------------------------------------------------------------------
     def submitClick(self, pointId, rasPoint, positive, segmentId=None, sliceNode=None, axis=None):
@@ -899,11 +921,23 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         segmentId = segmentId or self.segmentId
         point = self.locateClick(rasPoint, sliceNode, axis)
         self._order += 1
-        self._records.append(_ClickRecord(pointId, bool(positive), segmentId, point, self._order))
-        return self._submitWithSession(
+        record = _ClickRecord(pointId, bool(positive), segmentId, point, self._order)
+        jobId = self._submitWithSession(  # first: a session opened now replays only earlier clicks
             lambda bridge, progress: bridge.click(segmentId, point, bool(positive)),
-            label="click", apply=self.applySliceUpdate,
+            label="click", apply=self.applySliceUpdate, onFailure=lambda: self._forgetRecord(record),
         )
+        self._records.append(record)
+        return jobId
+
+    def _forgetRecord(self, record):
+        """A click that did not reach the session leaves no point behind."""
+        if record in self._records:
+            self._records.remove(record)
+        for node in self.getClickNodes(create=False):
+            if node is not None:
+                index = node.GetNthControlPointIndexByID(record.pointId)
+                if index >= 0:
+                    self._removeControlPoint(node, index)
 
     def submitPointsChanged(self, sliceNode=None):
         """After points moved or were deleted: re-run the clicks of every slice that changed."""
@@ -993,8 +1027,16 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         current = self.segmentArray(segmentId)
         written = self._written.get(segmentId)
         method = self.propagation
+        if method == "stcn" and self._bridge is not None and not self._bridge.has_stcn_weights \
+                and STCN_MODEL not in self.modelsToDownload():
+            self._stale = True  # STCN weights arrived since the session opened
 
         def propagate(bridge, progress):
+            if method == "stcn" and not bridge.has_stcn_weights:
+                raise RuntimeError(
+                    "The STCN propagation weights are not downloaded: press Download in the Setup "
+                    "section (then place a point or propagate again), or choose the 'interpolation' method."
+                )
             if axis is not None:
                 bridge.adopt_edits(segmentId, axis, current, written)
             return bridge.propagate(segmentId, axis=axis, method=method, progress=progress)
@@ -1090,9 +1132,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         image = slicer.vtkOrientedImageData()
         image.SetExtent(extent)
         image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        import vtk.util.numpy_support
+        from vtk.util import numpy_support
 
-        scalars = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
         scalars[:] = slab.reshape(-1)
         ijkToRas = vtk.vtkMatrix4x4()
         self.volumeNode.GetIJKToRASMatrix(ijkToRas)

@@ -53,8 +53,10 @@ class ClickSpec:
 class SessionBridge:
     """Wraps one session (one volume, one click model, one device)."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, has_stcn_weights: bool = False) -> None:
         self._session = session
+        #: whether STCN weights were given at opening (else only interpolation can propagate)
+        self.has_stcn_weights = has_stcn_weights
 
     @classmethod
     def open(
@@ -80,7 +82,8 @@ class SessionBridge:
         options = {"click_model": click_model, "device": device}
         if stcn_weights is not None:
             options["stcn_weights"] = stcn_weights
-        return cls(session_factory((np.asarray(volume), np.asarray(ijk_to_ras, dtype=float)), **options))
+        session = session_factory((np.asarray(volume), np.asarray(ijk_to_ras, dtype=float)), **options)
+        return cls(session, has_stcn_weights=stcn_weights is not None)
 
     @property
     def session(self) -> Any:

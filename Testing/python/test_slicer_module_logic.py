@@ -1,0 +1,224 @@
+"""The Slicer module's Logic against a small fake Slicer (see slicer_fakes.py) and a fake session.
+
+What is checked is the module's own work: MRML geometry to the right slice (views, parent
+transforms), slice writes limited to that slice and following the Segment Editor settings,
+undo, moved/deleted points, propagation writes, hand edits adopted, failures leaving no point.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isegformer.errors import InvalidInputError
+from isegformer.slicer_support.session_bridge import SessionBridge
+from isegformer.slicer_support.views import ObliqueViewError
+from slicer_fakes import FakeSession, FakeSliceNode, FakeTransformNode, FakeVolumeNode, fake_slicer_module
+
+SHAPE = (6, 8, 10)  # (k, j, i)
+# a volume acquired "sagittally": i -> posterior, j -> superior, k -> right
+IJK_TO_RAS = np.array([[0, 0, 1.5, 10.0], [-0.8, 0, 0, -20.0], [0, 1.1, 0, 5.0], [0, 0, 0, 1]])
+
+
+def turn_about_s(degrees, shift=(3.0, -4.0, 7.0)):
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    matrix = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    matrix[:3, 3] = shift
+    return matrix
+
+
+@pytest.fixture
+def env():
+    with fake_slicer_module() as (module, scene):
+        volume = FakeVolumeNode(np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE), IJK_TO_RAS)
+        parent = FakeTransformNode(turn_about_s(90.0))
+        volume.SetAndObserveTransformNodeID(parent)
+        logic = module.iSegFormerSlicerLogic()
+        logic.setVolume(volume)
+        segmentation, segment_id = logic.setSegmentation()
+        segmentation.SetAndObserveTransformNodeID(parent)
+        session = FakeSession(SHAPE)
+        logic._bridge = SessionBridge(session)
+        world = turn_about_s(90.0) @ IJK_TO_RAS
+        yield module, scene, logic, segmentation, segment_id, session, world
+        logic.shutdown()
+
+
+def aligned_matrix(world, column):
+    """A SliceToRAS whose normal is IJK column ``column`` of the world matrix."""
+    directions = world[:3, :3] / np.linalg.norm(world[:3, :3], axis=0)
+    others = [c for c in range(3) if c != column]
+    matrix = np.eye(4)
+    matrix[:3, 0], matrix[:3, 1], matrix[:3, 2] = directions[:, others[0]], directions[:, others[1]], directions[:, column]
+    return matrix
+
+
+def aligned_view(world, column, name):
+    return FakeSliceNode(name, aligned_matrix(world, column))
+
+
+def rotation_about(vector, degrees):
+    """4x4 rotation about a unit vector (Rodrigues)."""
+    k = np.asarray(vector, float) / np.linalg.norm(vector)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    angle = np.radians(degrees)
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    return matrix
+
+
+def to_world(world, ijk):
+    return (world @ np.array([*ijk, 1.0]))[:3]
+
+
+@pytest.mark.parametrize("column", [0, 1, 2])
+def test_a_click_in_an_aligned_view_writes_the_square_on_that_slice_only(env, column):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    ijk = (7, 5, 2)  # (i, j, k)
+    view = aligned_view(world, column, "Red")
+    point = logic.addClick(to_world(world, ijk), positive=True, sliceNode=view)
+    axis = 2 - column
+    assert point.axis == axis and point.index == ijk[column]
+    result = segmentation.arrays[segment_id]
+    written = np.take(result, point.index, axis=axis)
+    rows_cols = [ijk[c] for c in (2, 1, 0) if c != column]  # (k, j, i) order, slice axis removed
+    expected = np.zeros_like(written)
+    expected[rows_cols[0] - 1:rows_cols[0] + 2, rows_cols[1] - 1:rows_cols[1] + 2] = 1
+    np.testing.assert_array_equal(written, expected)
+    assert result.sum() == 9  # nothing anywhere else
+    assert segmentation.writes and all(len(set(w[2][2 * column:2 * column + 2])) == 1 for w in segmentation.writes)
+
+
+def test_an_oblique_view_is_refused_and_nothing_is_recorded(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    aligned = aligned_matrix(world, 0)
+    oblique = FakeSliceNode("Yellow", rotation_about(aligned[:3, 0], 35.0) @ aligned)
+    with pytest.raises(ObliqueViewError, match="Yellow"):
+        logic.addClick(to_world(world, (4, 4, 3)), sliceNode=oblique)
+    assert not logic.hasClicks() and segmentation.arrays[segment_id].sum() == 0
+    positive, _ = logic.getClickNodes()
+    assert positive.GetNumberOfControlPoints() == 0  # the point placed for it is gone too
+
+
+def test_a_non_linear_parent_transform_is_refused_with_advice(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    logic.volumeNode.GetParentTransformNode().linear = False
+    with pytest.raises(ValueError, match="Harden"):
+        logic.addClick(to_world(world, (4, 4, 3)), axis=0)
+
+
+def test_overwrite_all_takes_the_slice_voxels_from_other_segments_only(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    other = segmentation.GetSegmentation().AddEmptySegment("", "bone")
+    segmentation.arrays[other][:, 3:6, 6:9] = 1  # a bar through every k slice
+    editor = logic.getSegmentEditorNode()
+    editor.overwrite_mode = 0  # overwrite all
+    point = logic.addClick(to_world(world, (7, 5, 2)), axis=0)
+    bone = segmentation.arrays[other]
+    assert not bone[point.index, 4:7, 6:9].any()  # taken where the new square is
+    assert bone[point.index, 3, 6:9].all()  # kept outside the square
+    for k in range(SHAPE[0]):
+        if k != point.index:
+            assert bone[k, 3:6, 6:9].all()  # other slices untouched
+
+
+def test_allow_overlap_and_inside_segment_masking(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    other = segmentation.GetSegmentation().AddEmptySegment("", "bone")
+    segmentation.arrays[other][:, 4:6, 6:9] = 1
+    editor = logic.getSegmentEditorNode()
+    editor.overwrite_mode = 2  # allow overlap
+    editor.mask_mode, editor.mask_segment = 5, other  # only inside "bone"
+    point = logic.addClick(to_world(world, (7, 5, 2)), axis=0)
+    target = segmentation.arrays[segment_id][point.index]
+    np.testing.assert_array_equal(np.argwhere(target), [[4, 6], [4, 7], [4, 8], [5, 6], [5, 7], [5, 8]])
+    assert segmentation.arrays[other].sum() == SHAPE[0] * 2 * 3  # unchanged
+
+
+def test_undo_restores_the_slice_and_removes_the_point(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    saved = []
+    logic.saveStateForUndo = lambda: saved.append(segmentation.arrays[segment_id].copy())
+    logic.addClick(to_world(world, (2, 2, 3)), axis=0)
+    after_first = segmentation.arrays[segment_id].copy()
+    logic.addClick(to_world(world, (7, 5, 3)), axis=0)
+    assert len(saved) == 2  # an undo state before every write
+    logic.undoLastClick()
+    np.testing.assert_array_equal(segmentation.arrays[segment_id], after_first)
+    positive, _ = logic.getClickNodes()
+    assert positive.GetNumberOfControlPoints() == 1
+    assert ("undo",) in session.calls
+
+
+def test_moving_and_deleting_points_recompute_their_slice(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    logic.addClick(to_world(world, (2, 2, 3)), axis=0)
+    logic.addClick(to_world(world, (7, 5, 1)), axis=0)
+    positive, _ = logic.getClickNodes()
+    positive.SetNthControlPointPositionWorld(0, *to_world(world, (5, 6, 3)))  # dragged within slice 3
+    logic.submitPointsChanged()
+    logic.waitForJobs()
+    slice3 = segmentation.arrays[segment_id][3]
+    assert slice3[6, 5] and not slice3[2, 2]
+    assert segmentation.arrays[segment_id][1][5, 7]  # the other slice is as it was
+    positive.RemoveNthControlPoint(1)  # the point on slice 1 is deleted
+    logic.submitPointsChanged()
+    logic.waitForJobs()
+    assert not segmentation.arrays[segment_id][1].any()
+    assert slice3[6, 5]
+
+
+def test_a_failed_click_leaves_no_point_and_no_record(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+
+    def broken(*args, **kwargs):
+        raise InvalidInputError("the model failed")
+
+    session.click_slice = broken
+    with pytest.raises(InvalidInputError, match="the model failed"):
+        logic.addClick(to_world(world, (2, 2, 3)), axis=0)
+    positive, _ = logic.getClickNodes()
+    assert positive.GetNumberOfControlPoints() == 0 and not logic.hasClicks()
+
+
+def test_propagation_writes_the_volume_and_adopts_hand_edits(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    logic.setModelSettings(propagation="interpolation")
+    logic._stale = False  # the fake session stays (settings would reopen a real one)
+    logic.addClick(to_world(world, (4, 4, 1)), axis=0)
+    segmentation.arrays[segment_id][4, 0:2, 0:2] = 1  # painted by hand in Slicer on slice 4
+    logic.propagate()
+    assert ("set", 0, 4) in session.calls  # the painted slice became an annotation
+    result = segmentation.arrays[segment_id]
+    assert all(result[k].any() for k in range(SHAPE[0]))  # the fake propagates to every slice
+    assert ("propagate", "interpolation", 0) in session.calls
+
+
+def test_stcn_without_weights_says_what_to_do(env, monkeypatch):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    logic.addClick(to_world(world, (4, 4, 1)), axis=0)
+    monkeypatch.setattr(logic, "modelsToDownload", lambda: ["stcn"])
+    with pytest.raises(RuntimeError, match="interpolation"):
+        logic.propagate()
+
+
+def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypatch, tmp_path):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    logic.addClick(to_world(world, (2, 2, 3)), axis=0)
+    logic.addClick(to_world(world, (7, 5, 3)), axis=0, positive=False)
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"not really a model")
+    monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "home"))
+    opened = []
+
+    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
+        opened.append((volume.shape, click_model, device))
+        np.testing.assert_allclose(ijk_to_ras, world)
+        return cls(FakeSession(volume.shape))
+
+    monkeypatch.setattr(SessionBridge, "open", classmethod(fake_open))
+    monkeypatch.setattr(SessionBridge, "warm_up", lambda self: None)
+    logic.setModelSettings(model=str(checkpoint), device="cpu", propagation="interpolation")
+    logic.addClick(to_world(world, (5, 1, 4)), axis=0)
+    assert opened == [(SHAPE, str(checkpoint), "cpu")]
+    replayed = [c for c in logic._bridge.session.calls if c[0] == "click"]
+    assert [(c[2], c[5]) for c in replayed] == [(3, True), (3, False), (4, True)]  # in click order
