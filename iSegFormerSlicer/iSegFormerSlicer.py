@@ -265,8 +265,10 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelStatusLabel.text = self.logic.modelStatusText()
         self.ui.downloadModelButton.enabled = not missing and self.logic.modelNeedsDownload()
         device = self.ui.deviceComboBox.currentText
+        onCpu = device == "cpu" or (self.logic.activeDevice or "").startswith("cpu")
         self.ui.deviceWarningLabel.text = (
-            _("CPU selected: each click takes seconds, propagation minutes.") if device == "cpu" else ""
+            _("Running on the CPU: each click takes seconds, propagation minutes. A CUDA GPU is much faster.")
+            if onCpu else ""
         )
         ready = not missing and self.ui.inputVolumeSelector.currentNode() is not None
         self.ui.clicksCollapsibleButton.enabled = ready
@@ -475,7 +477,8 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.error("iSegFormer: %s", error)
         self.ui.statusLabel.text = str(error)
         if not slicer.app.testingEnabled():
-            slicer.util.errorDisplay(str(error), windowTitle=_("iSegFormer"), detailedText=details or None)
+            extra = {"detailedText": details} if details else {}
+            slicer.util.errorDisplay(str(error), windowTitle=_("iSegFormer"), **extra)
 
 
 #
@@ -533,6 +536,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         #: the Segment Editor node whose masking and overwrite settings writes follow
         self.segmentEditorNode = None
         self.viewAlignmentToleranceDegrees = 1.0
+        #: the torch device the open session runs on ("cuda:0", "cpu"); None before the first click
+        self.activeDevice = None
         self._worker = None
         self._bridge = None
         self._stale = False  # True: reopen the session (settings changed) before the next job
@@ -892,15 +897,21 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
                 bridge.replay(segmentId, axis, index, clicks)
             if generation == self._generation:  # else the volume changed meanwhile
                 self._bridge = bridge
-            return None
+            predictor = getattr(bridge.session, "predictor", None)
+            return str(getattr(predictor, "device", device))
 
         return openSession
+
+    def _sessionOpened(self, deviceName):
+        self.activeDevice = deviceName
+        if deviceName == "cpu":
+            logging.warning("iSegFormer runs on the CPU: each click takes seconds. A CUDA GPU is much faster.")
 
     def _submitWithSession(self, function, label, apply, onFailure=None):
         """Queue ``function(bridge, progress)``, after opening the session if none is open."""
         if self._bridge is None or self._stale:
             self._stale = False
-            self.submit(self._openSessionJob(), label="open")
+            self.submit(self._openSessionJob(), label="open", apply=self._sessionOpened)
 
         def run(progress):
             bridge = self._bridge
