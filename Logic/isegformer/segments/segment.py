@@ -1,0 +1,136 @@
+"""One segment's state: its annotated slices (per axis) and its propagated result.
+
+An *annotated* slice is one the user clicked or drew; it holds the user's mask and the clicks
+that made it. The *propagated* result is a whole-volume mask that the last propagation gave.
+The segment's mask is the propagated result with every annotated slice written over it, so an
+annotated slice is never overwritten by propagation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..volume.slicing import check_axis, insert_slice
+
+#: Distinct default colours (RGB in [0, 1]) for segments created without one.
+DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
+    (0.902, 0.294, 0.208),  # red
+    (0.302, 0.686, 0.290),  # green
+    (0.216, 0.494, 0.722),  # blue
+    (1.000, 0.800, 0.000),  # yellow
+    (0.596, 0.306, 0.639),  # purple
+    (1.000, 0.498, 0.000),  # orange
+    (0.000, 0.749, 0.769),  # cyan
+    (0.969, 0.506, 0.749),  # pink
+    (0.651, 0.337, 0.157),  # brown
+    (0.600, 0.600, 0.600),  # grey
+)
+
+
+@dataclass(frozen=True)
+class SliceClick:
+    """A click in a slice: continuous (row, col) = (y, x), voxel centres at integers."""
+
+    row: float
+    col: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class SliceAnnotation:
+    """The user's mask of one slice and the clicks that produced it (none if it was drawn).
+
+    ``order`` increases with every annotation of the session; where annotated slices of two
+    axes cross, the later one wins.
+    """
+
+    mask: np.ndarray
+    clicks: tuple[SliceClick, ...] = ()
+    order: int = 0
+
+    def __post_init__(self) -> None:
+        mask = np.asarray(self.mask)
+        if mask.ndim != 2:
+            raise InvalidInputError(f"A slice mask is 2D, got shape {mask.shape}.")
+        mask = mask.astype(bool, copy=True)
+        mask.flags.writeable = False  # shared with the undo history: never edited in place
+        object.__setattr__(self, "mask", mask)
+
+    @property
+    def drawn(self) -> bool:
+        """True when the mask came from elsewhere (an editor, a label file), not from clicks."""
+        return not self.clicks
+
+
+@dataclass(eq=False)
+class Segment:
+    """A named, coloured object being segmented in one volume."""
+
+    name: str
+    color: tuple[float, float, float]
+    label_value: int
+    #: axis -> slice index -> annotation
+    annotations: dict[int, dict[int, SliceAnnotation]] = field(
+        default_factory=lambda: {0: {}, 1: {}, 2: {}}
+    )
+    #: the last propagation's (k, j, i) bool mask, or None before any propagation
+    propagated: Optional[np.ndarray] = None
+    #: the axis the last propagation ran along
+    propagation_axis: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InvalidInputError("A segment needs a non-empty name.")
+        color = tuple(float(c) for c in self.color)
+        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+            raise InvalidInputError(
+                f"Segment {self.name!r}: a colour is three numbers in [0, 1], got {self.color!r}."
+            )
+        self.color = color  # type: ignore[assignment]
+        if not 1 <= int(self.label_value) <= 255:
+            raise InvalidInputError(
+                f"Segment {self.name!r}: the label value must be 1..255, got {self.label_value}."
+            )
+        self.label_value = int(self.label_value)
+
+    # --- annotated slices -------------------------------------------------------------------
+    def annotation(self, axis: int, index: int) -> Optional[SliceAnnotation]:
+        return self.annotations[check_axis(axis)].get(int(index))
+
+    def set_annotation(self, axis: int, index: int, annotation: Optional[SliceAnnotation]) -> None:
+        """Store (or, with None, remove) the annotation of one slice."""
+        slices = self.annotations[check_axis(axis)]
+        if annotation is None:
+            slices.pop(int(index), None)
+        else:
+            slices[int(index)] = annotation
+
+    def annotated_indices(self, axis: int) -> list[int]:
+        return sorted(self.annotations[check_axis(axis)])
+
+    def iter_annotations(self) -> Iterator[tuple[int, int, SliceAnnotation]]:
+        """(axis, index, annotation) for every annotated slice, oldest first."""
+        items = [
+            (axis, index, annotation)
+            for axis, slices in self.annotations.items()
+            for index, annotation in slices.items()
+        ]
+        return iter(sorted(items, key=lambda item: item[2].order))
+
+    @property
+    def has_annotations(self) -> bool:
+        return any(self.annotations[axis] for axis in (0, 1, 2))
+
+    # --- the whole mask -----------------------------------------------------------------------
+    def mask(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """The segment's (k, j, i) bool mask: propagated result, then annotated slices over it."""
+        if self.propagated is not None:
+            result = self.propagated.copy()
+        else:
+            result = np.zeros(shape, dtype=bool)
+        for axis, index, annotation in self.iter_annotations():
+            insert_slice(result, axis, index, annotation.mask)
+        return result
