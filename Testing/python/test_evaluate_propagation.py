@@ -9,6 +9,7 @@ import pytest
 
 from isegformer.cli.main import main
 from isegformer.errors import InvalidInputError
+from isegformer.propagation.factory import create_propagator
 from isegformer.evaluation.propagation import (choose_slices, evaluate_case, evaluate_files,
                                                reference_slices, score)
 from isegformer.volume import Volume, write_volume
@@ -27,6 +28,8 @@ def test_scores_by_hand():
     assert (s.dice, s.sensitivity, s.ppv) == (0.5, 0.5, 0.5)
     assert s.iou == pytest.approx(1 / 3)
     assert score(np.zeros(3, bool), np.zeros(3, bool)).dice == 1.0
+    missed = score(np.ones(3, bool), np.zeros(3, bool))
+    assert (missed.dice, missed.sensitivity, missed.ppv, missed.iou) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_slice_choices():
@@ -124,3 +127,29 @@ def test_interpolation_reaches_the_brats_figures(data_dir: Path, case: str):
                                 method="interpolation")
     assert len(result.slices) == 5
     assert 0.80 <= result.scores.dice <= 0.95
+
+
+def test_factory_builds_the_baseline_and_refuses_nonsense(caplog):
+    volume = np.zeros((6, 10, 12), np.float32)
+    prop = create_propagator("Interpolation", volume, 1, 2, weights="unused.pth")
+    assert prop.name == "interpolation" and prop.probabilities.shape == (3, 10, 6, 12)
+    assert "no weights" in caplog.text
+    with pytest.raises(InvalidInputError, match="Unknown propagation method"):
+        create_propagator("svm", volume, 0, 1)
+    with pytest.raises(InvalidInputError, match="3D"):
+        create_propagator("interpolation", volume[0], 0, 1)
+
+
+@pytest.mark.slow
+def test_stcn_runs_through_the_same_protocol():
+    """STCN (random weights: the figures mean nothing) goes through the factory and the protocol."""
+    torch = pytest.importorskip("torch")
+    from isegformer.propagation import stcn
+
+    torch.manual_seed(0)
+    volume, label = _cone_case(shape=(10, 32, 32))
+    result, pred = evaluate_case(volume, label, label_values=[3], axis=0, num_slices=2,
+                                 slice_choice="explicit", slices=[5, 9], method="stcn",
+                                 weights=stcn.STCNNetwork(), device="cpu")
+    assert result.method == "stcn" and pred.shape == volume.shape
+    np.testing.assert_array_equal(pred[[5, 9]], label.array[[5, 9]] == 3)

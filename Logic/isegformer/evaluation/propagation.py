@@ -36,7 +36,10 @@ METRICS = ("dice", "sensitivity", "ppv", "iou")
 
 @dataclass
 class Scores:
-    """Overlap of a predicted and a ground-truth mask (each in [0, 1]; an empty pair scores 1)."""
+    """Overlap of a predicted and a ground-truth mask, each in [0, 1].
+
+    Two empty masks score 1 everywhere; an empty prediction of a present object has PPV 0.
+    """
 
     dice: float
     sensitivity: float
@@ -73,7 +76,10 @@ def score(gt: np.ndarray, pred: np.ndarray) -> Scores:
     n_gt, n_pred = float(np.count_nonzero(gt)), float(np.count_nonzero(pred))
 
     def ratio(num: float, den: float) -> float:
-        return 1.0 if den == 0 else num / den
+        # 0/0: perfect when both masks are empty, else nothing was found (or nothing was there).
+        if den == 0:
+            return 1.0 if n_gt == n_pred == 0 else 0.0
+        return num / den
 
     return Scores(
         dice=ratio(2 * tp, n_gt + n_pred),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -27,8 +27,10 @@ def create_propagator(
 ) -> Propagator:
     """A propagator ``name`` ("interpolation" or "stcn") over ``volume`` (k, j, i) along ``axis``.
 
-    ``weights`` and ``fusion_weights`` (a path, a registry name, or a loaded network) only
-    matter to STCN; without ``fusion_weights`` STCN blends the two directions by distance.
+    ``weights`` and ``fusion_weights`` only matter to STCN: a file path, a registry name, a
+    state dict or a loaded network. ``weights=None`` takes the registry's official ``stcn``
+    (downloaded once into the verified cache); ``fusion_weights=None`` means no FusionNet, and
+    STCN blends the two directions by distance.
     ``pixel_spacing`` (row, col) in mm lets the interpolation measure distances in mm.
     """
     method = str(name).strip().lower()
@@ -48,8 +50,23 @@ def create_propagator(
     # Imported here: STCN pulls in torch and the networks, which the baseline never needs.
     from . import stcn
 
-    network = stcn.load_stcn(weights)
-    fusion = stcn.load_fusion(fusion_weights) if fusion_weights is not None else None
-    if fusion is None:
-        log.info("No FusionNet weights given: STCN blends the two directions by distance.")
+    network = weights if isinstance(weights, stcn.STCNNetwork) else stcn.load_stcn(
+        _weights_source(weights, "stcn"))
+    fusion = None
+    if isinstance(fusion_weights, stcn.FusionNet):
+        fusion = fusion_weights
+    elif fusion_weights is not None:
+        fusion = stcn.load_fusion(_weights_source(fusion_weights, "mivos_fusion"))
     return stcn.STCNPropagator.from_volume(array, axis, num_objects, network, fusion=fusion, device=device)
+
+
+def _weights_source(weights, registry_name: str):
+    """A state dict as is; a path or registry name through the verified weights cache.
+
+    None means the registry's official file (downloaded once, then verified on each use).
+    """
+    if isinstance(weights, Mapping):
+        return weights
+    from ..weights import resolve_model
+
+    return resolve_model(registry_name if weights is None else weights)
