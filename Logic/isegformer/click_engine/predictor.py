@@ -1,0 +1,167 @@
+"""The click predictor: clicks and the previous probability in, a new probability map out.
+
+It follows the inference protocol of RITM that the iSegFormer paper evaluated with (NoBRS):
+
+1. the image (3 channels in [0, 1]) and the previous probability form a 4-channel input;
+2. zoom-in crops it around the object from the second click on (see ``transforms/zoom_in.py``);
+3. horizontal flip doubles the batch;
+4. the network gives logits; flip averages them; the sigmoid makes probabilities;
+5. zoom-in pastes the result back into the full image.
+
+One network call per click. The predictor holds no per-image state: a :class:`ClickSession`
+owns the clicks, the previous probability and the zoom-in state.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..clicks import Click
+from ..device import resolve_device
+from ..errors import InvalidInputError
+from .transforms import HorizontalFlip, ZoomIn
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Reference ZoomIn settings of the paper's evaluation (evaluate_model.py, cvpr mode).
+ZOOM_IN_DEFAULTS = dict(target_size=400, skip_clicks=1, expansion_ratio=1.4, min_crop_size=200,
+                        recompute_thresh_iou=0.5, prob_thresh=0.5)
+
+
+@dataclass(frozen=True)
+class NetCall:
+    """What the network was given at the last call (for checks against the reference)."""
+
+    points: np.ndarray          # (B, 2N, 3) float64 rows [y, x, index]
+    input_hw: tuple[int, int]   # spatial size of the tensor given to the network
+
+
+def clicks_to_points(click_lists: Sequence[Sequence[Click]]) -> np.ndarray:
+    """(B, 2N, 3) float64 rows ``[y, x, index]``: N positive rows, then N negative rows.
+
+    N is the largest number of positive or negative clicks over the batch (at least 1); the
+    unused rows are ``(-1, -1, -1)``.
+    """
+    n = max([1] + [sum(c.positive == sign for c in clicks)
+                   for clicks in click_lists for sign in (True, False)])
+    points = np.full((len(click_lists), 2 * n, 3), -1.0, dtype=np.float64)
+    for b, clicks in enumerate(click_lists):
+        for group, sign in ((0, True), (1, False)):
+            rows = [(c.y, c.x, c.index) for c in clicks if c.positive == sign]
+            if rows:
+                points[b, group * n:group * n + len(rows)] = rows
+    return points
+
+
+class ClickPredictor:
+    """Runs an iSegFormer model on clicks, with the reference's zoom-in and flip.
+
+    ``model`` is a loaded network (``ISegFormer``), a checkpoint path or a state dict.
+    ``precision`` ("float32", "float16" or "bfloat16") applies autocast on CUDA only; the CPU
+    always computes in float32.
+    """
+
+    def __init__(self, model: Union[nn.Module, str, PathLike, Mapping[str, Any]], *,
+                 zoom_in: bool = True, flip: bool = True, threshold: float = 0.49,
+                 device: Union[str, torch.device] = "auto", precision: str = "float32") -> None:
+        self.device = resolve_device(device)
+        if not isinstance(model, nn.Module):
+            from .build import load_click_model
+
+            model = load_click_model(model, device=self.device)
+        self.model = model.to(self.device).eval()
+        if precision not in PRECISIONS:
+            raise InvalidInputError(
+                f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+        self.precision = precision
+        self.zoom_in = zoom_in
+        self.flip = HorizontalFlip() if flip else None
+        self.threshold = float(threshold)
+        self.last_call: Optional[NetCall] = None
+
+    def new_zoom_in(self) -> Optional[ZoomIn]:
+        """A fresh zoom-in state for one image (None when zoom-in is off)."""
+        return ZoomIn(**ZOOM_IN_DEFAULTS) if self.zoom_in else None
+
+    # -- the protocol ------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor, prev_prob: torch.Tensor, clicks: Sequence[Click],
+                zoom: Optional[ZoomIn]) -> torch.Tensor:
+        """Probability (1, 1, H, W) for one image (1, 3, H, W) in [0, 1] after ``clicks``.
+
+        ``prev_prob`` (1, 1, H, W) is the previous probability (zeros before the first click);
+        ``zoom`` is this image's zoom-in state, updated in place.
+        """
+        net_input = torch.cat([image, prev_prob], dim=1)
+        click_lists: list[list[Click]] = [list(clicks)]
+        if zoom is not None:
+            net_input, click_lists[0] = zoom.transform(net_input, click_lists[0])
+        prob = torch.sigmoid(self._merged_logits(net_input, click_lists))
+        if zoom is not None:
+            prob = zoom.inv_transform(prob)
+        return prob
+
+    @torch.no_grad()
+    def predict_batch(self, images: Union[np.ndarray, torch.Tensor],
+                      click_lists: Sequence[Sequence[Click]],
+                      prev_probs: Union[np.ndarray, torch.Tensor, None] = None) -> np.ndarray:
+        """Probabilities (B, H, W) float32 for a batch of images (B, 3, H, W) in [0, 1].
+
+        One network call for the whole batch, with flip averaging but without zoom-in (zoom-in
+        crops each image differently). ``prev_probs`` (B, 1, H, W) defaults to zeros.
+        """
+        images = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
+            raise InvalidInputError(
+                f"predict_batch needs images of shape (B, 3, H, W), got {tuple(images.shape)}.")
+        if len(click_lists) != images.shape[0]:
+            raise InvalidInputError(
+                f"{images.shape[0]} images but {len(click_lists)} click lists: give one list "
+                "of clicks per image.")
+        if prev_probs is None:
+            prev = torch.zeros_like(images[:, :1])
+        else:
+            prev = torch.as_tensor(prev_probs, dtype=torch.float32, device=self.device)
+            if prev.shape != images[:, :1].shape:
+                raise InvalidInputError(
+                    f"prev_probs must have shape {tuple(images[:, :1].shape)}, "
+                    f"got {tuple(prev.shape)}.")
+        logits = self._merged_logits(torch.cat([images, prev], dim=1),
+                                     [list(c) for c in click_lists])
+        return torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+
+    # -- one network call --------------------------------------------------------------------
+    def _merged_logits(self, net_input: torch.Tensor,
+                       click_lists: list[list[Click]]) -> torch.Tensor:
+        if self.flip is not None:
+            net_input, click_lists = self.flip.transform(net_input, click_lists)
+        points_np = clicks_to_points(click_lists)
+        self.last_call = NetCall(points_np, (int(net_input.shape[2]), int(net_input.shape[3])))
+        # float64 points, as the reference passes them: its disk maps subtract them from a
+        # float32 pixel grid, which rounds the difference (not the coordinate) to float32.
+        points = torch.from_numpy(points_np).to(self.device)
+        with self._autocast():
+            logits = self.model(net_input[:, :3], net_input[:, 3:], points)
+        logits = logits.float()
+        if logits.shape[2:] != net_input.shape[2:]:
+            logits = F.interpolate(logits, size=net_input.shape[2:], mode="bilinear",
+                                   align_corners=True)
+        if self.flip is not None:
+            logits = self.flip.inv_transform(logits)
+        return logits
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=dtype)
