@@ -439,6 +439,8 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             dialog.connect("canceled()", self.onCancel)
             self._progressDialog = dialog
         self._progressDialog.labelText = label
+        if not self._progressDialog.visible:
+            self._progressDialog.maximum = 0  # busy until the job reports its own progress
         if immediately:
             self._progressDialog.show()
         self._pollTimer.start()
@@ -1117,17 +1119,19 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         ids = list(segmentation.GetSegmentIDs())
         arrays = {sid: self.segmentArray(sid) for sid in ids}
         source = slicer.util.arrayFromVolume(self.volumeNode) if rules.intensity_range else None
-        changedSegments = set()
+        changedSegments, changedIndices = set(), []
         for offset, index in enumerate(range(first, last + 1)):
             mask = support.transforms.take_slice(masks, axis, offset)
             changes = support.slice_write.write_slice(mask, segmentId, arrays, axis, index, rules, source)
             support.slice_write.apply_slice_changes(arrays, axis, index, changes)
             changedSegments.update(changes)
+            if changes:
+                changedIndices.append(index)
         if changedSegments:
             if self.saveStateForUndo is not None:
                 self.saveStateForUndo()
-            for sid in sorted(changedSegments):
-                self._setSegmentSlab(sid, axis, first, last, arrays[sid])
+            for sid in sorted(changedSegments):  # only the span of slices that changed is sent
+                self._setSegmentSlab(sid, axis, changedIndices[0], changedIndices[-1], arrays[sid])
         for sid in changedSegments | {segmentId}:
             if sid == segmentId or sid in self._written:
                 self._written[sid] = arrays[sid].astype(bool)
