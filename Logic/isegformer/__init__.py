@@ -28,3 +28,12 @@ from .errors import (  # noqa: F401
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Session pulls in torch on first use only, so `import isegformer` stays light.
+    if name == "Session":
+        from .session import Session
+
+        return Session
+    raise AttributeError(f"module 'isegformer' has no attribute {name!r}")

@@ -17,6 +17,8 @@ COMMANDS: tuple[str, ...] = (
     "models",
     "download",
     "evaluate_propagation",
+    "segment",
+    "propagate",
 )
 
 

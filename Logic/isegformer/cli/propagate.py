@@ -1,0 +1,72 @@
+"""``isegformer propagate``: a few slices drawn elsewhere, carried through the whole volume."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .segment import add_axis_argument, add_model_arguments, load_propagation_networks, propagate_all, report_segments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "propagate",
+        help="propagate label slices drawn elsewhere (a label map or .seg.nrrd) through the volume",
+        description="Take the slices of LABELS that hold any label along --axis (or only --slices) "
+                    "as annotated slices, propagate every label through the volume, and write the "
+                    "result. Annotated slices are kept exactly as drawn. LABELS must lie on the "
+                    "volume's grid.",
+    )
+    parser.add_argument("volume", help="the volume: NIfTI, NRRD, MHA, or a DICOM series folder")
+    parser.add_argument("--labels", required=True, type=Path, metavar="LABELS",
+                        help="label map with a few drawn slices (.nii.gz, .nrrd, .mha) or a Slicer .seg.nrrd")
+    parser.add_argument("--out", required=True, type=Path, metavar="OUT",
+                        help="result: a Slicer .seg.nrrd, or a label map (.nii.gz, .nrrd, .mha)")
+    add_axis_argument(parser, "axis the slices were drawn along (0=k, 1=j, 2=i; default 0)")
+    parser.add_argument("--slices", default=None, metavar="I,J,...",
+                        help="only these slice indices (default: every slice with a label)")
+    parser.add_argument("--method", default="stcn", choices=("stcn", "interpolation"),
+                        help="propagation method (default: stcn)")
+    add_model_arguments(parser)
+    parser.add_argument("--overlay", type=Path, metavar="PNG", help="also write a PNG montage of the result")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInputError
+    from ..output.atomic import check_writable
+    from ..session import Session
+
+    for path in [args.out, args.overlay]:
+        if path is not None:
+            check_writable(path)
+    indices = None
+    if args.slices:
+        try:
+            indices = [int(v) for v in args.slices.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise InvalidInputError(f"--slices takes comma-separated integers, got {args.slices!r}.") from None
+    started = time.perf_counter()
+    stcn, fusion = load_propagation_networks(args)
+    session = Session.open(args.volume, stcn_weights=stcn, fusion_weights=fusion, device=args.device, axis=args.axis)
+    if args.labels.name.lower().endswith(".seg.nrrd"):
+        from ..output.seg_nrrd import read_seg_nrrd
+
+        # Keep the drawn segments' names and colours (read_label_map numbers them 1, 2, ...).
+        for number, info in enumerate(read_seg_nrrd(args.labels).segments, start=1):
+            session.add_segment(info.name, color=info.color, label_value=number)
+    annotated = session.annotate_from_label_map(args.labels, axis=args.axis, indices=indices)
+    print(f"{len(session.segments)} label(s) on {len(annotated)} annotated slice(s) along axis "
+          f"{args.axis}: {', '.join(str(i) for i in annotated)}")
+    propagate_all(session, args.method)
+    if args.out.name.lower().endswith(".seg.nrrd"):
+        session.save_segmentation(args.out)
+    else:
+        session.save_label_map(args.out)
+    print(f"wrote {args.out}")
+    if args.overlay is not None:
+        session.save_overlay(args.overlay)
+        print(f"wrote {args.overlay}")
+    report_segments(session)
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0

@@ -1,0 +1,2 @@
+"""The segmentation session: one volume, its segments, every click, correction and propagation."""
+from .session import Session  # noqa: F401

@@ -1,0 +1,757 @@
+"""The segmentation session: one volume, its segments, and every click, correction and propagation.
+
+This is the object a console user, a batch script, the CLI and the Slicer module all drive::
+
+    session = Session.open("knee.nii.gz", click_model="isegformer.pth", stcn_weights="stcn.pth")
+    femur = session.add_segment("femur")
+    session.click((12.0, -30.5, 41.0), positive=True)     # RAS mm, on a slice along axis 0
+    session.propagate()                                    # STCN through the volume
+    session.undo(); session.redo()
+    session.save_segmentation("knee.seg.nrrd")
+    session.save("knee.isegsession")                       # everything, to continue later
+
+Coordinates: a volume array is indexed ``[k, j, i]``; ``axis`` 0, 1, 2 means slices along k, j,
+i (see :mod:`isegformer.volume.slicing` for which array axes are a slice's rows and columns).
+Every method that changes the state is one undoable action, and a method that fails leaves
+the session as it was.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..progress import ProgressCallback
+from ..segments.history import Action, History, VolumeDiff
+from ..segments.segment import DEFAULT_COLORS, Segment, SliceAnnotation, SliceClick
+from ..volume import Volume, geometry, slicing
+from . import storage
+
+log = logging.getLogger(__name__)
+
+#: The registry's click model used when none is given (the paper's Swin-B, OAI-ZIB).
+DEFAULT_CLICK_MODEL = "isegformer_swin_base_oaizib"
+
+VolumeSource = Union[str, os.PathLike, Volume, tuple]
+SegmentRef = Union[Segment, str, None]
+
+
+class Session:
+    """A segmentation session over one volume; create it with :meth:`open` or :meth:`load`."""
+
+    def __init__(
+        self,
+        volume: Volume,
+        *,
+        click_model: Any = None,
+        stcn_weights: Any = None,
+        fusion_weights: Any = None,
+        propagator_factory: Optional[Callable[..., Any]] = None,
+        device: str = "auto",
+        axis: int = 0,
+        window: Optional[tuple[float, float]] = None,
+        source: Optional[str] = None,
+    ) -> None:
+        if not isinstance(volume, Volume):
+            raise InvalidInputError(f"Session needs a Volume, got {type(volume).__name__}; use Session.open.")
+        self.volume = volume
+        self.default_axis = slicing.check_axis(axis)
+        self.device = device
+        self.source = source
+        self._window = _checked_window(window)
+        self._click_model = click_model
+        self._predictor = None
+        self._stcn_weights = stcn_weights
+        self._fusion_weights = fusion_weights
+        self._propagator_factory = propagator_factory
+        self._segments: list[Segment] = []
+        self._current: Optional[Segment] = None
+        self._order = 0
+        self.history = History()
+        # The click session of the slice clicked last, reused while its clicks match the state.
+        self._live: Optional[tuple[Segment, int, int, Any]] = None
+        # Live propagators: (segment, axis, method) -> (propagator, {index: order consumed}).
+        self._propagators: dict[tuple[int, int, str], tuple[Any, dict[int, int]]] = {}
+
+    # ----------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, volume: VolumeSource, **options: Any) -> "Session":
+        """Start a session on ``volume``: a path (any SimpleITK format, or a DICOM folder), a
+        :class:`~isegformer.volume.Volume`, or ``(array (k, j, i), ijk_to_ras 4x4)``.
+
+        Options: ``click_model`` (a registry name, a checkpoint path, a loaded iSegFormer, or a
+        ClickPredictor; default: the paper's Swin-B from the registry), ``stcn_weights`` /
+        ``fusion_weights`` (registry names, paths, state dicts or loaded networks, for STCN
+        propagation; default: the registry's ``stcn``, and no FusionNet), ``device`` ("auto", "cpu", "cuda"), ``axis`` (the default slice axis,
+        0 = k), ``window`` ((low, high) intensities; default: 0.1/99.9 percentiles of the volume),
+        ``propagator_factory`` (replaces :func:`isegformer.propagation.factory.create_propagator`).
+        """
+        source = None
+        if isinstance(volume, (str, os.PathLike)):
+            from ..volume import read_volume
+
+            source = str(Path(volume).expanduser().resolve())
+            volume = read_volume(volume)
+        elif isinstance(volume, tuple):
+            if len(volume) != 2:
+                raise InvalidInputError("Give the volume as (array, ijk_to_ras): two items.")
+            volume = Volume(np.asarray(volume[0]), np.asarray(volume[1]))
+        elif not isinstance(volume, Volume):
+            raise InvalidInputError(
+                f"Session.open needs a path, a Volume or (array, ijk_to_ras), got {type(volume).__name__}."
+            )
+        return cls(volume, source=source, **options)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, volume: VolumeSource | None = None, **options: Any) -> "Session":
+        """Load a session saved by :meth:`save`. ``volume`` is needed only when the file was
+        saved without its volume and the original file has moved. ``options`` as for :meth:`open`."""
+        return storage.load_session(cls, path, volume, options)
+
+    def save(self, path: str | os.PathLike, *, include_volume: bool = True) -> Path:
+        """Save everything (segments, annotated slices with their clicks, propagated results) to
+        one file, atomically. Without the volume the file is small, but needs the volume to load.
+        The undo history is not saved."""
+        return storage.save_session(self, path, include_volume)
+
+    # ----------------------------------------------------------------------------- segments
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
+    @property
+    def current_segment(self) -> Optional[Segment]:
+        """The segment clicks go to when none is named: the last one added or used."""
+        return self._current
+
+    def segment(self, ref: SegmentRef = None) -> Segment:
+        """A segment by name (or the Segment itself); None gives the current segment."""
+        if ref is None:
+            if self._current is None:
+                raise InvalidInputError("There is no segment yet: call add_segment(name) first.")
+            return self._current
+        if isinstance(ref, Segment):
+            if ref not in self._segments:
+                raise InvalidInputError(f"Segment {ref.name!r} is not part of this session.")
+            return ref
+        for segment in self._segments:
+            if segment.name == ref:
+                return segment
+        names = ", ".join(repr(s.name) for s in self._segments) or "none"
+        raise InvalidInputError(f"No segment named {ref!r} (segments: {names}).")
+
+    def add_segment(
+        self, name: str, color: Optional[Sequence[float]] = None, label_value: Optional[int] = None
+    ) -> Segment:
+        """Add a segment; it becomes the current one. Colours are RGB in [0, 1]."""
+        if any(s.name == name for s in self._segments):
+            raise InvalidInputError(f"A segment named {name!r} exists already; choose another name.")
+        used = {s.label_value for s in self._segments}
+        if label_value is None:
+            label_value = next((v for v in range(1, 256) if v not in used), None)
+            if label_value is None:
+                raise InvalidInputError("A session holds at most 255 segments.")
+        elif label_value in used:
+            raise InvalidInputError(f"Label value {label_value} is used by another segment.")
+        if color is None:
+            color = DEFAULT_COLORS[len(self._segments) % len(DEFAULT_COLORS)]
+        segment = Segment(name=name, color=tuple(color), label_value=label_value)  # type: ignore[arg-type]
+        previous = self._current
+
+        def redo() -> None:
+            self._segments.append(segment)
+            self._current = segment
+
+        def undo() -> None:
+            self._segments.remove(segment)
+            self._current = previous
+            self._forget_caches(segment)
+
+        redo()
+        self.history.push(Action(f"add segment {name!r}", undo, redo))
+        return segment
+
+    def remove_segment(self, ref: SegmentRef) -> None:
+        segment = self.segment(ref)
+        position = self._segments.index(segment)
+        previous = self._current
+
+        def redo() -> None:
+            self._segments.remove(segment)
+            if self._current is segment:
+                self._current = self._segments[-1] if self._segments else None
+            self._forget_caches(segment)
+
+        def undo() -> None:
+            self._segments.insert(position, segment)
+            self._current = previous
+
+        redo()
+        self.history.push(Action(f"remove segment {segment.name!r}", undo, redo))
+
+    # ----------------------------------------------------------------------------- clicks
+    def click(
+        self,
+        ras_point: Sequence[float],
+        positive: bool = True,
+        segment: SegmentRef = None,
+        axis: Optional[int] = None,
+    ) -> np.ndarray:
+        """A click at an RAS point (mm) on the slice along ``axis`` (default: the session's) that
+        contains it. Returns that slice's new mask (rows, cols) bool."""
+        ijk = self.volume.ras_to_ijk_points(geometry._as_3(ras_point, "An RAS point"))
+        return self._click_at_ijk(ijk, positive, segment, axis, f"RAS {tuple(np.round(ras_point, 2))}")
+
+    def click_ijk(
+        self,
+        ijk: Sequence[float],
+        positive: bool = True,
+        segment: SegmentRef = None,
+        axis: Optional[int] = None,
+    ) -> np.ndarray:
+        """A click at continuous voxel coordinates ``(i, j, k)`` (Slicer's IJK order; the array
+        index is ``[k, j, i]``). Returns the slice's new mask."""
+        ijk = geometry._as_3(ijk, "An IJK point")
+        return self._click_at_ijk(ijk, positive, segment, axis, f"IJK {tuple(ijk)}")
+
+    def click_slice(
+        self,
+        axis: int,
+        index: int,
+        row: float,
+        col: float,
+        positive: bool = True,
+        segment: SegmentRef = None,
+    ) -> np.ndarray:
+        """A click at (row, col) of slice ``index`` along ``axis``. Returns the slice's new mask."""
+        axis = slicing.check_axis(axis)
+        index = slicing.check_index(self.volume.shape, axis, index)
+        rows, cols = slicing.slice_shape(self.volume.shape, axis)
+        row, col = float(row), float(col)
+        if not (np.isfinite(row) and np.isfinite(col) and -0.5 <= row <= rows - 0.5 and -0.5 <= col <= cols - 0.5):
+            raise InvalidInputError(
+                f"The click (row {row:g}, col {col:g}) is outside slice {index} along axis {axis}, "
+                f"which has {rows} rows and {cols} columns."
+            )
+        # One undo step, and nothing left behind on failure (not even an auto-created segment).
+        with self.history.transaction("click"):
+            return self._click(self.segment_or_new(segment), axis, index, row, col, bool(positive))
+
+    def segment_or_new(self, ref: SegmentRef) -> Segment:
+        """The segment named ``ref``; a first click without any segment creates ``Segment_1``."""
+        if ref is None and self._current is None:
+            return self.add_segment("Segment_1")
+        return self.segment(ref)
+
+    def _click_at_ijk(
+        self, ijk: np.ndarray, positive: bool, segment: SegmentRef, axis: Optional[int], where: str
+    ) -> np.ndarray:
+        axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        if not geometry.is_inside(ijk, self.volume.shape):
+            k, j, i = self.volume.shape
+            raise InvalidInputError(
+                f"The click at {where} is outside the volume (voxel {tuple(np.round(ijk, 2))} in "
+                f"(i, j, k); the volume has {i} x {j} x {k} voxels). Click inside the image."
+            )
+        index, row, col = slicing.ijk_to_slice_point(axis, ijk)
+        index = int(np.floor(index + 0.5))
+        return self.click_slice(axis, index, row, col, positive, segment)
+
+    def _click(self, segment: Segment, axis: int, index: int, row: float, col: float, positive: bool) -> np.ndarray:
+        # Rounding removes the float noise of RAS round trips, so that replayed clicks
+        # (from a .mrk.json) give the network exactly the same coordinates.
+        row, col = round(row, 6), round(col, 6)
+        before = segment.annotation(axis, index)
+        clicks = before.clicks if before is not None else ()
+        click_session = self._click_session(segment, axis, index, clicks)
+        _, mask = click_session.add_click(row, col, positive)
+        after = SliceAnnotation(mask, clicks + (SliceClick(row, col, positive),), self._next_order())
+        self._set_annotation(segment, axis, index, before, after, f"{'positive' if positive else 'negative'} click")
+        self._current = segment
+        return after.mask.copy()
+
+    def _click_session(self, segment: Segment, axis: int, index: int, clicks: tuple[SliceClick, ...]):
+        """The click session of this slice, holding exactly ``clicks`` (replayed if needed)."""
+        if self._live is not None:
+            live_segment, live_axis, live_index, live = self._live
+            if (live_segment, live_axis, live_index) == (segment, axis, index) and _same_clicks(live.clicks, clicks):
+                return live
+        from ..click_engine.session import ClickSession
+
+        image = slicing.extract_slice(self.volume.array, axis, index)
+        live = ClickSession(self.predictor, image, window=self.window)
+        for click in clicks:
+            live.add_click(click.row, click.col, click.positive)
+        self._live = (segment, axis, index, live)
+        return live
+
+    def set_slice_mask(
+        self, axis: int, index: int, mask: np.ndarray, segment: SegmentRef = None
+    ) -> None:
+        """Make ``mask`` (rows, cols) the annotation of a slice, e.g. a correction drawn in an
+        editor. It replaces that slice's clicks, and propagation never overwrites it."""
+        axis = slicing.check_axis(axis)
+        index = slicing.check_index(self.volume.shape, axis, index)
+        expected = slicing.slice_shape(self.volume.shape, axis)
+        mask = np.asarray(mask)
+        if mask.shape != expected:
+            raise InvalidInputError(
+                f"A slice along axis {axis} has shape {expected} (rows, cols); the mask has {mask.shape}."
+            )
+        with self.history.transaction("set slice mask"):
+            target = self.segment_or_new(segment)
+            before = target.annotation(axis, index)
+            after = SliceAnnotation(mask.astype(bool), (), self._next_order())
+            self._set_annotation(target, axis, index, before, after, "set slice mask")
+            self._current = target
+
+    def annotate_from_label_map(
+        self,
+        labels: Union[str, os.PathLike, Volume, np.ndarray],
+        axis: Optional[int] = None,
+        indices: Optional[Sequence[int]] = None,
+        names: Optional[dict[int, str]] = None,
+    ) -> list[int]:
+        """Take annotated slices from a label map drawn elsewhere (a file, a Volume or a
+        (k, j, i) array on this volume's grid), as one undoable action.
+
+        Each nonzero value becomes a segment (``names[value]``, else an existing segment with
+        that label value, else ``Label_<value>``). The slices taken are ``indices`` along
+        ``axis``, by default every slice where the label map has a nonzero voxel. A label map on
+        another grid is refused. Returns the slice indices annotated.
+        """
+        axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        array = self._label_array(labels)
+        if indices is None:
+            other = tuple(a for a in range(3) if a != axis)
+            indices = [int(i) for i in np.flatnonzero(array.any(axis=other))]
+            if not indices:
+                raise InvalidInputError("The label map is empty: draw at least one slice.")
+        indices = [slicing.check_index(self.volume.shape, axis, int(i)) for i in indices]
+        values = [int(v) for v in np.unique(array) if v != 0]
+        if any(not 1 <= v <= 255 for v in values):
+            raise InvalidInputError(f"Label values must be 1..255, got {values}.")
+        names = dict(names or {})
+        with self.history.transaction(f"annotate {len(indices)} slices from a label map"):
+            for value in values:
+                target = self._segment_for_label(value, names.get(value))
+                for index in indices:
+                    self.set_slice_mask(axis, index, slicing.extract_slice(array, axis, index) == value, target)
+        return indices
+
+    def _segment_for_label(self, value: int, name: Optional[str]) -> Segment:
+        """The segment a label value goes to: by name if one is given, else by label value."""
+        if name is None:
+            existing = next((s for s in self._segments if s.label_value == value), None)
+            if existing is not None:
+                return existing
+            name = f"Label_{value}"
+        existing = next((s for s in self._segments if s.name == name), None)
+        if existing is not None:
+            return existing
+        free = all(s.label_value != value for s in self._segments)
+        return self.add_segment(name, label_value=value if free else None)
+
+    def _label_array(self, labels: Union[str, os.PathLike, Volume, np.ndarray]) -> np.ndarray:
+        if isinstance(labels, (str, os.PathLike)):
+            from ..output.labelmap import read_label_map
+
+            return read_label_map(labels, self.volume)
+        if isinstance(labels, Volume):
+            self.volume.check_label_map(labels)
+            array = labels.array
+        else:
+            array = np.asarray(labels)
+            if array.shape != self.volume.shape:
+                raise InvalidInputError(
+                    f"The label map has shape {array.shape} but the volume {self.volume.shape}: "
+                    "it was drawn on another grid."
+                )
+        if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+            if not np.array_equal(np.rint(array), array):
+                raise InvalidInputError("A label map holds whole numbers 0, 1, 2, ...")
+        return array.astype(np.int32)
+
+    def clear_slice(self, axis: int, index: int, segment: SegmentRef = None) -> None:
+        """Remove a slice's annotation (its clicks and mask); the propagated result shows again."""
+        target = self.segment(segment)
+        before = target.annotation(axis, index)
+        if before is not None:
+            self._set_annotation(target, axis, index, before, None, "clear slice")
+
+    def annotated_slices(self, segment: SegmentRef = None, axis: Optional[int] = None) -> list[int]:
+        """Indices of the annotated slices of a segment along ``axis`` (default: the session's)."""
+        return self.segment(segment).annotated_indices(self.default_axis if axis is None else axis)
+
+    def _set_annotation(
+        self,
+        segment: Segment,
+        axis: int,
+        index: int,
+        before: Optional[SliceAnnotation],
+        after: Optional[SliceAnnotation],
+        label: str,
+    ) -> None:
+        def redo() -> None:
+            segment.set_annotation(axis, index, after)
+
+        def undo() -> None:
+            segment.set_annotation(axis, index, before)
+            self._rewind_live(segment, axis, index, before)
+
+        redo()
+        nbytes = sum(a.mask.nbytes for a in (before, after) if a is not None)
+        self.history.push(Action(f"{label} on slice {index} (axis {axis}) of {segment.name!r}", undo, redo, nbytes))
+
+    def _rewind_live(self, segment: Segment, axis: int, index: int, state: Optional[SliceAnnotation]) -> None:
+        """After an undo, step the live click session back one click when that matches the state."""
+        if self._live is None or self._live[:3] != (segment, axis, index):
+            return
+        live = self._live[3]
+        clicks = state.clicks if state is not None else ()
+        if len(live.clicks) == len(clicks) + 1 and _same_clicks(live.clicks[:-1], clicks):
+            live.undo()
+
+    # ----------------------------------------------------------------------------- propagation
+    def propagate(
+        self,
+        segment: SegmentRef = None,
+        method: str = "stcn",
+        axis: Optional[int] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> np.ndarray:
+        """Carry a segment's annotated slices through the volume along ``axis`` (default: the axis
+        of its latest annotation). Only this segment changes; its annotated slices stay exactly
+        as annotated. Returns the segment's new (k, j, i) mask. A cancel (CancelledError from
+        ``progress``) leaves the segment as it was."""
+        target = self.segment(segment)
+        method = str(method).strip().lower()
+        if axis is None:
+            latest = list(target.iter_annotations())
+            axis = latest[-1][0] if latest else self.default_axis
+        axis = slicing.check_axis(axis)
+        annotated = target.annotations[axis]
+        if not annotated:
+            raise InvalidInputError(
+                f"Segment {target.name!r} has no annotated slice along axis {axis}: click or draw "
+                "at least one slice first."
+            )
+        propagator, consumed = self._propagator_for(target, axis, method)
+        pending = sorted(
+            (a for i, a in annotated.items() if consumed.get(i) != a.order),
+            key=lambda a: a.order,
+        )
+        index_of = {id(a): i for i, a in annotated.items()}
+        for number, annotation in enumerate(pending, start=1):
+            index = index_of[id(annotation)]
+            step = _overall(progress, number - 1, len(pending), f"slice {index}")
+            propagator.annotate(index, annotation.mask.astype(np.uint8), progress=step)
+            consumed[index] = annotation.order
+        from ..propagation.base import volume_from_frames
+
+        result = np.ascontiguousarray(volume_from_frames(propagator.labels() == 1, axis))
+        if target.propagation_axis == axis and target.propagated is not None \
+                and np.array_equal(result, target.propagated):
+            return target.mask(self.volume.shape)  # nothing changed: no undo step
+        before, before_axis = target.propagated, target.propagation_axis
+        diff = VolumeDiff(before, result, axis)
+
+        def redo() -> None:
+            target.propagated = diff.apply(target.propagated, reverse=False)
+            target.propagation_axis = axis
+
+        def undo() -> None:
+            target.propagated = diff.apply(target.propagated, reverse=True)
+            target.propagation_axis = before_axis
+
+        target.propagated = result
+        target.propagation_axis = axis
+        self.history.push(Action(f"propagate {target.name!r} ({method}, axis {axis})", undo, redo, diff.nbytes))
+        self._current = target
+        return target.mask(self.volume.shape)
+
+    def _propagator_for(self, segment: Segment, axis: int, method: str):
+        key = (id(segment), axis, method)
+        cached = self._propagators.get(key)
+        if cached is not None:
+            propagator, consumed = cached
+            annotated = segment.annotations[axis]
+            # A propagator cannot forget an annotation: if one was removed (undo, clear), start over.
+            if all(index in annotated for index in consumed):
+                return propagator, consumed
+        factory = self._propagator_factory
+        if factory is None:
+            from ..propagation.factory import create_propagator as factory
+        if method == "stcn":
+            self._load_stcn_weights_once()
+        rows, cols = _slice_spacing(self.volume.spacing, axis)
+        propagator = factory(
+            method,
+            self.volume.array,  # each propagator maps intensities its own way
+            axis,
+            1,
+            device=self.device,
+            weights=self._stcn_weights if method == "stcn" else None,
+            fusion_weights=self._fusion_weights if method == "stcn" else None,
+            pixel_spacing=(rows, cols),
+        )
+        # Keep one propagator per segment: each holds whole-volume probabilities.
+        for other in [k for k in self._propagators if k[0] == id(segment)]:
+            del self._propagators[other]
+        self._propagators[key] = (propagator, {})
+        return self._propagators[key]
+
+    def _load_stcn_weights_once(self) -> None:
+        """Load the networks once; every later propagator reuses them. Without ``stcn_weights``
+        the registry's official ``stcn`` is used (downloaded once into the verified cache)."""
+        from collections.abc import Mapping
+
+        from ..propagation import stcn
+
+        def network(source: Any, registry_name: str, loader: Callable, kind: type) -> Any:
+            if isinstance(source, kind):
+                return source
+            if not isinstance(source, Mapping):
+                from ..weights import resolve_model
+
+                source = resolve_model(registry_name if source is None else source)
+            return loader(source)
+
+        self._stcn_weights = network(self._stcn_weights, "stcn", stcn.load_stcn, stcn.STCNNetwork)
+        if self._fusion_weights is not None:
+            self._fusion_weights = network(self._fusion_weights, "mivos_fusion", stcn.load_fusion, stcn.FusionNet)
+
+    def _forget_caches(self, segment: Segment) -> None:
+        for key in [k for k in self._propagators if k[0] == id(segment)]:
+            del self._propagators[key]
+        if self._live is not None and self._live[0] is segment:
+            self._live = None
+
+    # ----------------------------------------------------------------------------- undo
+    def undo(self) -> Optional[str]:
+        """Undo the last action; returns its description, or None when there is nothing to undo."""
+        action = self.history.undo()
+        return action.label if action else None
+
+    def redo(self) -> Optional[str]:
+        """Redo the last undone action; returns its description, or None."""
+        action = self.history.redo()
+        return action.label if action else None
+
+    @property
+    def can_undo(self) -> bool:
+        return self.history.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        return self.history.can_redo
+
+    # ----------------------------------------------------------------------------- results
+    def segment_mask(self, segment: SegmentRef = None) -> np.ndarray:
+        """The (k, j, i) bool mask of a segment: its propagated result with its annotated slices."""
+        return self.segment(segment).mask(self.volume.shape)
+
+    def label_map(self) -> np.ndarray:
+        """A (k, j, i) uint8 label map: each segment's label value; where segments overlap, the
+        one added later wins."""
+        labels = np.zeros(self.volume.shape, np.uint8)
+        for segment in self._segments:
+            labels[segment.mask(self.volume.shape)] = segment.label_value
+        return labels
+
+    def save_segmentation(self, path: str | os.PathLike) -> Path:
+        """Write every segment to a Slicer ``.seg.nrrd`` on the volume's grid (overlaps kept)."""
+        from ..output.seg_nrrd import SegmentInfo, write_seg_nrrd
+
+        if not self._segments:
+            raise InvalidInputError("There is no segment to save: add a segment and annotate it first.")
+        infos = [
+            SegmentInfo(name=s.name, color=s.color, label_value=s.label_value,
+                        tags={"Segmentation.Status": "inprogress"})
+            for s in self._segments
+        ]
+        masks = [s.mask(self.volume.shape) for s in self._segments]
+        return write_seg_nrrd(path, masks, infos, self.volume.ijk_to_ras)
+
+    def save_label_map(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`label_map` as NIfTI/NRRD/MHA (by suffix) on the volume's grid."""
+        from ..output.labelmap import write_label_map
+
+        return write_label_map(path, self.label_map(), self.volume)
+
+    def save_clicks(self, path: str | os.PathLike, coordinate_system: str = "LPS") -> Path:
+        """Write every click still in effect as a Slicer point list (``.mrk.json``), segment by
+        segment, slice by slice; :meth:`load_clicks` replays them to the same masks."""
+        from ..output.markups import write_clicks
+
+        return write_clicks(path, self.click_points(), coordinate_system=coordinate_system)
+
+    def click_points(self) -> list:
+        """The clicks in effect, as :class:`~isegformer.output.markups.ClickPoint` (RAS)."""
+        from ..output.markups import ClickPoint
+
+        # Segment by segment (so a replay creates them in the same order), each segment's
+        # slices in the order they were annotated; slices are independent of one another.
+        points = []
+        for segment in self._segments:
+            for axis, index, annotation in segment.iter_annotations():
+                for click in annotation.clicks:
+                    ijk = slicing.slice_point_to_ijk(axis, index, click.row, click.col)
+                    ras = self.volume.ijk_to_ras_points(ijk)
+                    points.append(ClickPoint(tuple(float(v) for v in ras), click.positive, segment.name, axis))
+        return points
+
+    def load_clicks(
+        self,
+        paths: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]],
+        segment: SegmentRef = None,
+        axis: Optional[int] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> int:
+        """Replay the clicks of one or more ``.mrk.json`` files, in order, as one undoable action.
+
+        A point's own segment and axis (files written by :meth:`save_clicks`) come first; else
+        ``segment`` / ``axis``, else the current segment and the session's axis. Segments named
+        in the file are created when missing. Every point is checked before any is applied.
+        Returns the number of clicks replayed.
+        """
+        from ..output.markups import read_clicks
+        from ..progress import report
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        points = [point for path in paths for point in read_clicks(path)]
+        default_axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        fallback = None if segment is None else self.segment(segment).name
+        planned = []
+        for number, point in enumerate(points, start=1):
+            point_axis = point.axis if point.axis is not None else default_axis
+            ijk = self.volume.ras_to_ijk_points(np.asarray(point.position_ras))
+            if not geometry.is_inside(ijk, self.volume.shape):
+                raise InvalidInputError(
+                    f"Click {number} ({point.label or 'no label'}) at RAS {tuple(np.round(point.position_ras, 2))} "
+                    "is outside the volume: were the clicks placed on another image?"
+                )
+            planned.append((point.segment or fallback, ijk, point.positive, point_axis))
+        with self.history.transaction(f"load {len(planned)} clicks"):
+            for number, (name, ijk, positive, point_axis) in enumerate(planned):
+                report(progress, number, len(planned), "clicks")
+                target = self._segment_named_or_new(name)
+                self._click_at_ijk(ijk, positive, target, point_axis, "")
+            report(progress, len(planned), len(planned), "clicks")
+        return len(planned)
+
+    def _segment_named_or_new(self, name: Optional[str]) -> Segment:
+        if name is None:
+            return self.segment_or_new(None)
+        for segment in self._segments:
+            if segment.name == name:
+                return segment
+        return self.add_segment(name)
+
+    def save_overlay(
+        self,
+        path: str | os.PathLike,
+        axis: Optional[int] = None,
+        indices: Optional[Sequence[int]] = None,
+        columns: int = 4,
+    ) -> Path:
+        """A PNG montage of slices along ``axis`` with every segment's contour and the clicks.
+        By default: the annotated slices, completed to 8 with evenly spaced slices where the
+        segments are."""
+        from ..output.overlay import OverlayClick, write_overlay
+
+        axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        masks = [s.mask(self.volume.shape) for s in self._segments]
+        if indices is None:
+            from ..output.overlay import pick_slices
+
+            indices = sorted({i for s in self._segments for i in s.annotated_indices(axis)})
+            if masks and len(indices) < 8:
+                indices = sorted(set(indices) | set(pick_slices(masks, axis, 8 - len(indices))))
+        clicks = [
+            OverlayClick(index, click.row, click.col, click.positive, segment.color)
+            for segment in self._segments
+            for index, annotation in segment.annotations[axis].items()
+            for click in annotation.clicks
+        ]
+        return write_overlay(
+            path, self.volume.array, axis, masks, [s.color for s in self._segments],
+            indices=indices, clicks=clicks, window=self.window, columns=columns,
+            names=[s.name for s in self._segments],
+        )
+
+    # ----------------------------------------------------------------------------- models
+    @property
+    def window(self) -> tuple[float, float]:
+        """The intensity window (low, high) mapped to [0, 1] for the networks."""
+        if self._window is None:
+            from ..volume.intensity import robust_window
+
+            self._window = robust_window(self.volume.array)
+        return self._window
+
+    @property
+    def predictor(self):
+        """The click predictor, built on first use from ``click_model`` (default: the registry's
+        :data:`DEFAULT_CLICK_MODEL`, downloaded once into the verified cache)."""
+        if self._predictor is None:
+            from ..click_engine.predictor import ClickPredictor
+
+            model = self._click_model
+            if model is None or isinstance(model, (str, os.PathLike)):
+                # Files are hashed before they are unpickled: a registry name is downloaded
+                # once and verified, a local file is checked against its first-use hash.
+                from ..weights import resolve_model
+
+                model = resolve_model(DEFAULT_CLICK_MODEL if model is None else model)
+            self._predictor = model if isinstance(model, ClickPredictor) else ClickPredictor(model, device=self.device)
+        return self._predictor
+
+    def _next_order(self) -> int:
+        self._order += 1
+        return self._order
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self._segments) or "no segments"
+        return f"Session(volume {self.volume.shape} (k, j, i), {names})"
+
+
+def _same_clicks(engine_clicks: Sequence[Any], clicks: Sequence[SliceClick]) -> bool:
+    return len(engine_clicks) == len(clicks) and all(
+        float(a.y) == c.row and float(a.x) == c.col and bool(a.positive) == c.positive
+        for a, c in zip(engine_clicks, clicks)
+    )
+
+
+def _slice_spacing(spacing_ijk: Sequence[float], axis: int) -> tuple[float, float]:
+    """(row, col) pixel spacing in mm of a slice along ``axis``."""
+    si, sj, sk = (float(v) for v in spacing_ijk)
+    return {0: (sj, si), 1: (sk, si), 2: (sk, sj)}[axis]
+
+
+def _checked_window(window: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    if window is None:
+        return None
+    low, high = (float(v) for v in window)
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise InvalidInputError(f"A window is (low, high) with low < high, got {tuple(window)!r}.")
+    return low, high
+
+
+def _overall(
+    progress: Optional[ProgressCallback], part: int, parts: int, label: str
+) -> Optional[ProgressCallback]:
+    """Report one of ``parts`` equal parts of a job as percent of the whole (0..100)."""
+    if progress is None:
+        return None
+
+    def step(done: int, total: int, message: str = "") -> None:
+        fraction = (part + (done / total if total else 1.0)) / parts
+        progress(int(round(100 * fraction)), 100, f"{label}: {message}" if message else label)
+
+    return step
