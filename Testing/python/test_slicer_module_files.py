@@ -212,3 +212,20 @@ def test_icon_is_a_real_png():
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (128, 128)
+
+
+def test_the_slicer_support_helpers_import_without_torch():
+    """The Logic imports these on the GUI thread before any dependency is installed."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / "Logic")!r})
+        import isegformer.slicer_support.dependencies, isegformer.slicer_support.session_bridge
+        import isegformer.slicer_support.slice_write, isegformer.slicer_support.transforms
+        import isegformer.slicer_support.views, isegformer.slicer_support.worker
+        print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "SimpleITK", "skimage")))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout, result.stdout
