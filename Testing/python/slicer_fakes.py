@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import unittest
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -321,6 +322,9 @@ class FakeScene:
     def __init__(self):
         self.nodes = []
 
+    def Clear(self, removeSingletons=0):
+        self.nodes = [n for n in self.nodes if getattr(n, "tag", None) and not removeSingletons]
+
     def _add(self, node):
         self.nodes.append(node)
         return node
@@ -397,9 +401,14 @@ def _fake_slicer_modules(scene: FakeScene) -> dict[str, types.ModuleType]:
     slicer.vtkOrientedImageData = FakeOrientedImageData
     slicer.vtkSlicerSegmentationsModuleLogic = FakeSegmentationsLogic
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
-                 "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
         setattr(slm, name, type(name, (), {"__init__": lambda self, *a, **k: None}))
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, *args, **kwargs):
+            pass
+
+    slm.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
     util = types.ModuleType("slicer.util")
 
     class VTKObservationMixin:
@@ -415,6 +424,21 @@ def _fake_slicer_modules(scene: FakeScene) -> dict[str, types.ModuleType]:
     util.arrayFromVTKMatrix = _matrix_array
     util.arrayFromSegmentBinaryLabelmap = array_from_segment
     util.getNodesByClass = lambda class_name: [n for n in scene.nodes if isinstance(n, FakeSliceNode)]
+
+    def add_volume_from_array(narray, ijkToRAS=None, name=None, nodeClassName=None):
+        return scene.AddNode(FakeVolumeNode(np.array(narray), np.eye(4) if ijkToRAS is None else ijkToRAS, name or ""))
+
+    def load_volume(path, properties={}, returnNode=False):
+        import SimpleITK as sitk
+
+        from isegformer.volume.geometry import ijk_to_ras_matrix
+
+        image = sitk.ReadImage(str(path))
+        matrix = ijk_to_ras_matrix(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+        return scene.AddNode(FakeVolumeNode(sitk.GetArrayFromImage(image), matrix, Path(path).name))
+
+    util.addVolumeFromArray = add_volume_from_array
+    util.loadVolume = load_volume
     slicer.ScriptedLoadableModule = slm
     slicer.util = util
     return {"slicer": slicer, "slicer.ScriptedLoadableModule": slm, "slicer.util": util,
@@ -425,11 +449,13 @@ def _fake_slicer_modules(scene: FakeScene) -> dict[str, types.ModuleType]:
 def fake_slicer_module():
     """Load iSegFormerSlicer/iSegFormerSlicer.py against the fake Slicer; yields (module, scene)."""
     scene = FakeScene()
-    saved = {name: sys.modules.get(name) for name in ("slicer", "slicer.ScriptedLoadableModule", "slicer.util", "qt", "ctk")}
+    names = ("slicer", "slicer.ScriptedLoadableModule", "slicer.util", "qt", "ctk", "iSegFormerSlicer")
+    saved = {name: sys.modules.get(name) for name in names}
     sys.modules.update(_fake_slicer_modules(scene))
     try:
-        spec = importlib.util.spec_from_file_location("iSegFormerSlicer_under_test", ROOT / "iSegFormerSlicer" / "iSegFormerSlicer.py")
+        spec = importlib.util.spec_from_file_location("iSegFormerSlicer", ROOT / "iSegFormerSlicer" / "iSegFormerSlicer.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules["iSegFormerSlicer"] = module  # what the self-test imports
         spec.loader.exec_module(module)
         yield module, scene
     finally:

@@ -222,3 +222,29 @@ def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypa
     assert opened == [(SHAPE, str(checkpoint), "cpu")]
     replayed = [c for c in logic._bridge.session.calls if c[0] == "click"]
     assert [(c[2], c[5]) for c in replayed] == [(3, True), (3, False), (4, True)]  # in click order
+
+
+def test_the_modules_own_slicer_test_passes_against_the_fake():
+    with fake_slicer_module() as (module, scene):
+        case = module.iSegFormerSlicerTest()
+        case.runTest()
+
+
+@pytest.mark.slow
+@pytest.mark.golden
+@pytest.mark.data
+def test_the_self_test_runs_end_to_end_with_the_real_session(golden_dir, data_dir, monkeypatch):
+    """iSegFormerSlicerSelfTest with the tiny checkpoint and the real session, MRML faked."""
+    import importlib.util
+
+    from slicer_fakes import ROOT
+
+    monkeypatch.setenv("ISEGFORMER_GOLDEN", str(golden_dir))
+    monkeypatch.setenv("ISEGFORMER_DATA", str(data_dir))
+    monkeypatch.delenv("ISEGFORMER_TEST_CHECKPOINT", raising=False)
+    with fake_slicer_module() as (module, scene):
+        path = ROOT / "iSegFormerSlicer" / "Testing" / "Python" / "iSegFormerSlicerSelfTest.py"
+        spec = importlib.util.spec_from_file_location("iSegFormerSlicerSelfTest", path)
+        selftest = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(selftest)
+        selftest.iSegFormerSlicerSelfTestTest().runTest()
