@@ -237,3 +237,11 @@ def test_reference_config_with_other_click_encoding_is_refused(golden_dir):
     checkpoint["config"]["params"]["use_disks"]["value"] = False
     with pytest.raises(CheckpointError, match="use_disks=False"):
         load_click_model(checkpoint, device="cpu")
+
+
+@pytest.mark.golden
+def test_reference_checkpoint_of_another_model_class_is_named(golden_dir):
+    checkpoint = load_checkpoint(golden_dir / "tiny_isegformer.pth")
+    checkpoint["config"]["class"] = "isegm.model.is_hrnet_model.HRNetModel"
+    with pytest.raises(CheckpointError, match="HRNetModel, not an iSegFormer"):
+        load_click_model(checkpoint, device="cpu")

@@ -173,8 +173,8 @@ def prepare_state_dict(
     """
     if not state_dict:
         raise CheckpointError("The checkpoint's state dict is empty.")
+    radius = _check_reference_config(config)  # first: a config naming another model says most
     model_config = detect_config(state_dict)
-    radius = _check_reference_config(config)
     if radius is not None and radius != model_config.click_radius:
         model_config = dataclasses.replace(model_config, click_radius=radius)
 
