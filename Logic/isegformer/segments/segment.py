@@ -96,6 +96,12 @@ class Segment:
             )
         self.label_value = int(self.label_value)
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"axis {a}: {len(s)}" for a, s in self.annotations.items() if s) or "none"
+        propagated = "no" if self.propagated is None else f"along axis {self.propagation_axis}"
+        return (f"Segment({self.name!r}, color={self.color}, label_value={self.label_value}, "
+                f"annotated slices: {counts}, propagated: {propagated})")
+
     # --- annotated slices -------------------------------------------------------------------
     def annotation(self, axis: int, index: int) -> Optional[SliceAnnotation]:
         return self.annotations[check_axis(axis)].get(int(index))
