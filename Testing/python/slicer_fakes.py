@@ -464,3 +464,127 @@ def fake_slicer_module():
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = value
+
+
+# ---- a fake Qt for the widget ----------------------------------------------------------------
+
+
+class FakeWidget:
+    """Any Qt widget: properties are stored, signals record their slots, unknown methods no-op.
+
+    ``returns`` gives values for methods the module reads (``currentNode()``, ...).
+    """
+
+    def __init__(self, name="", **properties):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_props", dict(properties))
+        object.__setattr__(self, "_slots", {})
+        object.__setattr__(self, "returns", {})
+        object.__setattr__(self, "calls", [])
+
+    def __getattr__(self, attr):
+        if attr in self._props:
+            return self._props[attr]
+
+        def method(*args, **kwargs):
+            self.calls.append((attr, args))
+            value = self.returns.get(attr)
+            return value(*args) if callable(value) else value
+
+        return method
+
+    def __setattr__(self, attr, value):
+        self._props[attr] = value
+
+    def connect(self, signal, slot):
+        self._slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        for slot in self._slots.get(signal, []):
+            slot(*args)
+
+
+class FakeUI(SimpleNamespace):
+    """childWidgetVariables(): one FakeWidget per name the module asks for."""
+
+    def __getattr__(self, name):
+        widget = FakeWidget(name, text="", enabled=True, checked=False, currentText="", currentPath="",
+                            placeModeEnabled=False, visible=False)
+        widget.returns.update(placeButton=lambda: FakeWidget("button"), deleteButton=lambda: FakeWidget("button"))
+        setattr(self, name, widget)
+        return widget
+
+
+def install_fake_qt(modules: dict, scene: FakeScene) -> None:
+    """Add what the widget needs (Qt, dialogs, observation) to the fake slicer modules."""
+    qt = modules["qt"]
+    qt.QTimer = lambda: FakeWidget("timer")
+    slicer, util, slm = modules["slicer"], modules["slicer.util"], modules["slicer.ScriptedLoadableModule"]
+    slicer.qSlicerMarkupsPlaceWidget = SimpleNamespace(ForcePlaceMultipleMarkups=3)
+    slicer.vtkMRMLMarkupsNode = SimpleNamespace(PointPositionDefinedEvent=1, PointEndInteractionEvent=2, PointRemovedEvent=3)
+    scene.StartCloseEvent, scene.EndCloseEvent = 10, 11
+    ui = FakeUI()
+    util.loadUI = lambda path: FakeWidget("ui", path=path)
+    util.childWidgetVariables = lambda widget: ui
+    util.mainWindow = lambda: None
+    util.createProgressDialog = lambda **kwargs: FakeWidget("progress", **kwargs)
+    util.messages = []
+    util.errorDisplay = lambda text, **kwargs: util.messages.append(("error", text))
+    util.warningDisplay = lambda text, **kwargs: util.messages.append(("warning", text))
+    util.showStatusMessage = lambda text, duration=0: util.messages.append(("status", text))
+    util.confirmOkCancelDisplay = lambda text, **kwargs: True
+
+    @contextmanager
+    def try_with_error_display(message=None, show=True, waitCursor=False):
+        yield
+
+    util.tryWithErrorDisplay = try_with_error_display
+
+    class VTKObservationMixin:
+        def __init__(self):
+            self.observations = []
+
+        def addObserver(self, obj, event, method, group="none", priority=0.0):
+            self.observations.append((obj, event, method))
+
+        def removeObservers(self, method=None):
+            self.observations = [o for o in self.observations if method is not None and o[2] != method]
+
+    util.VTKObservationMixin = VTKObservationMixin
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+        def setup(self):
+            self.layout = FakeWidget("layout")
+
+        def resourcePath(self, filename):
+            return str(ROOT / "iSegFormerSlicer" / "Resources" / filename)
+
+    slm.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+    modules["ui"] = ui
+
+
+@contextmanager
+def fake_slicer_widget():
+    """Like fake_slicer_module, with the widget's Qt faked too; yields (module, scene, ui)."""
+    scene = FakeScene()
+    names = ("slicer", "slicer.ScriptedLoadableModule", "slicer.util", "qt", "ctk", "iSegFormerSlicer")
+    saved = {name: sys.modules.get(name) for name in names}
+    modules = _fake_slicer_modules(scene)
+    install_fake_qt(modules, scene)
+    ui = modules.pop("ui")
+    sys.modules.update(modules)
+    try:
+        spec = importlib.util.spec_from_file_location("iSegFormerSlicer", ROOT / "iSegFormerSlicer" / "iSegFormerSlicer.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["iSegFormerSlicer"] = module
+        spec.loader.exec_module(module)
+        yield module, scene, ui
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value

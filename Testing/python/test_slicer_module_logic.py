@@ -248,3 +248,94 @@ def test_the_self_test_runs_end_to_end_with_the_real_session(golden_dir, data_di
         selftest = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(selftest)
         selftest.iSegFormerSlicerSelfTestTest().runTest()
+
+
+# ---- the widget's wiring, with Qt faked too ------------------------------------------------
+
+from slicer_fakes import fake_slicer_widget  # noqa: E402
+
+
+def remembering(widget, getter, setter):
+    """Make a fake widget's ``setter(value)`` change what ``getter()`` returns."""
+    state = {}
+    widget.returns[setter] = lambda value: state.__setitem__("value", value)
+    widget.returns[getter] = lambda: state.get("value")
+
+
+def poll_until_idle(widget, logic, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    widget.onPoll()
+    while logic.isBusy() or logic._worker and logic._worker.pending_count:
+        assert time.monotonic() < deadline, "the worker did not finish"
+        time.sleep(0.01)
+        widget.onPoll()
+    widget.onPoll()
+
+
+def test_widget_wires_a_placed_point_to_a_written_slice_and_undo(monkeypatch):
+    with fake_slicer_widget() as (module, scene, ui):
+        volume = scene.AddNode(FakeVolumeNode(np.zeros(SHAPE, np.int16), IJK_TO_RAS))
+        scene.AddNode(FakeSliceNode("Red", aligned_matrix(IJK_TO_RAS, 2)))  # looks along k
+        widget = module.iSegFormerSlicerWidget(None)
+        widget.setup()
+        assert ui.deviceComboBox.calls[-3:] == [("addItem", ("auto",)), ("addItem", ("cuda",)), ("addItem", ("cpu",))]
+        assert ui.modelComboBox.calls[1] == ("addItem", (module.DEFAULT_MODEL,))
+        ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
+        remembering(ui.segmentEditorWidget, "segmentationNode", "setSegmentationNode")
+        remembering(ui.segmentEditorWidget, "currentSegmentID", "setCurrentSegmentID")
+        monkeypatch.setattr(module.iSegFormerSlicerLogic, "missingDependencies", staticmethod(lambda: []))
+        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelStatusText", lambda self: "ready")
+        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelNeedsDownload", lambda self: False)
+        ui.inputVolumeSelector.emit("currentNodeChanged(vtkMRMLNode*)", volume)
+        widget.enter()
+        positive, negative = widget.logic.getClickNodes()
+        observed = {(node, event) for node, event, _ in widget.observations}
+        assert (positive, 1) in observed and (negative, 1) in observed  # placement is observed
+        session = FakeSession(SHAPE)
+        widget.logic._bridge = SessionBridge(session)
+
+        index = positive.AddControlPointWorld(to_world(IJK_TO_RAS, (7, 5, 2)))
+        widget.onPointDefined(positive, 1, index)
+        segmentation = ui.segmentEditorWidget.segmentationNode()
+        segment_id = ui.segmentEditorWidget.currentSegmentID()
+        poll_until_idle(widget, widget.logic)
+        written = segmentation.arrays[segment_id]
+        assert written[2, 4:7, 6:9].all() and written.sum() == 9
+        assert "slice 2 along k" in ui.axisInfoLabel.text
+        assert ui.propagateButton.enabled and ui.statusLabel.text == ""
+
+        index = negative.AddControlPointWorld(to_world(IJK_TO_RAS, (8, 6, 2)))
+        widget.onPointDefined(negative, 1, index)
+        poll_until_idle(widget, widget.logic)
+        assert not segmentation.arrays[segment_id][2, 6, 8]
+
+        widget.onUndoClick()  # Ctrl+Z / the Undo button
+        poll_until_idle(widget, widget.logic)
+        assert segmentation.arrays[segment_id][2, 4:7, 6:9].all()
+        assert negative.GetNumberOfControlPoints() == 0
+        saves = [c for c in ui.segmentEditorWidget.calls if c[0] == "saveStateForUndo"]
+        assert len(saves) == 3  # one Segment Editor undo state before each of the three writes
+        widget.cleanup()
+
+
+def test_widget_refuses_a_point_from_an_oblique_view_and_says_why(monkeypatch):
+    with fake_slicer_widget() as (module, scene, ui):
+        volume = scene.AddNode(FakeVolumeNode(np.zeros(SHAPE, np.int16), IJK_TO_RAS))
+        aligned = aligned_matrix(IJK_TO_RAS, 2)
+        scene.AddNode(FakeSliceNode("Green", rotation_about(aligned[:3, 0], 20.0) @ aligned))
+        widget = module.iSegFormerSlicerWidget(None)
+        widget.setup()
+        ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
+        monkeypatch.setattr(module.iSegFormerSlicerLogic, "missingDependencies", staticmethod(lambda: []))
+        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelStatusText", lambda self: "ready")
+        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelNeedsDownload", lambda self: False)
+        widget.enter()
+        positive, _ = widget.logic.getClickNodes()
+        index = positive.AddControlPointWorld(to_world(IJK_TO_RAS, (5, 4, 3)))
+        widget.onPointDefined(positive, 1, index)
+        assert "Green" in ui.statusLabel.text and "oblique" in ui.statusLabel.text
+        assert positive.GetNumberOfControlPoints() == 0 and not widget.logic.hasClicks()
+        assert not widget.logic.isBusy()
+        widget.cleanup()
