@@ -752,7 +752,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         ijkToWorld = self.volumeIJKToWorld()
         if axis is None:
             if sliceNode is None:
-                sliceNode = self._sliceNodeContaining(rasPoint)
+                voxelSize = float(np.max(np.linalg.norm(ijkToWorld[:3, :3], axis=0)))
+                sliceNode = self._sliceNodeContaining(rasPoint, tolerance=voxelSize)
             sliceToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
             axis = support.views.axis_for_view(
                 sliceToRas, ijkToWorld, self.viewAlignmentToleranceDegrees, view_name=sliceNode.GetName()
@@ -761,8 +762,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         return support.transforms.slice_point(rasPoint, ijkToWorld, axis, shape)
 
     @staticmethod
-    def _sliceNodeContaining(rasPoint):
-        """The slice view whose plane passes nearest to the point (when the view is not known)."""
+    def _sliceNodeContaining(rasPoint, tolerance):
+        """The slice view whose plane passes nearest to the point (when the view is not known);
+        a point farther than ``tolerance`` mm from every slice plane was not placed in a slice view."""
         best, bestDistance = None, None
         for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
             matrix = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
@@ -772,6 +774,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
                 best, bestDistance = sliceNode, distance
         if best is None:
             raise ValueError("No slice view found: give the axis (0=k, 1=j, 2=i) explicitly.")
+        if bestDistance > tolerance:
+            raise ValueError(
+                "The point is not on any slice view's plane (placed in the 3D view?): place points "
+                "in the Red, Yellow or Green view, or give the axis (0=k, 1=j, 2=i) explicitly."
+            )
         return best
 
     # ---- the worker -------------------------------------------------------------------------

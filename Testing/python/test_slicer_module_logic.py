@@ -99,6 +99,21 @@ def test_an_oblique_view_is_refused_and_nothing_is_recorded(env):
     assert positive.GetNumberOfControlPoints() == 0  # the point placed for it is gone too
 
 
+def test_without_a_known_view_the_nearest_slice_plane_decides_or_the_point_is_refused(env):
+    module, scene, logic, segmentation, segment_id, session, world = env
+    on_plane = to_world(world, (4, 4, 3))
+    # Yellow's plane (normal along i) passes through the point; Red's (normal along k) does not
+    scene.AddNode(FakeSliceNode("Red", aligned_matrix(world, 2)))
+    yellow = aligned_matrix(world, 0)
+    yellow[:3, 3] = on_plane
+    scene.AddNode(FakeSliceNode("Yellow", yellow))
+    assert logic.locateClick(on_plane).axis == 2
+    scene.nodes = [n for n in scene.nodes if n.GetName() != "Red"]
+    shifted = on_plane + 10.0 * yellow[:3, 2]  # 10 mm off Yellow's plane, voxels are <= 1.5 mm
+    with pytest.raises(ValueError, match="not on any slice view"):
+        logic.locateClick(shifted)
+
+
 def test_a_non_linear_parent_transform_is_refused_with_advice(env):
     module, scene, logic, segmentation, segment_id, session, world = env
     logic.volumeNode.GetParentTransformNode().linear = False
@@ -277,7 +292,9 @@ def poll_until_idle(widget, logic, timeout=10.0):
 def test_widget_wires_a_placed_point_to_a_written_slice_and_undo(monkeypatch):
     with fake_slicer_widget() as (module, scene, ui):
         volume = scene.AddNode(FakeVolumeNode(np.zeros(SHAPE, np.int16), IJK_TO_RAS))
-        scene.AddNode(FakeSliceNode("Red", aligned_matrix(IJK_TO_RAS, 2)))  # looks along k
+        red = aligned_matrix(IJK_TO_RAS, 2)  # looks along k, through slice 2
+        red[:3, 3] = to_world(IJK_TO_RAS, (0, 0, 2))
+        scene.AddNode(FakeSliceNode("Red", red))
         widget = module.iSegFormerSlicerWidget(None)
         widget.setup()
         assert ui.deviceComboBox.calls[-3:] == [("addItem", ("auto",)), ("addItem", ("cuda",)), ("addItem", ("cpu",))]
@@ -324,7 +341,10 @@ def test_widget_refuses_a_point_from_an_oblique_view_and_says_why(monkeypatch):
     with fake_slicer_widget() as (module, scene, ui):
         volume = scene.AddNode(FakeVolumeNode(np.zeros(SHAPE, np.int16), IJK_TO_RAS))
         aligned = aligned_matrix(IJK_TO_RAS, 2)
-        scene.AddNode(FakeSliceNode("Green", rotation_about(aligned[:3, 0], 20.0) @ aligned))
+        aligned[:3, 3] = to_world(IJK_TO_RAS, (5, 4, 3))  # the plane passes through the point
+        rotated = rotation_about(aligned[:3, 0], 20.0)
+        rotated[:3, 3] = aligned[:3, 3] - rotated[:3, :3] @ aligned[:3, 3]  # rotate about that point
+        scene.AddNode(FakeSliceNode("Green", rotated @ aligned))
         widget = module.iSegFormerSlicerWidget(None)
         widget.setup()
         ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
