@@ -30,12 +30,13 @@ class Requirement:
 #: installed by the PyTorch extension (PyTorchUtils), never by pip directly
 TORCH = Requirement("torch", "2.1", "3")
 
-#: installed with Slicer's pip after asking the user; numpy, vtk and requests ship with Slicer
+#: what the module's code path imports besides torch (the session, the interpolation baseline,
+#: the weights download), installed with Slicer's pip after asking the user. Slicer ships
+#: numpy, SimpleITK and requests, so usually only what is missing here is installed.
 PIP_REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("timm", "0.9", "2"),
+    Requirement("scipy", "1.9", "2"),
     Requirement("SimpleITK", "2.2", "3"),
-    Requirement("scikit-image", "0.21", "1", module="skimage"),
-    Requirement("tqdm", "4.60", "5"),
+    Requirement("requests", "2.28", "3"),
 )
 
 
