@@ -202,7 +202,11 @@ class Session:
         axis: Optional[int] = None,
     ) -> np.ndarray:
         """A click at an RAS point (mm) on the slice along ``axis`` (default: the session's) that
-        contains it. Returns that slice's new mask (rows, cols) bool."""
+        contains it. Returns that slice's new mask (rows, cols) bool.
+
+        The click continues the clicks already made on that slice. On a slice that was only
+        drawn (:meth:`set_slice_mask`) or propagated, it starts a new click sequence whose mask
+        replaces the slice: the click model starts from an empty previous mask."""
         ijk = self.volume.ras_to_ijk_points(geometry._as_3(ras_point, "An RAS point"))
         return self._click_at_ijk(ijk, positive, segment, axis, f"RAS {tuple(np.round(ras_point, 2))}")
 
