@@ -441,3 +441,33 @@ def test_damaged_session_files_are_refused(tmp_path, content):
     with pytest.raises(SessionFileError, match="not an isegformer session"):
         Session.load(other)
     assert zipfile.is_zipfile(other)
+
+
+def test_few_propagators_stay_alive_and_a_dropped_one_starts_over(session):
+    calls: list[int] = []
+    session = Session.open(session.volume, click_model=session.predictor, propagator_factory=constant_factory(calls))
+    for n, name in enumerate(["a", "b", "c"]):
+        session.add_segment(name)
+        session.set_slice_mask(0, n, np.ones((48, 48), bool))
+        session.propagate(name, method="constant")
+    assert len(session._propagators) == 2  # whole-volume state is bounded
+    calls.clear()
+    session.set_slice_mask(0, 5, np.ones((48, 48), bool), segment="c")
+    session.propagate("c", method="constant")
+    assert calls == [5]  # still alive: only the new annotation
+    calls.clear()
+    session.set_slice_mask(0, 6, np.ones((48, 48), bool), segment="a")
+    session.propagate("a", method="constant")
+    assert sorted(calls) == [0, 6]  # dropped: every annotation again
+
+
+def test_remove_segment_and_undo(session):
+    session.add_segment("a")
+    session.set_slice_mask(0, 1, np.ones((48, 48), bool))
+    session.add_segment("b")
+    session.remove_segment("a")
+    assert [s.name for s in session.segments] == ["b"]
+    assert session.label_map().max() == 0
+    session.undo()
+    assert [s.name for s in session.segments] == ["a", "b"]
+    assert session.label_map()[1].all()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -32,6 +33,10 @@ from ..volume import Volume, geometry, slicing
 from . import storage
 
 log = logging.getLogger(__name__)
+
+#: How many propagators (each with whole-volume state) stay alive between calls; a segment
+#: whose propagator was dropped gets a new one, which propagates all its annotations again.
+MAX_LIVE_PROPAGATORS = 2
 
 #: The registry's click model used when none is given (the paper's Swin-B, OAI-ZIB).
 DEFAULT_CLICK_MODEL = "isegformer_swin_base_oaizib"
@@ -74,8 +79,9 @@ class Session:
         self.history = History()
         # The click session of the slice clicked last, reused while its clicks match the state.
         self._live: Optional[tuple[Segment, int, int, Any]] = None
-        # Live propagators: (segment, axis, method) -> (propagator, {index: order consumed}).
-        self._propagators: dict[tuple[int, int, str], tuple[Any, dict[int, int]]] = {}
+        # Live propagators, most recently used last:
+        # (segment, axis, method) -> (propagator, {index: annotation order consumed}).
+        self._propagators: OrderedDict[tuple[Segment, int, str], tuple[Any, dict[int, int]]] = OrderedDict()
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
@@ -479,13 +485,14 @@ class Session:
         return target.mask(self.volume.shape)
 
     def _propagator_for(self, segment: Segment, axis: int, method: str):
-        key = (id(segment), axis, method)
+        key = (segment, axis, method)
         cached = self._propagators.get(key)
         if cached is not None:
             propagator, consumed = cached
             annotated = segment.annotations[axis]
             # A propagator cannot forget an annotation: if one was removed (undo, clear), start over.
             if all(index in annotated for index in consumed):
+                self._propagators.move_to_end(key)
                 return propagator, consumed
         factory = self._propagator_factory
         if factory is None:
@@ -503,10 +510,13 @@ class Session:
             fusion_weights=self._fusion_weights if method == "stcn" else None,
             pixel_spacing=(rows, cols),
         )
-        # Keep one propagator per segment: each holds whole-volume probabilities.
-        for other in [k for k in self._propagators if k[0] == id(segment)]:
+        # Each propagator holds whole-volume probabilities (and STCN a feature cache of up to
+        # a few GB): keep one per segment, and only the most recently used few.
+        for other in [k for k in self._propagators if k[0] is segment]:
             del self._propagators[other]
         self._propagators[key] = (propagator, {})
+        while len(self._propagators) > MAX_LIVE_PROPAGATORS:
+            self._propagators.popitem(last=False)
         return self._propagators[key]
 
     def _load_stcn_weights_once(self) -> None:
@@ -530,7 +540,7 @@ class Session:
             self._fusion_weights = network(self._fusion_weights, "mivos_fusion", stcn.load_fusion, stcn.FusionNet)
 
     def _forget_caches(self, segment: Segment) -> None:
-        for key in [k for k in self._propagators if k[0] == id(segment)]:
+        for key in [k for k in self._propagators if k[0] is segment]:
             del self._propagators[key]
         if self._live is not None and self._live[0] is segment:
             self._live = None
