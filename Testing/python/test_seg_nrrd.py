@@ -66,6 +66,13 @@ def test_slicerio_reads_our_geometry_names_colours_and_masks(tmp_path):
     assert seg["masterRepresentation"] == "Binary labelmap"
     assert seg["containedRepresentationNames"] == ["Binary labelmap"]
     assert seg["referenceImageExtentOffset"] == [0, 0, 0]
+    # Slicer's editing grid: IJK-to-RAS row by row, then the extent; "&" ends each parameter
+    (parameter,) = seg["conversionParameters"]
+    assert parameter["name"] == "Reference image geometry"
+    values = [float(v) for v in parameter["value"].rstrip(";").split(";")]
+    np.testing.assert_allclose(values[:16], matrix.ravel(), atol=1e-12)
+    assert values[16:] == [0, first.shape[2] - 1, 0, first.shape[1] - 1, 0, first.shape[0] - 1]
+    assert read_seg_nrrd(path).fields["Segmentation_ConversionParameters"].endswith("&")
     np.testing.assert_array_equal(slicerio_mask_kji(seg, "femur"), first)
     np.testing.assert_array_equal(slicerio_mask_kji(seg, "femoral cartilage"), second)
 

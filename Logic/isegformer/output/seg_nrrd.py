@@ -258,9 +258,10 @@ def _segmentation_fields(ijk_to_ras: np.ndarray, shape: tuple[int, int, int]) ->
     geometry += f"0;{ni - 1};0;{nj - 1};0;{nk - 1};"
     return {
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        # Slicer reads only parameters terminated by "&" (vtkSegmentationConverter).
         "Segmentation_ConversionParameters": (
             f"Reference image geometry|{geometry}|Image geometry of the labelmap grid "
-            "(IJK to RAS matrix, then extent)."
+            "(IJK to RAS matrix, then extent).&"
         ),
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
