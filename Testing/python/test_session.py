@@ -471,3 +471,12 @@ def test_remove_segment_and_undo(session):
     session.undo()
     assert [s.name for s in session.segments] == ["a", "b"]
     assert session.label_map()[1].all()
+
+
+@pytest.mark.parametrize("point", [(1.0, 2.0), (1.0, float("nan"), 3.0), "abc", None])
+def test_malformed_points_are_refused(session, point):
+    with pytest.raises(InvalidInputError, match="three finite numbers"):
+        session.click(point)
+    with pytest.raises(InvalidInputError, match="three finite numbers"):
+        session.click_ijk(point)
+    assert not session.can_undo

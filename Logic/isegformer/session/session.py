@@ -213,7 +213,7 @@ class Session:
         The click continues the clicks already made on that slice. On a slice that was only
         drawn (:meth:`set_slice_mask`) or propagated, it starts a new click sequence whose mask
         replaces the slice: the click model starts from an empty previous mask."""
-        ijk = self.volume.ras_to_ijk_points(geometry._as_3(ras_point, "An RAS point"))
+        ijk = self.volume.ras_to_ijk_points(_point3(ras_point, "An RAS point"))
         return self._click_at_ijk(ijk, positive, segment, axis, f"RAS {tuple(np.round(ras_point, 2))}")
 
     def click_ijk(
@@ -225,7 +225,7 @@ class Session:
     ) -> np.ndarray:
         """A click at continuous voxel coordinates ``(i, j, k)`` (Slicer's IJK order; the array
         index is ``[k, j, i]``). Returns the slice's new mask."""
-        ijk = geometry._as_3(ijk, "An IJK point")
+        ijk = _point3(ijk, "An IJK point")
         return self._click_at_ijk(ijk, positive, segment, axis, f"IJK {tuple(ijk)}")
 
     def click_slice(
@@ -733,6 +733,16 @@ class Session:
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self._segments) or "no segments"
         return f"Session(volume {self.volume.shape} (k, j, i), {names})"
+
+
+def _point3(values: Sequence[float], what: str) -> np.ndarray:
+    try:
+        point = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        point = np.empty(0)
+    if point.shape != (3,) or not np.all(np.isfinite(point)):
+        raise InvalidInputError(f"{what} is three finite numbers, got {values!r}.")
+    return point
 
 
 def _same_clicks(engine_clicks: Sequence[Any], clicks: Sequence[SliceClick]) -> bool:
