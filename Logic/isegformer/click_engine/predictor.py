@@ -160,8 +160,20 @@ class ClickPredictor:
             logits = self.flip.inv_transform(logits)
         return logits
 
+    @contextlib.contextmanager
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         if dtype is None or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=dtype)
+            yield
+        elif hasattr(self.model, "autocast_dtype"):
+            # ISegFormer autocasts its backbone and decoder itself, keeping the click disks in
+            # float32; set its dtype for this call only, since the model may be shared.
+            saved = self.model.autocast_dtype
+            self.model.autocast_dtype = dtype
+            try:
+                yield
+            finally:
+                self.model.autocast_dtype = saved
+        else:
+            with torch.autocast(device_type="cuda", dtype=dtype):
+                yield

@@ -1,0 +1,155 @@
+"""``isegformer evaluate-clicks``: the NoC protocol (paper Table 1) over PNG slices or volumes."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+AXES = {"k": 0, "j": 1, "i": 2, "0": 0, "1": 1, "2": 2}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate-clicks",
+        help="number of clicks (NoC) to reach 80/85/90%% IoU with the simulated user",
+        description=(
+            "Run the simulated user of the NoC protocol (iSegFormer paper, Table 1) on images "
+            "with ground-truth masks: PNG folders (e.g. the released OAI-ZIB test slices: "
+            "--images OAI-ZIB-test) or chosen slices of a volume and its label map."))
+    p.add_argument("--model", required=True,
+                   help="click-model checkpoint file (official .pth or a plain state dict), or a "
+                        "registry model name")
+    src = p.add_argument_group("PNG images")
+    src.add_argument("--images", type=Path,
+                     help="folder of PNG images, or a dataset root with image/ and annotations/ "
+                          "(or test/image and test/annotations)")
+    src.add_argument("--masks", type=Path, help="folder of PNG label masks named like the images")
+    src.add_argument("--objects", choices=("all", "last"), default="all",
+                     help="evaluate every label of a mask (default), or only the last one as the "
+                          "reference script's result keeps")
+    vol = p.add_argument_group("volume slices")
+    vol.add_argument("--volume", type=Path, help="image volume (NIfTI, NRRD, MHA, DICOM folder)")
+    vol.add_argument("--labels", type=Path, help="label map on the volume's grid")
+    vol.add_argument("--axis", default="k", choices=sorted(AXES),
+                     help="slice axis: k (0), j (1) or i (2) of the (k, j, i) array; default k")
+    vol.add_argument("--slices", help="e.g. '40,50,60-70'; default: every slice with the object")
+    vol.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="intensity window; default: 0.1/99.9 percentiles of the volume")
+    p.add_argument("--label", type=int, action="append", dest="label_values", metavar="N",
+                   help="object label value to evaluate (repeatable); default: every nonzero label")
+    p.add_argument("--max-clicks", type=int, default=20)
+    p.add_argument("--stop-iou", type=float, default=0.90,
+                   help="stop a sample once its IoU reaches this (default 0.90)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="autocast precision on CUDA (the CPU always uses float32)")
+    p.add_argument("--no-zoom-in", action="store_true", help="turn the zoom-in transform off")
+    p.add_argument("--no-flip", action="store_true", help="turn flip averaging off")
+    p.add_argument("--out", type=Path, help="folder for results.json and noc_curve.png")
+    p.set_defaults(func=run)
+
+
+def _load_model(spec: str, device):
+    """A checkpoint file as it is, or a registry name through the verified weights cache."""
+    from ..click_engine.build import load_click_model
+    from ..progress import TqdmProgress
+    from ..weights import resolve_model
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return load_click_model(str(path), device=device)
+    bar = TqdmProgress(desc=f"download {spec}", unit="B")
+    try:
+        return load_click_model(str(resolve_model(spec, progress=bar)), device=device)
+    finally:
+        bar.close()
+
+
+def _samples(args):
+    from ..errors import InvalidInputError
+    from ..evaluation.samples import find_png_folders, png_samples, volume_samples
+
+    if args.images and args.volume:
+        raise InvalidInputError("Give either --images (PNG folders) or --volume, not both.")
+    if args.images:
+        samples = png_samples(*find_png_folders(args.images, args.masks), args.label_values,
+                              args.objects)
+        return samples, len(samples)
+    if args.volume:
+        if not args.labels:
+            raise InvalidInputError("--volume needs --labels (the label map of the volume).")
+        samples = list(volume_samples(args.volume, args.labels, AXES[args.axis], args.slices,
+                                      args.label_values, args.window))
+        return samples, len(samples)
+    raise InvalidInputError("Nothing to evaluate: give --images DIR or --volume FILE --labels FILE.")
+
+
+def format_table(metrics: dict, max_clicks: int, seconds: float, memory_mb: float) -> str:
+    over = f">={max_clicks}"
+    head = (f"|{'samples':^9}|{'NoC@80':^13}|{'NoC@85':^13}|{'NoC@90':^13}|"
+            f"{over + '@85':^8}|{over + '@90':^8}|{'s/click':^9}|{'time':^9}|{'peak MB':^9}|")
+    def noc(key):
+        m = metrics[key]
+        return f"{m['mean']:.2f}±{m['std']:.2f}"
+    row = (f"|{metrics['samples']:^9}|{noc('noc@80'):^13}|{noc('noc@85'):^13}|"
+           f"{noc('noc@90'):^13}|{metrics[over + '@85']:^8}|{metrics[over + '@90']:^8}|"
+           f"{metrics['seconds_per_click']:^9.3f}|{seconds:^9.1f}|{memory_mb:^9.0f}|")
+    line = "-" * len(head)
+    return "\n".join([line, head, line, row, line])
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import __version__
+    from ..click_engine.predictor import ClickPredictor
+    from ..device import resolve_device
+    from ..errors import InvalidInputError
+    from ..evaluation.noc import evaluate
+    from ..evaluation.plot import plot_iou_curve
+    from ..progress import TqdmProgress
+
+    if args.max_clicks < 1:
+        raise InvalidInputError("--max-clicks must be at least 1.")
+    device = resolve_device(args.device)
+    samples, total = _samples(args)
+    model = _load_model(args.model, device)
+    predictor = ClickPredictor(model, zoom_in=not args.no_zoom_in, flip=not args.no_flip,
+                               device=device, precision=args.precision)
+    bar = TqdmProgress(desc="samples", unit="sample")
+    try:
+        report = evaluate(predictor, samples, max_clicks=args.max_clicks,
+                          stop_iou=args.stop_iou, total=total, progress=bar)
+    finally:
+        bar.close()
+
+    print(format_table(report.metrics, report.max_clicks, report.seconds, report.peak_memory_mb))
+    print(f"device {report.device}; peak memory: {report.peak_memory_kind}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = {
+            "isegformer_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": str(args.model),
+            "device": report.device,
+            "precision": args.precision,
+            "torch": torch.__version__,
+            "machine": platform.platform(),
+            "protocol": {"max_clicks": report.max_clicks, "stop_iou": report.stop_iou,
+                         "zoom_in": not args.no_zoom_in, "flip": not args.no_flip,
+                         "threshold": predictor.threshold, "objects": args.objects},
+            "metrics": report.metrics,
+            "seconds": report.seconds,
+            "peak_memory_mb": report.peak_memory_mb,
+            "peak_memory_kind": report.peak_memory_kind,
+            "samples": [{"name": r.name, "clicks": [[c.y, c.x, int(c.positive)] for c in r.clicks],
+                         "ious": [float(v) for v in r.ious], "seconds": r.seconds}
+                        for r in report.results],
+        }
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+        plot_iou_curve(report.metrics["mean_iou_per_click"], args.out / "noc_curve.png",
+                       title=f"NoC curve, {report.metrics['samples']} samples")
+        print(f"wrote {args.out / 'results.json'} and {args.out / 'noc_curve.png'}")
+    return 0
