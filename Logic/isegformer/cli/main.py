@@ -14,6 +14,7 @@ from ..errors import ISegFormerError
 
 # Module names under isegformer.cli, in the order `isegformer --help` lists them.
 COMMANDS: tuple[str, ...] = (
+    "demo",
     "models",
     "download",
     "evaluate_propagation",
