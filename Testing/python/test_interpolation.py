@@ -40,6 +40,8 @@ def test_growing_disk_is_reproduced_between_annotations():
         # The soft value agrees with the hard one, and sums to one over channels.
         assert np.all((probs[1, t] > 0.5) == (labels[t] == 1))
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    with pytest.raises(ValueError):
+        probs[1, 10] = 0.0  # the state is read-only to callers
     # Annotated frames are exactly the annotation; frames outside the annotated range stay empty.
     assert np.array_equal(labels[2], disk(10)) and np.array_equal(labels[22], disk(30))
     assert np.all(probs[1, 22][disk(30) == 1] == 1.0)

@@ -98,7 +98,10 @@ class InterpolationPropagator(Propagator):
 
     @property
     def probabilities(self) -> np.ndarray:
-        return self._probs
+        """(K+1, T, H, W) float32, a read-only view of the current state (copy it to keep it)."""
+        view = self._probs.view()
+        view.flags.writeable = False
+        return view
 
     def annotate(
         self, index: int, label_map: np.ndarray, progress: Optional[ProgressCallback] = None
@@ -133,7 +136,7 @@ class InterpolationPropagator(Propagator):
         self._annotated[index] = labels
         self._sdf[index] = sdf
         log.debug("interpolation: annotated frame %d, recomputed %d frames", index, len(new_frames))
-        return self._probs
+        return self.probabilities
 
     # --- internals ------------------------------------------------------------------------
     def _check_index(self, index: int) -> int:
