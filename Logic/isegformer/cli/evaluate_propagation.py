@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slice-choice", default="reference", choices=("reference", "extent", "explicit"),
                    help="reference: min(round(T*i/n), T-1) for i=1..n over the whole axis (default); "
                         "extent: centres of n equal parts of the object's extent; explicit: --slices")
-    p.add_argument("--slices", type=int, nargs="+", help="with --slice-choice explicit: slice indices")
+    p.add_argument("--slices", type=int, nargs="+",
+                   help="with --slice-choice explicit: the slice indices (their count is n)")
     p.add_argument("--method", default="interpolation", choices=("interpolation", "stcn"))
     p.add_argument("--weights", help="STCN weights: a stcn.pth file or a registry name")
     p.add_argument("--fusion-weights", help="FusionNet weights (fusion_stcn.pth); default: distance blend")
@@ -91,10 +92,10 @@ def run(args) -> int:
     except OSError as err:
         raise InvalidInputError(f"Cannot create the output folder {args.out}: {err}") from err
 
+    counts = [len(set(args.slices))] if args.slice_choice == "explicit" else args.num_slices
     results = []
-    print(f"{'case':<36} {'n':>3} {'dice':>7} {'sens':>7} {'ppv':>7} {'iou':>7} {'sec':>6}  slices")
     for volume_path, label_path in cases:
-        for n in args.num_slices:
+        for n in counts:
             progress = TqdmProgress(desc=f"{volume_path.parent.name} n={n}", unit="frame") \
                 if args.method == "stcn" else None
             result, volume, label, pred = evaluate_files(
@@ -115,6 +116,8 @@ def run(args) -> int:
                     title=f"{result.name}, {args.method}, n={n}, Dice {result.scores.dice:.3f}")
                 result.montage = str(png)
             result.extra = {"volume": str(volume_path), "label": str(label_path)}
+            if not results:
+                print(f"{'case':<36} {'n':>3} {'dice':>7} {'sens':>7} {'ppv':>7} {'iou':>7} {'sec':>6}  slices")
             results.append(result)
             _print_row(result)
 

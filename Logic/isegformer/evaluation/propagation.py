@@ -174,13 +174,19 @@ def evaluate_case(
     fusion_weights=None,
     progress: Optional[ProgressCallback] = None,
 ) -> tuple[CaseResult, np.ndarray]:
-    """Run the protocol on one volume; returns the result and the predicted mask (k, j, i)."""
+    """Run the protocol on one volume; returns the result and the predicted mask (k, j, i).
+
+    With ``slice_choice="explicit"``, ``slices`` are the annotated slices and ``num_slices`` is
+    taken from them.
+    """
     check_axis(axis)
     volume.check_label_map(label)
     gt = object_mask(label.array, label_values)
     gt_frames = frames_along_axis(gt, axis)
     chosen = choose_slices(gt_frames, num_slices, slice_choice, slices)
-    if len(chosen) < num_slices:
+    if slice_choice == "explicit":
+        num_slices = len(chosen)  # the list is the count
+    elif len(chosen) < num_slices:
         log.warning("%s: only %d distinct slices for n=%d (the object or the axis is short).",
                     name, len(chosen), num_slices)
     start = time.perf_counter()
