@@ -46,6 +46,17 @@ SAMPLE_NAME = "OAI-ZIB knee 9092628"
 SAMPLE_BASE_URL = "https://github.com/uncbiag/iSegFormer/raw/v1.0/maskprop/MiVOS/example/"
 
 
+def moduleResourcePath(relativePath):
+    """A file of the module's resources: ``<module dir>/Resources`` when built or installed,
+    ``<module dir>/../Resources`` in a source checkout (the repository's top-level folder)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for resources in (os.path.join(here, "Resources"), os.path.join(os.path.dirname(here), "Resources")):
+        candidate = os.path.join(resources, relativePath)
+        if os.path.exists(candidate):
+            return candidate
+    return os.path.join(here, "Resources", relativePath)  # where it should be: named in the error
+
+
 def _ensureIsegformerImportable():
     """Make ``import isegformer`` work: installed beside this file, or ../Logic in a source tree.
 
@@ -106,6 +117,9 @@ class iSegFormerSlicer(ScriptedLoadableModule):
             "Transformers with Application to 3D Knee MR Images, MICCAI 2022. Propagation: STCN "
             "(H. K. Cheng, Y.-W. Tai, C.-K. Tang, NeurIPS 2021)."
         )
+        icon = moduleResourcePath("Icons/iSegFormerSlicer.png")
+        if os.path.isfile(icon):  # the base class looks beside this file only, not in a source checkout
+            self.parent.icon = qt.QIcon(icon)
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -113,14 +127,13 @@ def registerSampleData():
     """Register the OAI-ZIB knee of the iSegFormer repository in the Sample Data module."""
     import SampleData
 
-    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
     logic = SampleData.SampleDataLogic
     if hasattr(logic, "registerCustomSampleDataCategory"):  # Slicer >= 5.10
         logic.registerCustomSampleDataCategory(SAMPLE_CATEGORY, title=_("iSegFormer"))
     logic.registerCustomSampleDataSource(
         category=SAMPLE_CATEGORY,
         sampleName=SAMPLE_NAME,
-        thumbnailFileName=os.path.join(iconsPath, "iSegFormerSlicer.png"),
+        thumbnailFileName=moduleResourcePath("Icons/iSegFormerSlicer.png"),
         uris=[SAMPLE_BASE_URL + "9092628_image.nii.gz", SAMPLE_BASE_URL + "9092628_label.nii.gz"],
         fileNames=["9092628_image.nii.gz", "9092628_label.nii.gz"],
         nodeNames=["Knee9092628", "Knee9092628 reference"],
@@ -152,7 +165,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- building -----------------------------------------------------------------------
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/iSegFormerSlicer.ui"))
+        uiWidget = slicer.util.loadUI(moduleResourcePath("UI/iSegFormerSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)

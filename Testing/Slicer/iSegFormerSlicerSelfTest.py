@@ -5,8 +5,10 @@ ISEGFORMER_TEST_CHECKPOINT, else <ISEGFORMER_GOLDEN>/tiny_isegformer.pth. The vo
 module's registered sample (the OAI-ZIB knee), else the knee template of ISEGFORMER_DATA. The test
 skips, saying why, when PyTorch, the checkpoint or every volume is missing.
 
-Run it from Slicer's Python console::
+Run it with ``ctest -R py_iSegFormerSlicerSelfTest`` in the extension's build folder, or from
+Slicer's Python console with this folder (Testing/Slicer) on the path::
 
+    import sys; sys.path.append("/path/to/iSegFormerSlicer/Testing/Slicer")
     import iSegFormerSlicerSelfTest; iSegFormerSlicerSelfTest.iSegFormerSlicerSelfTestTest().runTest()
 """
 import os

@@ -20,6 +20,7 @@ import numpy as np
 from isegformer.slicer_support.transforms import take_slice
 
 ROOT = Path(__file__).resolve().parents[2]
+MODULE_FILE = ROOT / "iSegFormerSlicer" / "iSegFormerSlicer.py"
 
 
 class FakeSession:
@@ -446,14 +447,14 @@ def _fake_slicer_modules(scene: FakeScene) -> dict[str, types.ModuleType]:
 
 
 @contextmanager
-def fake_slicer_module():
-    """Load iSegFormerSlicer/iSegFormerSlicer.py against the fake Slicer; yields (module, scene)."""
+def fake_slicer_module(module_file: Path = MODULE_FILE):
+    """Load iSegFormerSlicer.py (the source tree's, or a copy) against the fake Slicer; yields (module, scene)."""
     scene = FakeScene()
     names = ("slicer", "slicer.ScriptedLoadableModule", "slicer.util", "qt", "ctk", "iSegFormerSlicer")
     saved = {name: sys.modules.get(name) for name in names}
     sys.modules.update(_fake_slicer_modules(scene))
     try:
-        spec = importlib.util.spec_from_file_location("iSegFormerSlicer", ROOT / "iSegFormerSlicer" / "iSegFormerSlicer.py")
+        spec = importlib.util.spec_from_file_location("iSegFormerSlicer", module_file)
         module = importlib.util.module_from_spec(spec)
         sys.modules["iSegFormerSlicer"] = module  # what the self-test imports
         spec.loader.exec_module(module)
@@ -559,15 +560,15 @@ def install_fake_qt(modules: dict, scene: FakeScene) -> None:
         def setup(self):
             self.layout = FakeWidget("layout")
 
-        def resourcePath(self, filename):
-            return str(ROOT / "iSegFormerSlicer" / "Resources" / filename)
+        # No resourcePath(): Slicer's looks only beside the module file (the built layout); the
+        # module must use its own moduleResourcePath(), which also knows the source checkout.
 
     slm.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
     modules["ui"] = ui
 
 
 @contextmanager
-def fake_slicer_widget():
+def fake_slicer_widget(module_file: Path = MODULE_FILE):
     """Like fake_slicer_module, with the widget's Qt faked too; yields (module, scene, ui)."""
     scene = FakeScene()
     names = ("slicer", "slicer.ScriptedLoadableModule", "slicer.util", "qt", "ctk", "iSegFormerSlicer")
@@ -577,7 +578,7 @@ def fake_slicer_widget():
     ui = modules.pop("ui")
     sys.modules.update(modules)
     try:
-        spec = importlib.util.spec_from_file_location("iSegFormerSlicer", ROOT / "iSegFormerSlicer" / "iSegFormerSlicer.py")
+        spec = importlib.util.spec_from_file_location("iSegFormerSlicer", module_file)
         module = importlib.util.module_from_spec(spec)
         sys.modules["iSegFormerSlicer"] = module
         spec.loader.exec_module(module)

@@ -15,12 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "iSegFormerSlicer"
 MODULE_FILE = MODULE_DIR / "iSegFormerSlicer.py"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "iSegFormerSlicer.ui"
+UI_FILE = ROOT / "Resources" / "UI" / "iSegFormerSlicer.ui"
+ICON_FILE = ROOT / "Resources" / "Icons" / "iSegFormerSlicer.png"
+SLICER_TESTS_DIR = ROOT / "Testing" / "Slicer"
 HEAVY = ("torch", "timm", "isegformer")
 
 
 def module_python_files() -> list[Path]:
-    return sorted(MODULE_DIR.rglob("*.py"))
+    """The files Slicer's Python runs: the module and its self-test."""
+    return sorted([*MODULE_DIR.rglob("*.py"), *SLICER_TESTS_DIR.rglob("*.py")])
 
 
 def test_there_are_module_files():
@@ -96,6 +99,7 @@ FAKE_SLICER = textwrap.dedent(
     vtk.VTK_INT = 6
     vtk.vtkMatrix4x4 = Anything
     qt = types.ModuleType("qt")
+    qt.QIcon = lambda path: ("QIcon", path)
     ctk = types.ModuleType("ctk")
     slicer = types.ModuleType("slicer")
     slicer.app = Anything()
@@ -129,7 +133,9 @@ def test_importing_the_module_loads_no_torch_and_no_package():
 
         class Parent:
             pass
-        m.iSegFormerSlicer(Parent())
+        parent = Parent()
+        m.iSegFormerSlicer(parent)
+        print("ICON", parent.icon[1])
         m.iSegFormerSlicerLogic()
         m.iSegFormerSlicerWidget(None)
         names = m.iSegFormerSlicerLogic.clickModelNames()
@@ -142,6 +148,7 @@ def test_importing_the_module_loads_no_torch_and_no_package():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
+    assert f"ICON {ICON_FILE}" in result.stdout, result.stdout  # found in the source checkout
 
 
 def test_ui_parses_and_names_every_widget_the_code_uses():
@@ -190,25 +197,8 @@ def test_catalog_entry_follows_the_current_schema():
     assert 1 <= catalog["tier"] <= 5
 
 
-def test_cmake_builds_the_module_with_its_resources_tests_and_package():
-    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "add_subdirectory(iSegFormerSlicer)" in top
-    assert "Slicer_EXTENSION_GENERATE_CONFIG" in top and "Slicer_EXTENSION_CPACK" in top
-    module = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", module, re.S).group(1)
-    for keyword in ("NAME", "SCRIPTS", "RESOURCES", "WITH_GENERIC_TESTS"):
-        assert keyword in call
-    resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", module, re.S).group(1).split()
-    for resource in resources:
-        path = MODULE_DIR / resource.replace("${MODULE_NAME}", "iSegFormerSlicer")
-        assert path.is_file(), f"resource {resource} is missing"
-    assert "../Logic/isegformer" in module  # the package is installed beside the module
-    tests = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "SelfTest.py" in tests and (MODULE_DIR / "Testing" / "Python" / "iSegFormerSlicerSelfTest.py").is_file()
-
-
 def test_icon_is_a_real_png():
-    data = (MODULE_DIR / "Resources" / "Icons" / "iSegFormerSlicer.png").read_bytes()
+    data = ICON_FILE.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (128, 128)
@@ -229,3 +219,42 @@ def test_the_slicer_support_helpers_import_without_torch():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
+
+
+# ---- where the module finds its resources ------------------------------------------------------
+
+
+def test_resources_are_found_in_the_source_checkout():
+    """Slicer pointed at iSegFormerSlicer/ (additional module path): Resources/ is one folder up."""
+    from slicer_fakes import fake_slicer_module
+
+    with fake_slicer_module() as (module, scene):
+        assert Path(module.moduleResourcePath("UI/iSegFormerSlicer.ui")) == UI_FILE
+        assert Path(module.moduleResourcePath("Icons/iSegFormerSlicer.png")) == ICON_FILE
+
+
+def test_resources_beside_the_module_win_and_a_missing_one_names_the_built_place(tmp_path):
+    from slicer_fakes import fake_slicer_module
+
+    module_dir = tmp_path / "checkout" / "iSegFormerSlicer"
+    module_dir.mkdir(parents=True)
+    (module_dir / "iSegFormerSlicer.py").write_bytes(MODULE_FILE.read_bytes())
+    for folder, content in ((module_dir, "built"), (module_dir.parent, "checkout")):
+        (folder / "Resources" / "UI").mkdir(parents=True)
+        (folder / "Resources" / "UI" / "iSegFormerSlicer.ui").write_text(content)
+    with fake_slicer_module(module_dir / "iSegFormerSlicer.py") as (module, scene):
+        assert Path(module.moduleResourcePath("UI/iSegFormerSlicer.ui")).read_text() == "built"
+        (module_dir / "Resources" / "UI" / "iSegFormerSlicer.ui").unlink()
+        assert Path(module.moduleResourcePath("UI/iSegFormerSlicer.ui")).read_text() == "checkout"
+        assert Path(module.moduleResourcePath("UI/other.ui")) == module_dir / "Resources" / "UI" / "other.ui"
+
+
+def test_the_widget_loads_the_ui_file_of_the_repository():
+    from slicer_fakes import fake_slicer_widget
+
+    with fake_slicer_widget() as (module, scene, ui):
+        widget = module.iSegFormerSlicerWidget(None)
+        widget.setup()
+        added = [args[0] for name, args in widget.layout.calls if name == "addWidget"]
+        assert [Path(w.path) for w in added] == [UI_FILE]
+        widget.cleanup()

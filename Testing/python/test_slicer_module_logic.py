@@ -258,7 +258,7 @@ def test_the_self_test_runs_end_to_end_with_the_real_session(golden_dir, data_di
     monkeypatch.setenv("ISEGFORMER_DATA", str(data_dir))
     monkeypatch.delenv("ISEGFORMER_TEST_CHECKPOINT", raising=False)
     with fake_slicer_module() as (module, scene):
-        path = ROOT / "iSegFormerSlicer" / "Testing" / "Python" / "iSegFormerSlicerSelfTest.py"
+        path = ROOT / "Testing" / "Slicer" / "iSegFormerSlicerSelfTest.py"
         spec = importlib.util.spec_from_file_location("iSegFormerSlicerSelfTest", path)
         selftest = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(selftest)
