@@ -241,12 +241,18 @@ class Session:
         axis = slicing.check_axis(axis)
         index = slicing.check_index(self.volume.shape, axis, index)
         rows, cols = slicing.slice_shape(self.volume.shape, axis)
-        row, col = float(row), float(col)
+        try:
+            row, col = float(row), float(col)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"A click's row and col are numbers, got ({row!r}, {col!r}).") from None
         if not (np.isfinite(row) and np.isfinite(col) and -0.5 <= row <= rows - 0.5 and -0.5 <= col <= cols - 0.5):
             raise InvalidInputError(
                 f"The click (row {row:g}, col {col:g}) is outside slice {index} along axis {axis}, "
                 f"which has {rows} rows and {cols} columns."
             )
+        # The outer half of a border pixel counts as its centre (as the click engine does), so
+        # the stored click is the one the network saw.
+        row, col = min(max(row, 0.0), rows - 1.0), min(max(col, 0.0), cols - 1.0)
         # One undo step, and nothing left behind on failure (not even an auto-created segment).
         with self.history.transaction("click"):
             return self._click(self.segment_or_new(segment), axis, index, row, col, bool(positive))
