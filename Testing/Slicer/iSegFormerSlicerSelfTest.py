@@ -8,7 +8,7 @@ skips, saying why, when PyTorch, the checkpoint or every volume is missing.
 Run it with ``ctest -R py_iSegFormerSlicerSelfTest`` in the extension's build folder, or from
 Slicer's Python console with this folder (Testing/Slicer) on the path::
 
-    import sys; sys.path.append("/path/to/iSegFormerSlicer/Testing/Slicer")
+    import sys; sys.path.append("<repository>/Testing/Slicer")
     import iSegFormerSlicerSelfTest; iSegFormerSlicerSelfTest.iSegFormerSlicerSelfTestTest().runTest()
 """
 import os
