@@ -23,7 +23,6 @@ it and where to put it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -190,9 +189,11 @@ def resolve_demo_files(
             resolved[role] = resolve_model(local, model=entry.name, registry=reg, home=home)
             continue
         if model_status(entry, home=home, verify=False).cached:
-            with contextlib.suppress(WeightsError):  # a damaged cached file is deleted: fetch again
+            try:
                 resolved[role] = resolve_model(entry.name, download=False, registry=reg, home=home)
                 continue
+            except WeightsError as err:  # a damaged cached file was deleted: fetch it again
+                log.warning("%s", err)
         to_download.append((role, entry))
 
     missing: list[MissingFile] = []

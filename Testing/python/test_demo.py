@@ -211,3 +211,46 @@ def test_demo_end_to_end_from_a_weights_dir(tmp_path, capsys, weights_dir, golde
         replayed.append((round(index), round(row), round(col), point.positive))
     assert replayed == [(s["index"], c["row"], c["col"], c["positive"]) for s in report["slices"] for c in s["clicks"]]
     assert {p.segment for p in points} == {"femoral cartilage"}
+
+
+@pytest.mark.data
+def test_the_sample_knee_is_sliced_sagittally_along_k(data_dir):
+    """OAI-ZIB 9092628's k axis runs left-right (0.995 of it): its 160 slices of 384 x 384 are
+    the sagittal slices the paper and the reference's load_volume (array axis 0) use."""
+    from isegformer.demo import sagittal_axis
+    from isegformer.volume import read_volume
+
+    label = read_volume(data_dir / "oaizib_label" / "9092628_label.nii.gz")
+    assert label.shape == (160, 384, 384)
+    assert sagittal_axis(label) == 0
+
+
+@pytest.mark.parametrize("lateral_ijk, axis", [(0, 2), (1, 1), (2, 0)])
+def test_sagittal_axis_follows_the_direction_matrix(lateral_ijk, axis):
+    from isegformer.demo import sagittal_axis
+    from isegformer.volume import Volume
+
+    # Columns are the RAS directions of i, j, k; put left-right (x, slightly oblique) in one of them.
+    columns = {lateral_ijk: [0.97, 0.24, 0.0]}
+    others = [c for c in range(3) if c != lateral_ijk]
+    columns[others[0]] = [-0.24, 0.97, 0.0]
+    columns[others[1]] = [0.0, 0.0, 1.0]
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.column_stack([columns[c] for c in range(3)]) * 0.5
+    assert sagittal_axis(Volume(np.zeros((4, 5, 6), np.int16), matrix)) == axis
+
+
+def test_demo_slices_hold_the_object_and_skip_its_gaps():
+    from isegformer.demo import choose_demo_slices
+
+    frames = np.zeros((30, 8, 8), bool)
+    frames[5:25, 2:6, 2:6] = True
+    frames[14:17] = False  # a gap in the middle of the extent, where a centre would fall
+    chosen = choose_demo_slices(frames, 5)
+    assert len(chosen) == 5 and chosen == sorted(set(chosen))
+    assert all(frames[i].any() for i in chosen)
+    assert 5 <= min(chosen) and max(chosen) <= 24
+    # fewer slices holding the object than asked: each of them once
+    few = np.zeros((10, 4, 4), bool)
+    few[[2, 7], 1, 1] = True
+    assert choose_demo_slices(few, 5) == [2, 7]
