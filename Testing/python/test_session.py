@@ -480,3 +480,20 @@ def test_malformed_points_are_refused(session, point):
     with pytest.raises(InvalidInputError, match="three finite numbers"):
         session.click_ijk(point)
     assert not session.can_undo
+
+
+def test_dicom_folder_session_writes_on_the_series_grid(data_dir, tmp_path):
+    slicerio = pytest.importorskip("slicerio")
+    session = Session.open(data_dir / "knee_dess_dicom", axis=2)
+    k, j, i = session.volume.shape
+    drawn = np.zeros((k, j), bool)
+    drawn[k // 4:k // 2, j // 3:j // 2] = True
+    session.set_slice_mask(2, i // 2, drawn, segment=None)
+    path = session.save_segmentation(tmp_path / "knee.seg.nrrd")
+    seg = slicerio.read_segmentation(str(path))
+    np.testing.assert_allclose(LPS_TO_RAS @ seg["ijkToLPS"], session.volume.ijk_to_ras, atol=1e-6)
+    from isegformer.output.labelmap import read_label_map
+
+    labels = read_label_map(path, session.volume)  # on the series' own grid
+    np.testing.assert_array_equal(labels[:, :, i // 2] > 0, drawn)
+    assert labels.sum() == drawn.sum()
