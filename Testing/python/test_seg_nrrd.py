@@ -232,3 +232,13 @@ def test_label_map_files_keep_the_grid_and_refuse_another_grid(tmp_path, data_di
     other = write_seg_nrrd(tmp_path / "o.seg.nrrd", [labels == 1], [SegmentInfo("a")], shifted)
     with pytest.raises(InvalidInputError, match="origin"):
         read_label_map(other, volume)
+
+
+def test_label_values_above_255_use_16_bit_voxels(tmp_path):
+    first, second, _ = blob_masks()
+    infos = [SegmentInfo("low", label_value=3), SegmentInfo("high", label_value=300)]
+    path = write_seg_nrrd(tmp_path / "wide.seg.nrrd", [first, second], infos, np.eye(4))
+    seg = slicerio.read_segmentation(str(path))
+    assert seg["voxels"].dtype.itemsize == 2
+    np.testing.assert_array_equal(slicerio_mask_kji(seg, "high"), second)
+    np.testing.assert_array_equal(read_seg_nrrd(path).mask("high"), second)
