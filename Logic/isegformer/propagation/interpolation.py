@@ -11,9 +11,10 @@ Choices that a reader of the results should know:
 
 - Frames before the first and after the last annotated frame are background: nothing is
   extrapolated.
-- An object present on one annotated frame and absent on its neighbour ends halfway between
-  them: the absent side is given the constant distance ``depth``, the largest inner distance of
-  the present side, so the blend's inside vanishes at ``w = 0.5``.
+- An object is interpolated only between two annotated frames that both hold it. Where one of
+  them lacks it, the object stops at the annotated frame that has it: an annotated frame without
+  an object says "not here", as a slice left empty does in Slicer's "Fill between slices". (Its
+  distance map is +inf, and any blend with +inf stays outside.)
 - Probabilities: object ``k`` gets ``p_k = sigmoid(-sdf_k / softness)`` (``softness`` one pixel by
   default, in the units of ``pixel_spacing``), the background ``1 - max_k p_k``, and the channels are normalised to sum to one.
   So the argmax is the interpolated shape: an object wins where its blended distance is negative
@@ -121,9 +122,9 @@ class InterpolationPropagator(Propagator):
         new_frames: dict[int, np.ndarray] = {}
         done = 1
         for a, b in spans:
-            start, stop = self._pair_distances(sdfs[a], sdfs[b])
+            start, stop = sdfs[a], sdfs[b]
             for t in range(a + 1, b):
-                w = np.float32((t - a) / (b - a))
+                w = np.float32((t - a) / (b - a))  # strictly inside (0, 1): inf never meets 0
                 new_frames[t] = self._probabilities_from_sdf((1 - w) * start + w * stop)
                 report(progress, done, total, f"frame {t}")
                 done += 1
@@ -183,18 +184,6 @@ class InterpolationPropagator(Propagator):
             inside = ndimage.distance_transform_edt(mask, sampling=self._spacing)
             sdf[k - 1] = outside - inside
         return sdf
-
-    @staticmethod
-    def _pair_distances(start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Replace an object missing on one side by a constant that makes it end halfway."""
-        start, stop = start.copy(), stop.copy()
-        for k in range(start.shape[0]):
-            absent_a, absent_b = np.isinf(start[k, 0, 0]), np.isinf(stop[k, 0, 0])
-            if absent_a and not absent_b:
-                start[k] = max(1.0, -float(stop[k].min()))
-            elif absent_b and not absent_a:
-                stop[k] = max(1.0, -float(start[k].min()))
-        return start, stop
 
     def _probabilities_from_sdf(self, sdf: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
