@@ -153,3 +153,13 @@ def test_stcn_runs_through_the_same_protocol():
                                  weights=stcn.STCNNetwork(), device="cpu")
     assert result.method == "stcn" and pred.shape == volume.shape
     np.testing.assert_array_equal(pred[[5, 9]], label.array[[5, 9]] == 3)
+
+
+@pytest.mark.data
+def test_interpolation_on_thin_cartilage_matches_the_issue(data_dir: Path):
+    """The issue measured 0.27 for femoral cartilage (label 2) from 5 reference-scheme slices."""
+    path = data_dir / "oaizib_label" / "9092628_label.nii.gz"
+    result, *_ = evaluate_files(path, path, label_values=[2], axis=0, num_slices=5,
+                                slice_choice="reference", method="interpolation")
+    assert result.slices == [32, 64, 96, 128, 159]
+    assert result.scores.dice == pytest.approx(0.27, abs=0.01)
