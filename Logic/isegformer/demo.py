@@ -478,7 +478,9 @@ def run_demo(
 
     step = time.perf_counter()
     say(f"propagating through {gt_frames.shape[0]} slices with STCN"
-        + (" + FusionNet" if fusion is not None else ""))
+        + (" + FusionNet" if fusion is not None else "")
+        + (" (on the CPU this is the long step: the bar shows the time left)"
+           if predictor.device.type == "cpu" else ""))
     prediction = session.propagate(segment, method="stcn", axis=axis, progress=progress)
     timings["propagation"] = time.perf_counter() - step
 

@@ -119,8 +119,9 @@ def test_a_missing_explicit_file_fails_before_any_download(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_volume_without_label_is_refused(tmp_path, capsys, data_dir):
-    volume = data_dir / "knee_template" / "CLAIR-Knee-103R_template_64x128x128.nii.gz"
+def test_volume_without_label_is_refused(tmp_path, capsys):
+    volume = tmp_path / "knee.nii.gz"
+    volume.write_bytes(b"")  # never read: the missing label is noticed first
     rc = main(["demo", "--out", str(tmp_path / "o"), "--volume", str(volume)])
     assert rc == 1 and "--label" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
