@@ -4,13 +4,15 @@ Decoding a frame needs its key, its compressed stride-16 features, its stride-16
 become a memory value) and the decoder's projections of its stride-8 and stride-4 features.
 None of these depend on the annotations, so they are computed once, in batches, and reused by
 every later pass and correction. When the stack does not fit the budget, the least recently
-used frames are dropped and recomputed when needed again: slower, never different.
+used frames that the running pass will not need are dropped first (a plain LRU would evict,
+during a sequential pass, exactly the frames the pass needs next); they are recomputed when
+needed again: slower, never different.
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Callable, Iterable, List, NamedTuple, Sequence
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -60,6 +62,7 @@ class FeatureCache:
         if item is not None:
             self._items.move_to_end(index)
             return item
+        upcoming = list(upcoming)
         batch = [index]
         for other in upcoming:
             if len(batch) >= self._batch:
@@ -68,19 +71,32 @@ class FeatureCache:
                 batch.append(other)
         features = self._encode(batch)
         self.encoded += len(batch)
+        # next use in this pass: frames needed soonest are evicted last
+        next_use = {frame: order for order, frame in enumerate(upcoming)}
         for frame, feats in zip(batch, features):
-            self._insert(frame, feats, protect=batch)
+            self._insert(frame, feats, protect=batch, next_use=next_use)
         return self._items[index] if index in self._items else features[0]
 
-    def _insert(self, index: int, feats: FrameFeatures, protect: Sequence[int]) -> None:
+    def _insert(self, index: int, feats: FrameFeatures, protect: Sequence[int],
+                next_use: Dict[int, int]) -> None:
         size = feats.nbytes()
         while self._items and self._bytes + size > self._budget:
-            victim = next((k for k in self._items if k not in protect), None)
+            victim = self._victim(protect, next_use)
             if victim is None:
                 break
             self._bytes -= self._items.pop(victim).nbytes()
         self._items[index] = feats
         self._bytes += size
+
+    def _victim(self, protect: Sequence[int], next_use: Dict[int, int]) -> Optional[int]:
+        """Least recently used frame the pass will not need; else the one it needs last."""
+        candidates = [k for k in self._items if k not in protect]
+        if not candidates:
+            return None
+        unneeded = [k for k in candidates if k not in next_use]
+        if unneeded:
+            return unneeded[0]  # the dict is in recency order
+        return max(candidates, key=next_use.__getitem__)
 
     def clear(self) -> None:
         self._items.clear()
