@@ -379,9 +379,22 @@ def choose_demo_slices(object_frames: np.ndarray, count: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------- the run
+def check_demo_options(out_dir: PathLike, num_slices: int, max_clicks: int, target_iou: float) -> Path:
+    """Refuse bad settings before anything is downloaded; returns the output folder."""
+    for value, what in ((num_slices, "number of slices"), (max_clicks, "number of clicks per slice")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidInputError(f"The {what} must be a whole number of at least 1, got {value!r}.")
+    if not (isinstance(target_iou, (int, float)) and 0.0 < float(target_iou) <= 1.0):
+        raise InvalidInputError(f"The target IoU must be in (0, 1], got {target_iou!r}.")
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a folder for the demo's outputs.")
+    return out
+
+
 def run_demo(
-    files: DemoFiles,
-    out_dir: PathLike,
+    files: Optional[DemoFiles] = None,
+    out_dir: PathLike = "isegformer-demo",
     *,
     label_value: int = DEFAULT_LABEL_VALUE,
     axis: Optional[int] = None,
@@ -393,7 +406,12 @@ def run_demo(
     messages: Messages = None,
     progress: Optional[ProgressCallback] = None,
 ) -> DemoResult:
-    """Run the demo on ``files`` (see :func:`resolve_demo_files`) and write into ``out_dir``.
+    """Run the demo on ``files`` (default: :func:`resolve_demo_files` with the official files,
+    downloaded when missing) and write into ``out_dir``::
+
+        from isegformer.demo import run_demo
+        result = run_demo(out_dir="knee-demo")
+        print(result.scores["dice"], result.total_clicks, result.seconds)
 
     ``axis`` None: the sagittal axis (:func:`sagittal_axis`). ``messages`` receives one line per
     step (the CLI prints them); ``progress`` follows the propagation. Returns the figures; the
@@ -410,15 +428,9 @@ def run_demo(
     from .volume.slicing import check_axis, extract_slice
 
     say = messages or (lambda text: None)
-    if isinstance(num_slices, bool) or int(num_slices) < 1:
-        raise InvalidInputError(f"The number of slices must be at least 1, got {num_slices!r}.")
-    if isinstance(max_clicks, bool) or int(max_clicks) < 1:
-        raise InvalidInputError(f"The number of clicks per slice must be at least 1, got {max_clicks!r}.")
-    if not 0.0 < float(target_iou) <= 1.0:
-        raise InvalidInputError(f"The target IoU must be in (0, 1], got {target_iou!r}.")
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} is a file; give a folder for the demo's outputs.")
+    out = check_demo_options(out_dir, num_slices, max_clicks, target_iou)
+    if files is None:
+        files = resolve_demo_files(messages=messages)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -553,5 +565,5 @@ def _environment() -> dict:
 
 __all__ = [
     "DemoFiles", "DemoResult", "MissingFile", "MissingFilesError", "SliceResult",
-    "choose_demo_slices", "resolve_demo_files", "run_demo", "sagittal_axis",
+    "check_demo_options", "choose_demo_slices", "resolve_demo_files", "run_demo", "sagittal_axis",
 ]

@@ -119,6 +119,15 @@ def test_a_missing_explicit_file_fails_before_any_download(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option", [["--num-slices", "0"], ["--max-clicks", "0"], ["--target-iou", "1.5"]])
+def test_bad_settings_fail_before_any_download(tmp_path, capsys, option):
+    rc = main(["demo", "--out", str(tmp_path / "o"), *option])
+    captured = capsys.readouterr()
+    assert rc == 1 and "error:" in captured.err and "Traceback" not in captured.err
+    assert "downloading" not in captured.out
+    assert not (tmp_path / "o").exists()
+
+
 def test_volume_without_label_is_refused(tmp_path, capsys):
     volume = tmp_path / "knee.nii.gz"
     volume.write_bytes(b"")  # never read: the missing label is noticed first

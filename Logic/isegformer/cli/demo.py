@@ -63,10 +63,11 @@ def _parse_axis(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import MissingFilesError, resolve_demo_files, run_demo
+    from ..demo import MissingFilesError, check_demo_options, resolve_demo_files, run_demo
     from ..progress import TqdmProgress
 
     started = time.perf_counter()
+    check_demo_options(args.out, args.num_slices, args.max_clicks, args.target_iou)
     fusion = False if args.fusion is not None and args.fusion.strip().lower() == "none" else args.fusion
     print("isegformer demo: getting the models and the sample knee (downloaded once, then verified)")
     # The message below says everything about failed downloads; the weights manager's own
