@@ -364,3 +364,58 @@ def test_a_failing_network_call_leaves_the_session_unchanged():
         session.add_click(10, 10)
     net.forward = original
     assert len(session.clicks) == 1 and np.array_equal(session.probability, p1)
+
+
+# -- NoC metrics ---------------------------------------------------------------------------------
+from isegformer.evaluation.noc import (Sample, SampleResult, evaluate, iou, mean_iou_curve,  # noqa: E402
+                                       number_of_clicks, summarize)
+
+
+def test_number_of_clicks_is_the_first_click_reaching_the_target():
+    assert number_of_clicks([0.5, 0.86, 0.91], 0.85, 20) == 2
+    assert number_of_clicks([0.5, 0.86, 0.91], 0.90, 20) == 3
+    assert number_of_clicks([0.5, 0.6], 0.80, 20) == 20       # never reached: counts as the max
+
+
+def test_summary_counts_samples_at_the_click_limit_like_the_reference():
+    def result(ious):
+        return SampleResult("s", [], np.asarray(ious, np.float32), seconds=0.5)
+
+    reached_late = [0.1, 0.2, 0.95]           # reaches every target at the last allowed click
+    never = [0.1, 0.2, 0.3]
+    fast = [0.95]
+    metrics = summarize([result(reached_late), result(never), result(fast)], max_clicks=3)
+    assert metrics["noc@85"]["mean"] == pytest.approx((3 + 3 + 1) / 3)
+    assert metrics["noc@85"]["std"] == pytest.approx(np.std([3, 3, 1]))
+    assert metrics[">=3@85"] == 2 and metrics[">=3@90"] == 2
+    assert metrics["clicks"] == 7 and metrics["seconds_per_click"] == pytest.approx(1.5 / 7)
+    # a sample that stopped keeps its last IoU in the curve
+    assert metrics["mean_iou_per_click"] == pytest.approx(
+        [(0.1 + 0.1 + 0.95) / 3, (0.2 + 0.2 + 0.95) / 3, (0.95 + 0.3 + 0.95) / 3])
+    assert len(mean_iou_curve([result(fast)], 5)) == 5
+
+
+def test_iou_skips_ignored_pixels():
+    gt = np.array([[1, 1, 0, -1]])
+    pred = np.array([[True, False, False, True]])
+    assert iou(gt, pred) == pytest.approx(1 / 2)             # the ignored pixel counts nowhere
+
+
+def test_evaluate_stops_at_the_target_but_not_before_min_clicks():
+    yy, xx = np.mgrid[:64, :64]
+    gt = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 12 ** 2).astype(np.int8)
+    image = (gt.astype(np.uint8) * 200 + 20)
+    predictor = ClickPredictor(FakeClickNet(), zoom_in=False, flip=False, device="cpu")
+    report = evaluate(predictor, [Sample("disc", image, gt)], max_clicks=5, stop_iou=0.5)
+    [only] = report.results
+    # the fake net paints a disc of radius ~15 around the first click, the disc's centre
+    assert (only.clicks[0].y, only.clicks[0].x) == (32, 32) and len(only.ious) == 1
+    assert only.ious[0] >= 0.5 and report.metrics["noc@80"]["mean"] == number_of_clicks(
+        only.ious, 0.80, 5)
+    assert report.peak_memory_mb > 0 and report.device == "cpu"
+    # any IoU reaches a target of 0: the loop stops as soon as min_clicks allows
+    longer = evaluate(predictor, [Sample("disc", image, gt)], max_clicks=5, stop_iou=0.0,
+                      min_clicks=3)
+    assert len(longer.results[0].ious) == 3
+    with pytest.raises(InvalidInputError, match="no object"):
+        evaluate(predictor, [Sample("empty", image, np.zeros_like(gt))])
