@@ -133,3 +133,15 @@ def test_bad_arguments_give_a_message_and_exit_code_1(tmp_path, trained_checkpoi
     code = main(["evaluate-clicks", "--model", str(trained_checkpoint),
                  "--images", str(tmp_path / "img"), "--device", "cpu"])
     assert code == 1 and "annotations" in capsys.readouterr().err
+
+
+def test_dataset_root_found_at_top_or_one_folder_down(tmp_path):
+    from isegformer.evaluation.samples import find_png_folders
+
+    for root in (tmp_path / "flat", tmp_path / "zip" / "OAI-ZIB"):
+        (root / "test" / "image").mkdir(parents=True)
+        (root / "test" / "annotations").mkdir(parents=True)
+    assert find_png_folders(tmp_path / "flat", None) == (
+        tmp_path / "flat" / "test" / "image", tmp_path / "flat" / "test" / "annotations")
+    assert find_png_folders(tmp_path / "zip", None)[1] == (
+        tmp_path / "zip" / "OAI-ZIB" / "test" / "annotations")

@@ -30,9 +30,11 @@ def find_png_folders(images: Path, masks: Optional[Path]) -> tuple[Path, Path]:
         if not masks.is_dir():
             raise InvalidInputError(f"No such folder: {masks}. Give the folder of PNG masks.")
         return images, masks
-    for image_dir, mask_dir in DATASET_LAYOUTS:
-        if (images / image_dir).is_dir() and (images / mask_dir).is_dir():
-            return images / image_dir, images / mask_dir
+    # the root itself, or one folder down (an archive unpacked into a folder of its own name)
+    for root in [images, *sorted(p for p in images.iterdir() if p.is_dir())]:
+        for image_dir, mask_dir in DATASET_LAYOUTS:
+            if (root / image_dir).is_dir() and (root / mask_dir).is_dir():
+                return root / image_dir, root / mask_dir
     raise InvalidInputError(
         f"{images} has no 'image' and 'annotations' sub-folders (the OAI-ZIB test layout): "
         "give the masks folder with --masks.")
