@@ -318,8 +318,12 @@ def test_predict_batch_equals_first_clicks_of_sessions():
     two.add_click(30, 40)
     # the second session's 2nd click is zoomed; compare its first one only
     assert batch.shape == (2, 48, 64) and np.allclose(batch[0], one.probability, atol=1e-6)
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(InvalidInputError, match="one list"):
         predictor.predict_batch(np.zeros((1, 3, 8, 8)), [])
+    with pytest.raises(InvalidInputError, match="outside"):
+        predictor.predict_batch(np.zeros((1, 3, 8, 8)), [[Click(3, 9, True)]])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        predictor.predict_batch(np.full((1, 3, 8, 8), np.nan), [[Click(3, 3, True)]])
 
 
 @pytest.mark.parametrize("image, what", [

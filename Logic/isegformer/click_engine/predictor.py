@@ -128,6 +128,15 @@ class ClickPredictor:
             raise InvalidInputError(
                 f"{images.shape[0]} images but {len(click_lists)} click lists: give one list "
                 "of clicks per image.")
+        if not torch.isfinite(images).all():
+            raise InvalidInputError("The images contain NaN or infinite values.")
+        height, width = images.shape[2:]
+        for n, clicks in enumerate(click_lists):
+            for c in clicks:
+                if not (-0.5 <= c.y <= height - 0.5 and -0.5 <= c.x <= width - 0.5):
+                    raise InvalidInputError(
+                        f"Click (row {c.y:g}, column {c.x:g}) of image {n} lies outside the "
+                        f"{height}x{width} image.")
         if prev_probs is None:
             prev = torch.zeros_like(images[:, :1])
         else:
