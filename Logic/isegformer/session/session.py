@@ -89,12 +89,17 @@ class Session:
         """Start a session on ``volume``: a path (any SimpleITK format, or a DICOM folder), a
         :class:`~isegformer.volume.Volume`, or ``(array (k, j, i), ijk_to_ras 4x4)``.
 
-        Options: ``click_model`` (a registry name, a checkpoint path, a loaded iSegFormer, or a
-        ClickPredictor; default: the paper's Swin-B from the registry), ``stcn_weights`` /
-        ``fusion_weights`` (registry names, paths, state dicts or loaded networks, for STCN
-        propagation; default: the registry's ``stcn``, and no FusionNet), ``device`` ("auto", "cpu", "cuda"), ``axis`` (the default slice axis,
-        0 = k), ``window`` ((low, high) intensities; default: 0.1/99.9 percentiles of the volume),
-        ``propagator_factory`` (replaces :func:`isegformer.propagation.factory.create_propagator`).
+        Options:
+
+        - ``click_model``: a registry name, a checkpoint path, a loaded iSegFormer, or a
+          ClickPredictor (default: the paper's Swin-B from the registry);
+        - ``stcn_weights`` / ``fusion_weights``: registry names, paths, state dicts or loaded
+          networks for STCN propagation (default: the registry's ``stcn``, and no FusionNet);
+        - ``device``: "auto", "cpu", "cuda" or "cuda:N";
+        - ``axis``: the default slice axis (0 = k);
+        - ``window``: (low, high) intensities the click model sees as 0..1 (default: the 0.1 and
+          99.9 percentiles of the volume; STCN normalises as the reference did);
+        - ``propagator_factory``: replaces :func:`isegformer.propagation.factory.create_propagator`.
         """
         source = None
         if isinstance(volume, (str, os.PathLike)):
