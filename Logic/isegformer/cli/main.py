@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "download",
     "evaluate_propagation",
     "evaluate_clicks",
+    "finetune",
     "segment",
     "propagate",
 )

@@ -1,0 +1,497 @@
+"""Fine-tuning iSegFormer on a few segmented slices: the paper's training recipe.
+
+One training step, as in the paper (RITM's iterative training):
+
+1. a batch of augmented crops, each with one target object and 1-12 simulated clicks
+   (:mod:`.data`, :mod:`.augment`, :mod:`.points_sampler`);
+2. 0 to 3 *iterative* clicks: the network predicts without gradient, a corrective click is put
+   in its largest error, and its prediction is fed back as the previous mask;
+3. the last prediction is scored with the normalised focal loss (alpha 0.5, gamma 2) and Adam
+   (lr 5e-4) takes a step; the learning rate drops tenfold near the end (a step schedule).
+
+After each epoch the network is saved in the official checkpoint format (``model.pth``, read by
+the same loader as the official weights), the full training state (model, optimiser, schedule,
+epoch) goes to ``training_state.pt`` for resuming, and ``finetune.json`` records the settings
+and the history: loss and a quick validation NoC@85 per epoch.
+
+Randomness is derived from (seed, epoch, step) rather than carried along, so a run resumed
+after an interruption continues exactly as the uninterrupted run would have, and a fixed seed
+gives the same weights on the CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import save_checkpoint
+from ..click_engine.model import ClickModelConfig, ISegFormer
+from ..device import resolve_device
+from ..errors import CancelledError, CheckpointError, InvalidInputError
+from ..progress import ProgressCallback, report
+from .augment import AugmentSettings, Augmenter
+from .data import DEFAULT_MIN_AREA, TrainingSlice, training_example
+from .init import InitReport, initial_model
+from .loss import NormalizedFocalLoss
+from .points_sampler import MultiPointSampler, SamplerSettings, next_training_points
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pth"
+STATE_FILE = "training_state.pt"
+RUN_FILE = "finetune.json"
+STATE_FORMAT = 1
+#: The reference drops the learning rate at epoch 49 of 55; we keep that proportion.
+LR_DROP_FRACTION = 49 / 55
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything that defines a fine-tuning run (defaults: the paper's recipe)."""
+
+    init: str = "official"                 # "official", "scratch" or a checkpoint path
+    variant: str = "swin_base"             # network for "official" and "scratch"
+    model_config: Optional[ClickModelConfig] = None  # a custom shape for "scratch" (overrides variant)
+    imagenet_checkpoint: Optional[str] = None        # ImageNet Swin weights for "scratch"
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 5e-4
+    lr_milestones: Optional[tuple[int, ...]] = None  # epochs after which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    crop_size: tuple[int, int] = (320, 480)
+    max_num_points: int = 12
+    max_iterative_clicks: int = 3
+    min_area: int = DEFAULT_MIN_AREA
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True           # CUDA only
+    gradient_checkpointing: bool = True    # CUDA only
+    val_samples: int = 8
+    val_max_clicks: int = 20
+    val_zoom_in: bool = True
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        positive = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
+                    "batch_size": self.batch_size, "max_num_points": self.max_num_points,
+                    "val_max_clicks": self.val_max_clicks}
+        bad = [f"{k}={v}" for k, v in positive.items() if int(v) < 1]
+        if bad:
+            raise InvalidInputError(f"These settings must be at least 1: {', '.join(bad)}.")
+        if not self.lr > 0:
+            raise InvalidInputError(f"The learning rate must be positive, got {self.lr}.")
+        if not 0 <= self.max_iterative_clicks <= self.max_num_points:
+            raise InvalidInputError(
+                f"max_iterative_clicks must be in 0..{self.max_num_points}, got {self.max_iterative_clicks}."
+            )
+        if self.val_samples < 0 or self.num_workers < 0:
+            raise InvalidInputError("val_samples and num_workers cannot be negative.")
+
+    def milestones(self) -> list[int]:
+        if self.lr_milestones is not None:
+            return sorted(int(m) for m in self.lr_milestones)
+        drop = int(round(self.epochs * LR_DROP_FRACTION))
+        return [drop] if 0 < drop < self.epochs else []
+
+    def to_plain(self) -> dict[str, Any]:
+        plain = asdict(self)
+        plain["crop_size"] = list(self.crop_size)
+        plain["lr_milestones"] = self.milestones()
+        if self.model_config is not None:
+            plain["model_config"] = self.model_config.to_plain()["params"]
+        return plain
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> "FinetuneSettings":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in plain.items() if k in known}
+        values["crop_size"] = tuple(values.get("crop_size", (320, 480)))
+        if values.get("lr_milestones") is not None:
+            values["lr_milestones"] = tuple(values["lr_milestones"])
+        if values.get("model_config") is not None:
+            values["model_config"] = config_from_plain(values["model_config"])
+        return cls(**values)
+
+
+def config_from_plain(params: dict[str, Any]) -> ClickModelConfig:
+    """The inverse of ``ClickModelConfig.to_plain()["params"]``."""
+    known = {f.name for f in fields(ClickModelConfig)}
+    values = {k: v for k, v in params.items() if k in known}
+    values["depths"], values["num_heads"] = tuple(values["depths"]), tuple(values["num_heads"])
+    return ClickModelConfig(**values)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int                  # 1-based
+    loss: float                 # mean training loss (normalised focal) of the epoch
+    lr: float
+    seconds: float
+    # The normalised focal loss is rescaled per image to the weight of its hard pixels, so it
+    # stays near its starting value while the network improves; these two show the progress.
+    bce: float = float("nan")   # mean binary cross-entropy of the training predictions
+    iou: float = float("nan")   # mean IoU (probability > 0.5) of the training predictions
+    val_noc85: Optional[float] = None
+    val_samples: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: Path
+    out_dir: Path
+    epochs_done: int
+    history: list[EpochRecord] = field(default_factory=list)
+    init: str = ""
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed for one purpose of a run (parts: the run's seed, then what it is for)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+_INIT_STREAM, _EPOCH_STREAM = 2, 1
+
+
+def starting_model(settings: FinetuneSettings) -> tuple[ISegFormer, InitReport]:
+    """The network a run starts from (CPU, train mode); random weights follow the run's seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(settings.seed, _INIT_STREAM))
+        return initial_model(settings.init, settings.model_config or settings.variant,
+                             settings.imagenet_checkpoint)
+
+
+# --- data -------------------------------------------------------------------------------------------
+class _EpochBatches(torch.utils.data.Dataset):
+    """Batch ``step`` of an epoch, a pure function of (seed, epoch, step): workers may run in any order."""
+
+    def __init__(self, slices: Sequence[TrainingSlice], settings: FinetuneSettings, epoch: int) -> None:
+        self.slices = slices
+        self.settings = settings
+        self.epoch = epoch
+        self.augmenter = Augmenter(AugmentSettings(crop_size=tuple(settings.crop_size)))
+        self.sampler = MultiPointSampler(SamplerSettings(max_num_points=settings.max_num_points))
+
+    def __len__(self) -> int:
+        return self.settings.steps_per_epoch
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.settings.seed, self.epoch, step, 0])
+        examples = []
+        for _ in range(self.settings.batch_size):
+            slice_ = self.slices[int(rng.integers(len(self.slices)))]
+            examples.append(training_example(slice_, self.augmenter, self.sampler, rng, self.settings.min_area))
+        return {
+            "images": torch.from_numpy(np.stack([e.image for e in examples])),
+            "targets": torch.from_numpy(np.stack([e.target for e in examples])),
+            "points": torch.from_numpy(np.stack([e.points for e in examples])),
+        }
+
+
+def data_fingerprint(slices: Sequence[TrainingSlice]) -> str:
+    digest = hashlib.sha256()
+    for s in slices:
+        digest.update(s.name.encode())
+        digest.update(np.ascontiguousarray(s.label).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def validation_samples(slices: Sequence[TrainingSlice], count: int):
+    """Up to ``count`` NoC samples (one object each), spread evenly over ``slices``."""
+    from ..evaluation.noc import Sample
+
+    pairs = [(s, i) for s in slices for i in s.object_ids]
+    if count <= 0 or not pairs:
+        return []
+    picks = np.unique(np.linspace(0, len(pairs) - 1, num=min(count, len(pairs))).round().astype(int))
+    return [Sample(f"{pairs[p][0].name} #{pairs[p][1]}", pairs[p][0].image,
+                   (pairs[p][0].label == pairs[p][1]).astype(np.int8)) for p in picks]
+
+
+def quick_noc85(model: ISegFormer, samples, device: torch.device, max_clicks: int, zoom_in: bool) -> Optional[float]:
+    """Mean NoC@85 of ``samples`` with the simulated user (the paper's protocol)."""
+    if not samples:
+        return None
+    from ..click_engine.predictor import ClickPredictor
+    from ..evaluation.noc import evaluate
+
+    was_training = model.training
+    try:
+        predictor = ClickPredictor(model, zoom_in=zoom_in, device=device)
+        result = evaluate(predictor, samples, max_clicks=max_clicks, stop_iou=0.85)
+        return float(result.metrics["noc@85"]["mean"])
+    finally:
+        model.train(was_training)
+
+
+def _prediction_quality(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Mean BCE over valid pixels and mean per-sample IoU of ``logits > 0``."""
+    logits, valid = logits.float(), targets >= 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[valid], targets[valid])
+    pred, obj = (logits > 0) & valid, (targets > 0.5) & valid
+    inter = (pred & obj).flatten(1).sum(1).float()
+    union = (pred | obj).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return float(bce), float(iou.mean())
+
+
+# --- files -------------------------------------------------------------------------------------------
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _cpu_state(module_state: dict) -> dict:
+    return {k: v.detach().to("cpu") if torch.is_tensor(v) else v for k, v in module_state.items()}
+
+
+# --- the run ------------------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, slices, out_dir, settings, val_slices, resume):
+        if not slices:
+            raise InvalidInputError("No training slice was given: there is nothing to fine-tune on.")
+        self.slices = list(slices)
+        self.out_dir = Path(out_dir).expanduser()
+        self.state_path = self.out_dir / STATE_FILE
+        self.fingerprint = data_fingerprint(self.slices)
+        self.history: list[EpochRecord] = []
+        self.start_epoch = 0
+        state = self._previous_state(resume)
+        if state is not None:
+            requested = settings
+            settings = FinetuneSettings.from_plain(state["settings"])
+            # The schedule and the data stay as they were; only these may change on resume.
+            settings.epochs = max(requested.epochs, int(state["epoch"]))
+            settings.device, settings.num_workers = requested.device, requested.num_workers
+        settings.validate()
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+
+        if state is not None:
+            # Rebuilt from the stored config, not from the tensors' shapes: drop-path and dropout
+            # rates leave no trace in the shapes but shape the training.
+            self.model = ISegFormer(config_from_plain(state["model_config"]))
+            self.model.load_state_dict(state["model"], strict=True)
+            self.model.train()
+            self.init = InitReport(str(state.get("init", "resumed")))
+            self.start_epoch = int(state["epoch"])
+            self.history = [EpochRecord(**r) for r in state.get("history", [])]
+            if state.get("data") != self.fingerprint:
+                log.warning("The training slices differ from those the run started with; "
+                            "resuming anyway with the slices given now.")
+        else:
+            self.model, self.init = starting_model(settings)
+        self.model.to(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda and settings.gradient_checkpointing:
+            self.model.backbone.use_checkpointing = True
+        amp_dtype = None
+        if cuda and settings.mixed_precision:
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.model.autocast_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr,
+                                          betas=(0.9, 0.999), eps=1e-8)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=settings.milestones(), gamma=settings.lr_gamma)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        self.loss_fn = NormalizedFocalLoss(alpha=0.5, gamma=2.0)
+        self.val_samples = validation_samples(val_slices if val_slices else self.slices,
+                                              settings.val_samples)
+        self.val_kind = "held-out" if val_slices else "training"
+
+    def _previous_state(self, resume: bool) -> Optional[dict]:
+        if not self.state_path.exists():
+            if resume:
+                raise InvalidInputError(
+                    f"Nothing to resume in {self.out_dir}: it holds no {STATE_FILE}. Start a new "
+                    "run (without --resume)."
+                )
+            return None
+        if not resume:
+            raise InvalidInputError(
+                f"{self.out_dir} already holds a fine-tuning run. Continue it with --resume, or "
+                "choose another --out folder."
+            )
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a torn or foreign file: say so instead of a pickle trace
+            raise CheckpointError(
+                f"{self.state_path} cannot be read ({type(err).__name__}: {err}). Delete it to "
+                "start over from model.pth with --init, or restore it from a backup."
+            ) from err
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{self.state_path} is not a training state of this version.")
+        return state
+
+    # --- steps ----------------------------------------------------------------------------------
+    def _train_step(self, batch: dict[str, torch.Tensor], rng: np.random.Generator) -> tuple[float, float, float]:
+        """One optimiser step; returns (loss, BCE, IoU) of the batch's predictions."""
+        model, s = self.model, self.settings
+        images = batch["images"].to(self.device, non_blocking=True)
+        targets = batch["targets"].to(self.device, non_blocking=True)
+        points = batch["points"].to(self.device, non_blocking=True)
+        prev = torch.zeros_like(targets)
+        iterations = int(rng.integers(0, s.max_iterative_clicks + 1))
+        if iterations:
+            model.eval()
+            with torch.no_grad():
+                for click_number in range(1, iterations + 1):
+                    prev = torch.sigmoid(model(images, prev, points)).float()
+                    points = next_training_points(prev, targets, points, click_number, rng).to(self.device)
+            model.train()
+        logits = model(images, prev, points)
+        loss = self.loss_fn(logits, targets)
+        if not torch.isfinite(loss):
+            raise InvalidInputError(
+                f"The training loss became {loss.item()} (diverged). Lower the learning rate "
+                "(--lr) or turn mixed precision off, and resume from the last epoch."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        bce, iou = _prediction_quality(logits.detach(), targets)
+        return float(loss.detach()), bce, iou
+
+    def _epoch(self, epoch: int, progress: Optional[ProgressCallback]) -> EpochRecord:
+        s = self.settings
+        start = time.perf_counter()
+        torch.manual_seed(derived_seed(s.seed, _EPOCH_STREAM, epoch))
+        loader = torch.utils.data.DataLoader(
+            _EpochBatches(self.slices, s, epoch), batch_size=None, shuffle=False,
+            num_workers=s.num_workers, pin_memory=self.device.type == "cuda")
+        lr = self.optimizer.param_groups[0]["lr"]
+        total = s.epochs * s.steps_per_epoch
+        measures = []
+        self.model.train()
+        for step, batch in enumerate(loader):
+            rng = np.random.default_rng([s.seed, epoch, step, 1])
+            measures.append(self._train_step(batch, rng))
+            recent = np.mean(measures[-20:], axis=0)
+            report(progress, epoch * s.steps_per_epoch + step + 1, total,
+                   f"epoch {epoch + 1}/{s.epochs} loss {recent[0]:.4f} IoU {recent[2]:.3f}")
+        self.scheduler.step()
+        loss, bce, iou = (float(v) for v in np.mean(measures, axis=0))
+        record = EpochRecord(epoch + 1, loss, lr, 0.0, bce, iou)
+        record.val_noc85 = quick_noc85(self.model, self.val_samples, self.device,
+                                       s.val_max_clicks, s.val_zoom_in)
+        record.val_samples = len(self.val_samples)
+        record.seconds = time.perf_counter() - start
+        return record
+
+    # --- saving -----------------------------------------------------------------------------------
+    def _model_config(self) -> dict:
+        config = self.model.config.to_plain()
+        config["finetune"] = {"epoch": len(self.history), "seed": self.settings.seed,
+                              "init": self.init.source, "slices": len(self.slices),
+                              "data": self.fingerprint}
+        return config
+
+    def _save(self, status: str) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        model_path = save_checkpoint(self.out_dir / MODEL_FILE, self.model.state_dict(), self._model_config())
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": len(self.history),
+            "model": _cpu_state(self.model.state_dict()),
+            "model_config": self.model.config.to_plain()["params"],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "settings": self.settings.to_plain(),
+            "history": [asdict(r) for r in self.history],
+            "init": self.init.source,
+            "data": self.fingerprint,
+        }
+        _atomic_torch_save(state, self.state_path)
+        self._write_run_file(status)
+        return model_path
+
+    def _write_run_file(self, status: str) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.out_dir / RUN_FILE, {
+            "status": status,
+            "checkpoint": MODEL_FILE if (self.out_dir / MODEL_FILE).exists() else None,
+            "epochs_done": len(self.history),
+            "init": self.init.describe(),
+            "model": self.model.config.to_plain()["params"],
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "training_slices": [s.name for s in self.slices],
+            "validation": self.val_kind,
+            "settings": self.settings.to_plain(),
+            "history": [asdict(r) for r in self.history],
+        })
+
+    def run(self, progress: Optional[ProgressCallback], on_epoch: Optional[Callable[[EpochRecord], None]]):
+        s = self.settings
+        log.info("Fine-tuning %s on %d slices, %s, on %s.", self.model.config.name, len(self.slices),
+                 self.init.describe(), self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            try:
+                for epoch in range(self.start_epoch, s.epochs):
+                    record = self._epoch(epoch, progress)
+                    self.history.append(record)
+                    self._save("running" if epoch + 1 < s.epochs else "finished")
+                    log.info("Epoch %d: loss %.4f, NoC@85 (%s slices) %s, %.1f s", record.epoch,
+                             record.loss, self.val_kind, record.val_noc85, record.seconds)
+                    if on_epoch is not None:
+                        on_epoch(record)
+            except (CancelledError, KeyboardInterrupt):
+                # The last completed epoch's files stay as they were.
+                self._write_run_file("cancelled")
+                raise
+        if not (self.out_dir / MODEL_FILE).exists():  # resumed a run that had already finished
+            self._save("finished")
+        return FinetuneResult(self.out_dir / MODEL_FILE, self.out_dir, len(self.history),
+                              self.history, self.init.describe())
+
+
+def finetune(
+    slices: Sequence[TrainingSlice],
+    out_dir: str | os.PathLike,
+    settings: FinetuneSettings = FinetuneSettings(),
+    val_slices: Optional[Sequence[TrainingSlice]] = None,
+    resume: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+) -> FinetuneResult:
+    """Fine-tune a click model on ``slices``; files go to ``out_dir`` (see the module docstring).
+
+    ``val_slices`` (default: the training slices themselves) give the per-epoch NoC@85.
+    ``progress(done, total, message)`` is called after every step; raising CancelledError from it
+    stops the run, leaving the last completed epoch's checkpoint intact. With ``resume`` the run
+    in ``out_dir`` continues from its last completed epoch (``settings.epochs`` may be raised).
+    """
+    run = _Run(slices, out_dir, settings, val_slices, resume)
+    return run.run(progress, on_epoch)
