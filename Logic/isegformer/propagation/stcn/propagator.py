@@ -43,9 +43,10 @@ from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, v
 log = logging.getLogger(__name__)
 
 MEMORY_EVERY = 5
-#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB, so on the CPU
-#: about 128 such frames stay cached, and the process stays under 4 GB for 160 x 384 x 384.
-DEFAULT_CPU_CACHE_BYTES = 2304 * 2**20
+#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB: on the CPU about
+#: 100 such frames stay cached, which keeps a 160 x 384 x 384 propagation under 4 GB (with
+#: 2.25 GiB it peaked at 4.0 GB); the others are recomputed when a pass needs them again.
+DEFAULT_CPU_CACHE_BYTES = 1792 * 2**20
 DEFAULT_CUDA_CACHE_BYTES = 8 * 2**30
 
 
@@ -56,7 +57,7 @@ class STCNPropagator(Propagator):
     intensities, which are converted as the reference did (``preprocess.volume_to_frames``).
     ``network`` and ``fusion`` are moved to ``device`` and put in eval mode. Without
     ``fusion`` the two directions between annotated frames are blended linearly by distance.
-    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 2.25 GiB on CPU,
+    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 1.75 GiB on CPU,
     8 GiB on CUDA); a smaller budget only costs recomputation.
     """
 

@@ -23,7 +23,7 @@ Net = TypeVar("Net", bound=nn.Module)
 _OPTIONAL_SUFFIX = "num_batches_tracked"
 _ADVICE = {
     "STCN": "Download stcn.pth again (`isegformer download stcn`) and retry.",
-    "FusionNet": "Download fusion_stcn.pth again (`isegformer download fusion_stcn`), or "
+    "FusionNet": "Download fusion_stcn.pth again (`isegformer download mivos_fusion`), or "
                  "propagate without fusion weights.",
 }
 
