@@ -433,13 +433,20 @@ def _tiny_cli_args(images, masks, out, epochs=1):
             "--device", "cpu", "--val-samples", "0", "--out", str(out)]
 
 
-def test_cli_finetune_runs_and_reports_errors(tmp_path, capsys):
+def test_cli_finetune_runs_lists_and_reports_errors(tmp_path, capsys, monkeypatch):
     from isegformer.cli.main import main
 
+    monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "home"))
     images, masks = _png_dataset(tmp_path)
-    assert main(["finetune", *_tiny_cli_args(images, masks, tmp_path / "run")]) == 0
-    assert (tmp_path / "run" / MODEL_FILE).is_file() and (tmp_path / "run" / STATE_FILE).is_file()
+    args = _tiny_cli_args(images, masks, tmp_path / "unused")
+    args = args[: args.index("--out")] + ["--name", "my-tune"]
+    assert main(["finetune", *args]) == 0
+    run = tmp_path / "home" / "finetuned" / "my-tune"
+    assert (run / MODEL_FILE).is_file() and (run / STATE_FILE).is_file()
     assert "fine-tuned model" in capsys.readouterr().out
+    assert main(["models", "--no-verify"]) == 0
+    listing = capsys.readouterr().out
+    assert "my-tune" in listing and str(run / MODEL_FILE) in listing
     assert main(["finetune", "--images", str(images), "--masks", str(tmp_path / "nowhere")]) == 1
     assert "not a folder" in capsys.readouterr().err
 

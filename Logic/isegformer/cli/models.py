@@ -43,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    from ..finetune.runs import list_finetuned
+
+    for n, tuned in enumerate(list_finetuned()):
+        noc = "" if tuned.last_noc85 is None else f", NoC@85 {tuned.last_noc85:.2f}"
+        print(("\nFINE-TUNED (isegformer finetune)\n" if n == 0 else "")
+              + f"{tuned.name}  {human_size(tuned.size)}  {tuned.status}, {tuned.epochs_done} "
+              f"epochs{noc}  {tuned.checkpoint}")
     print(f"\nregistry: {registry.source}\ncache:    {cache_home()}")
     return 0
 

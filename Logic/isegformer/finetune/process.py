@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import CancelledError, ISegFormerError
 from ..progress import ProgressCallback
+from .runs import MODEL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,8 @@ class FinetuneProcess:
         checkpoint = None
         if kind == "done":
             checkpoint = Path(final["checkpoint"])
-        elif self.out_dir is not None and (self.out_dir / "model.pth").is_file():
-            checkpoint = self.out_dir / "model.pth"
+        elif self.out_dir is not None and (self.out_dir / MODEL_FILE).is_file():
+            checkpoint = self.out_dir / MODEL_FILE
         if kind == "done" and returncode == 0:
             return FinetuneOutcome("done", checkpoint, returncode, None, self.epochs, self.out_dir)
         if kind == "cancelled" or self._cancel_requested:

@@ -14,6 +14,9 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 FINETUNED_DIR = "finetuned"
+MODEL_FILE = "model.pth"          # the fine-tuned network, official checkpoint format
+STATE_FILE = "training_state.pt"  # everything needed to resume
+RUN_FILE = "finetune.json"        # settings, status and history, for people and listings
 
 
 def finetuned_home(home: Optional[Path] = None) -> Path:
@@ -36,8 +39,6 @@ class FinetunedModel:
 
 def list_finetuned(home: Optional[Path] = None) -> list[FinetunedModel]:
     """The fine-tuned models under ``finetuned_home(home)`` that have a checkpoint, by name."""
-    from .trainer import MODEL_FILE, RUN_FILE
-
     root = finetuned_home(home)
     if not root.is_dir():
         return []

@@ -44,12 +44,10 @@ from .data import DEFAULT_MIN_AREA, TrainingSlice, training_example
 from .init import InitReport, initial_model
 from .loss import NormalizedFocalLoss
 from .points_sampler import MultiPointSampler, SamplerSettings, next_training_points
+from .runs import MODEL_FILE, RUN_FILE, STATE_FILE
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pth"
-STATE_FILE = "training_state.pt"
-RUN_FILE = "finetune.json"
 STATE_FORMAT = 1
 #: The reference drops the learning rate at epoch 49 of 55; we keep that proportion.
 LR_DROP_FRACTION = 49 / 55
@@ -480,7 +478,7 @@ class _Run:
 def finetune(
     slices: Sequence[TrainingSlice],
     out_dir: str | os.PathLike,
-    settings: FinetuneSettings = FinetuneSettings(),
+    settings: Optional[FinetuneSettings] = None,
     val_slices: Optional[Sequence[TrainingSlice]] = None,
     resume: bool = False,
     progress: Optional[ProgressCallback] = None,
@@ -493,5 +491,5 @@ def finetune(
     stops the run, leaving the last completed epoch's checkpoint intact. With ``resume`` the run
     in ``out_dir`` continues from its last completed epoch (``settings.epochs`` may be raised).
     """
-    run = _Run(slices, out_dir, settings, val_slices, resume)
+    run = _Run(slices, out_dir, settings or FinetuneSettings(), val_slices, resume)
     return run.run(progress, on_epoch)
