@@ -62,14 +62,15 @@ def evaluate_clicks(model: Path, volume: Path, labels: Path, slices: list[int], 
 
 def run(data_dir: Path, out: Path, steps: int, epochs: int, batch_size: int, crop: int,
         train_slices_per_case: int, held_out_slices: int, max_clicks: int, zoom_in: bool,
-        seed: int = 0) -> dict:
+        seed: int = 0, embed_dim: int = TINY["embed_dim"], depth: int = 1) -> dict:
     from isegformer.click_engine.build import save_click_model
     from isegformer.click_engine.model import ClickModelConfig
     from isegformer.finetune.data import slices_from_volume
     from isegformer.finetune.trainer import FinetuneSettings, finetune, starting_model
 
     out.mkdir(parents=True, exist_ok=True)
-    config = ClickModelConfig(**TINY, name="evidence_tiny")
+    shape = dict(TINY, embed_dim=embed_dim, depths=(depth,) * 4, head_channels=2 * embed_dim)
+    config = ClickModelConfig(**shape, name="evidence_tiny")
     train = []
     for case in TRAIN_CASES:
         labels = whole_tumour(data_dir, case, out)
@@ -103,6 +104,7 @@ def run(data_dir: Path, out: Path, steps: int, epochs: int, batch_size: int, cro
         "train_iou_per_epoch": [round(r.iou, 3) for r in result.history],
         "noc85_before": before["noc@85"]["mean"], "noc85_after": after["noc@85"]["mean"],
         "max_clicks": max_clicks, "zoom_in": zoom_in, "checkpoint": str(result.checkpoint),
+        "network": {"embed_dim": embed_dim, "depths": list(config.depths)},
     }
 
 
@@ -119,11 +121,14 @@ def main() -> int:
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--no-zoom-in", action="store_true")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--embed-dim", type=int, default=TINY["embed_dim"])
+    p.add_argument("--depth", type=int, default=1, help="Swin blocks per stage")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     figures = run(args.data, args.out, args.steps, args.epochs, args.batch_size, args.crop,
-                  args.train_slices, args.held_out, args.max_clicks, not args.no_zoom_in)
+                  args.train_slices, args.held_out, args.max_clicks, not args.no_zoom_in,
+                  embed_dim=args.embed_dim, depth=args.depth)
     print(json.dumps(figures, indent=1))
     return 0
 

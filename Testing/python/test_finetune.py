@@ -412,6 +412,20 @@ def test_imagenet_backbone_mapping(tmp_path):
     ours = target.state_dict()
     assert report.loaded == len(state) and not report.skipped
     assert all(torch.equal(ours["backbone." + k], v) for k, v in state.items())
+    # the official Swin layout (merging at the end of stage i), as safetensors, prefixed
+    from safetensors.torch import save_file
+
+    save_file({"module." + k: v.contiguous() for k, v in state.items()}, str(tmp_path / "swin.safetensors"))
+    again = build_isegformer(MICRO)
+    assert load_imagenet_backbone(again, tmp_path / "swin.safetensors").loaded == len(state)
+    assert torch.equal(again.state_dict()["backbone.layers.0.downsample.reduction.weight"],
+                       state["layers.0.downsample.reduction.weight"])
+    # a checkpoint of another Swin size fits nowhere: a clear error, not a silent no-op
+    from isegformer.errors import CheckpointError
+
+    torch.save({"layers.0.blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="no tensor fits"):
+        load_imagenet_backbone(build_isegformer(MICRO), tmp_path / "other.pth")
 
 
 # --- CLI and the launcher --------------------------------------------------------------------------------

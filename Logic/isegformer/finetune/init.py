@@ -100,9 +100,22 @@ def _backbone_key(key: str, timm_layout: bool) -> Optional[str]:
     return "backbone." + key
 
 
+def _read_imagenet_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":  # timm's Hugging Face downloads; safetensors comes with timm
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist. Give the ImageNet checkpoint's path.")
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # the library raises several types for a damaged file
+            raise CheckpointError(f"{path} could not be read as safetensors ({err}).") from err
+    return load_checkpoint(path, advice="Give a Swin Transformer ImageNet checkpoint (.pth).")["state_dict"]
+
+
 def load_imagenet_backbone(model: ISegFormer, path: str | os.PathLike) -> InitReport:
     """Copy the Swin backbone tensors of an ImageNet checkpoint into ``model`` where shapes match."""
-    state = load_checkpoint(path, advice="Give a Swin Transformer ImageNet checkpoint (.pth).")["state_dict"]
+    state = _read_imagenet_state(Path(path).expanduser())
     # Only timm's layout has no patch merging in stage 0 but has it in a later stage.
     has_merging = {int(m.group(1)) for k in state
                    if (m := re.search(r"layers\.(\d+)\.downsample\.", k))}

@@ -74,6 +74,17 @@ class FinetuneOutcome:
     out_dir: Optional[Path] = None
 
 
+def default_python() -> str:
+    """The interpreter for the child: inside 3D Slicer its launcher ``PythonSlicer``, which sets
+    up the environment that Slicer's bare ``python-real`` (``sys.executable`` there) lacks."""
+    executable = Path(sys.executable)
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        candidate = executable.with_name(name)
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
 def _package_root() -> Path:
     import isegformer
 
@@ -88,7 +99,7 @@ class FinetuneProcess:
         self.cli_args = [str(a) for a in cli_args]
         if "--progress-json" not in self.cli_args:
             self.cli_args.append("--progress-json")
-        self.python = python or sys.executable
+        self.python = python or default_python()
         self.env = env
         self.done = 0
         self.total = 0
