@@ -98,7 +98,7 @@ def test_keys_are_encoded_once_per_stack_and_a_small_cache_changes_nothing(volum
     for index in (2, 9, 5):
         roomy.annotate(index, labels[index])
     assert roomy.frames_encoded == T  # every frame once, reused by all three annotations
-    frame_bytes = roomy._cache.nbytes // T
+    frame_bytes = roomy._cache.nbytes // roomy._cache.capacity
     half = _propagator(volume, network, fusion, feature_cache_bytes=frame_bytes * T // 2)
     half.annotate(2, labels[2])
     assert half.frames_encoded == T  # a pass never evicts the frames it needs next

@@ -97,7 +97,7 @@ class STCNPropagator(Propagator):
         if feature_cache_bytes is None:
             feature_cache_bytes = (DEFAULT_CUDA_CACHE_BYTES if self._device.type == "cuda"
                                    else DEFAULT_CPU_CACHE_BYTES)
-        self._cache = FeatureCache(self._encode_frames, feature_cache_bytes, batch_size)
+        self._cache = FeatureCache(self._encode_frames, feature_cache_bytes, t, batch_size)
         #: frames decoded so far (one per frame per pass; for tests and benchmarks)
         self.frames_decoded = 0
 
@@ -162,10 +162,11 @@ class STCNPropagator(Propagator):
         change = mask - previous
         pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
 
-        feats = self._cache.get(index, forward[: 1] + backward[: 1])
+        feats = self._cache.get(index, forward + backward)
         value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
+        index_k16 = feats.k16.clone()  # cache views are only valid until the next get
         certain = OrderedDict((a, entry) for a, entry in self._certain.items() if a != index)
-        certain[index] = (feats.k16[0], value[:, :, 0])
+        certain[index] = (index_k16[0], value[:, :, 0])
 
         # new probabilities of frames lower+1 .. upper-1, committed only when all is done
         fresh = torch.empty((self._k + 1, upper - lower - 1, self._hp, self._wp), dtype=torch.float32)
@@ -180,7 +181,7 @@ class STCNPropagator(Propagator):
             if not frames:
                 continue
             fused = 0 <= bound < self.num_frames
-            self._run_pass(index, frames, later, bound if fused else None, certain, feats.k16,
+            self._run_pass(index, frames, later, bound if fused else None, certain, index_k16,
                            pos_change, neg_change, fresh, lower + 1, step)
 
         self._prob[:, lower + 1:upper] = fresh
@@ -246,15 +247,11 @@ class STCNPropagator(Propagator):
         """Normalised, padded frame t, (1, 3, Hp, Wp) on the device."""
         return pad_to_multiple(normalize_frames(self._frames[t:t + 1]), self._pad).to(self._device)
 
-    def _encode_frames(self, indices: Sequence[int]) -> List[FrameFeatures]:
+    def _encode_frames(self, indices: Sequence[int]) -> FrameFeatures:
         images = torch.cat([self._image(t) for t in indices], dim=0)
         keys = self._net.encode_key(images)
         skip8, skip4 = self._net.decoder.project_skips(keys.f8, keys.f4)
-        return [
-            FrameFeatures(keys.k16[i:i + 1].clone(), keys.f16_thin[i:i + 1].clone(),
-                          keys.f16[i:i + 1].clone(), skip8[i:i + 1].clone(), skip4[i:i + 1].clone())
-            for i in range(len(indices))
-        ]
+        return FrameFeatures(keys.k16, keys.f16_thin, keys.f16, skip8, skip4)
 
     def _one_hot(self, labels: np.ndarray) -> torch.Tensor:
         lab = torch.from_numpy(labels.astype(np.int64))
