@@ -524,12 +524,16 @@ def _load_evidence_module():
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_finetuning_beats_the_untrained_start_on_held_out_brats(tmp_path, data_dir):
-    """The issue's evidence: a tiny Swin trained on BRATS slices of 2 patients, evaluated by
-    `isegformer evaluate-clicks` on slices of a third: NoC@85 drops clearly, the loss falls."""
+def test_finetuning_beats_the_untrained_start_on_held_out_slices(tmp_path, data_dir):
+    """The issue's evidence: a tiny Swin trained from scratch for 900 steps on 6 sagittal slices
+    of the knee template (all labels, class-agnostic), against its own untrained start, on 5
+    held-out slices between them (femur and tibia), measured by `isegformer evaluate-clicks`.
+    Zoom-in is off: on 128-pixel slices it would magnify ~3x, a scale 96-pixel crops never show."""
     evidence = _load_evidence_module()
-    figures = evidence.run(data_dir, tmp_path, steps=600, epochs=3, batch_size=4, crop=96,
-                           train_slices_per_case=6, held_out_slices=6, max_clicks=20, zoom_in=True)
+    figures = evidence.run(data_dir, tmp_path, steps=900, epochs=3, batch_size=4, crop=96,
+                           train_slices_per_case=6, held_out_slices=5, max_clicks=20,
+                           zoom_in=False, dataset="knee")
     print(json.dumps(figures, indent=1))
-    assert figures["bce_per_epoch"][-1] < 0.7 * figures["bce_per_epoch"][0]
-    assert figures["noc85_after"] <= figures["noc85_before"] - 3.0
+    bce, iou = figures["bce_per_epoch"], figures["train_iou_per_epoch"]
+    assert bce[-1] < 0.8 * bce[0] and iou[-1] > iou[0] + 0.1, figures
+    assert figures["noc85_after"] <= figures["noc85_before"] - 5.0, figures
