@@ -487,7 +487,8 @@ def test_process_launcher_cancel_and_error(tmp_path):
     images, masks = _png_dataset(tmp_path)
     args = _tiny_cli_args(images, masks, tmp_path / "run", epochs=50)
     job = FinetuneProcess(args, env=_child_env()).start()
-    job.wait(timeout=300, on_event=lambda e: job.cancel() if e["event"] == "epoch" else None)
+    # A UI cancels without blocking, then watches `finished`.
+    job.wait(timeout=300, on_event=lambda e: job.cancel(timeout=None) if e["event"] == "epoch" else None)
     outcome = job.outcome()
     assert outcome.status == "cancelled"
     assert outcome.checkpoint is not None and outcome.checkpoint.is_file()  # epoch 1 is kept

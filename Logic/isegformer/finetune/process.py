@@ -143,16 +143,29 @@ class FinetuneProcess:
             return False
         return not any(r.is_alive() for r in self._readers)
 
-    def cancel(self, timeout: float = 30.0) -> None:
-        """Ask the child to stop (SIGTERM: a clean stop), kill it if it has not after ``timeout`` s."""
+    def cancel(self, timeout: Optional[float] = 30.0) -> None:
+        """Ask the child to stop (SIGTERM: a clean stop after the current step).
+
+        With ``timeout=None`` this returns at once (a UI then watches :attr:`finished`; a big
+        network on the CPU may take a while to finish its step); otherwise it waits up to
+        ``timeout`` seconds and then kills the child.
+        """
         if self._process is None or self._process.poll() is not None:
             return
         self._cancel_requested = True
         self._process.terminate()
+        if timeout is None:
+            return
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("The fine-tuning process did not stop in %.0f s; killing it.", timeout)
+            self.kill()
+
+    def kill(self) -> None:
+        """Stop the child at once (no clean-up; the last completed epoch's files stay intact)."""
+        if self._process is not None and self._process.poll() is None:
+            self._cancel_requested = True
             self._process.kill()
             self._process.wait()
 
