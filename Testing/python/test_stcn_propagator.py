@@ -98,6 +98,14 @@ def test_keys_are_encoded_once_per_stack_and_a_small_cache_changes_nothing(volum
     for index in (2, 9, 5):
         roomy.annotate(index, labels[index])
     assert roomy.frames_encoded == T  # every frame once, reused by all three annotations
+    released = _propagator(volume, network, fusion)
+    released.annotate(2, labels[2])
+    released.release_cache()
+    assert released._cache.nbytes == 0
+    for index in (9, 5):
+        released.annotate(index, labels[index])
+    assert released.frames_encoded > T
+    np.testing.assert_allclose(released.probabilities, roomy.probabilities, atol=1e-6)  # other batches
     frame_bytes = roomy._cache.nbytes // roomy._cache.capacity
     half = _propagator(volume, network, fusion, feature_cache_bytes=frame_bytes * T // 2)
     half.annotate(2, labels[2])

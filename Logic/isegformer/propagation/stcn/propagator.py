@@ -139,6 +139,10 @@ class STCNPropagator(Propagator):
         """Frames that went through the key encoder so far."""
         return self._cache.encoded
 
+    def release_cache(self) -> None:
+        """Free the cached per-frame features (GBs on CPU); later passes recompute them."""
+        self._cache.clear()
+
     # ------------------------------------------------------------------------------ annotate
     def annotate(self, index: int, label_map: np.ndarray,
                  progress: Optional[ProgressCallback] = None) -> np.ndarray:
