@@ -8,7 +8,10 @@ loaded or its widget is built: both come in only after the explicit dependency s
 import importlib.util
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -41,6 +44,9 @@ NEGATIVE_NODE_NAME = "iSegFormer negative clicks"
 #: work shorter than this shows no dialog (milliseconds)
 PROGRESS_DELAY_MS = 1000
 POLL_INTERVAL_MS = 40
+#: the fine-tuning child reports at most twice a second; reading it more often is wasted work
+FINETUNE_POLL_INTERVAL_MS = 250
+DEFAULT_FINETUNE_EPOCHS = 5
 SAMPLE_CATEGORY = "iSegFormer"
 SAMPLE_NAME = "OAI-ZIB knee 9092628"
 SAMPLE_BASE_URL = "https://github.com/uncbiag/iSegFormer/raw/v1.0/maskprop/MiVOS/example/"
@@ -92,6 +98,12 @@ def _support():
     return support
 
 
+def _editedSlices(current, written, axis):
+    """Indices along ``axis`` where a (k, j, i) mask differs from what the module wrote there."""
+    other = tuple(a for a in range(3) if a != axis)
+    return {int(i) for i in np.flatnonzero(np.any(np.asarray(current, bool) != np.asarray(written, bool), axis=other))}
+
+
 #
 # Module
 #
@@ -110,7 +122,8 @@ class iSegFormerSlicer(ScriptedLoadableModule):
             "Interactive segmentation with iSegFormer (MICCAI 2022): place positive and negative "
             "points in a slice view to segment that slice, then Propagate to carry the annotated "
             "slices through the volume. Correct any slice (more points, or Segment Editor effects) "
-            "and propagate again. Ctrl+Z undoes the last point."
+            "and propagate again. Ctrl+Z undoes the last point. Fine-tune teaches the click model "
+            "your structure from the slices you segmented."
         )
         self.parent.acknowledgementText = _(
             "Method: Q. Liu, Z. Xu, Y. Jiao, M. Niethammer, iSegFormer: Interactive Segmentation via "
@@ -161,6 +174,10 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobStarted = {}  # job id -> (monotonic start, label)
         self._propagationJob = None
         self._muted = False  # True while the module itself edits the point lists
+        self._finetuneTimer = None
+        self._finetuneDialog = None
+        self._finetuneStarted = None  # monotonic time the running fine-tune started
+        self._finetuneCancelling = False
 
     # ---- building -----------------------------------------------------------------------
     def setup(self):
@@ -200,6 +217,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.propagateButton.connect("clicked()", self.onPropagate)
         self.ui.undoClickButton.connect("clicked()", self.onUndoClick)
         self.ui.negativeModeCheckBox.connect("toggled(bool)", self.onNegativeModeToggled)
+        self.ui.finetuneButton.connect("clicked()", self.onFinetune)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -210,6 +228,9 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self.onPoll)
+        self._finetuneTimer = qt.QTimer()
+        self._finetuneTimer.setInterval(FINETUNE_POLL_INTERVAL_MS)
+        self._finetuneTimer.connect("timeout()", self.onFinetunePoll)
 
         mainWindow = slicer.util.mainWindow()
         if mainWindow is not None:  # none when the generic tests build the widget headless
@@ -221,6 +242,8 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        if self._finetuneTimer is not None:
+            self._finetuneTimer.stop()
         if self._undoShortcut is not None:
             self._undoShortcut.setEnabled(False)
         if self.logic is not None:
@@ -286,6 +309,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = not missing and self.ui.inputVolumeSelector.currentNode() is not None
         self.ui.clicksCollapsibleButton.enabled = ready
         self.ui.propagateButton.enabled = ready and self.logic.hasClicks()
+        self.ui.finetuneButton.enabled = ready and not self.logic.isFinetuning()
 
     # ---- dependencies and weights ----------------------------------------------------------
     def onInstallDependencies(self):
@@ -435,6 +459,70 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._propagationJob = jobId
         self._startProgress(jobId, _("Propagating through the volume..."))
 
+    # ---- fine-tuning (a separate process) -----------------------------------------------------
+    def onFinetune(self):
+        if not self._ensureReady():
+            return
+        segmentation = self.ui.segmentEditorWidget.segmentationNode()
+        segmentId = self.ui.segmentEditorWidget.currentSegmentID()
+        if segmentation is None or not segmentId:
+            slicer.util.warningDisplay(_("Select the segment to learn from in the Segmentation section first."))
+            return
+        try:
+            self.logic.setSegmentation(self.ui.inputVolumeSelector.currentNode(), segmentation, segmentId)
+            self.logic.startFinetune(epochs=int(self.ui.finetuneEpochsSpinBox.value), segmentId=segmentId)
+        except Exception as err:  # no usable slice, weights missing, a run already going: say so
+            self._report(err)
+            return
+        self._finetuneStarted = time.monotonic()
+        self._finetuneCancelling = False
+        self.ui.finetuneStatusLabel.text = self.logic.finetuneDescription()
+        if self._finetuneDialog is None:
+            self._finetuneDialog = self._newProgressDialog(_("Fine-tuning the click model..."), self.onCancelFinetune)
+        self._finetuneDialog.maximum = 0
+        self._finetuneDialog.value = 0
+        self._finetuneTimer.start()
+        self.updateStatus()
+
+    def onCancelFinetune(self):
+        """Ask the run to stop after its current step; polling goes on until it has stopped."""
+        if self.logic.cancelFinetune():
+            self._finetuneCancelling = True
+            self.ui.finetuneStatusLabel.text = _("Stopping after the current training step...")
+
+    def onFinetunePoll(self):
+        state = self.logic.pollFinetune()
+        if state is None:
+            self._finetuneTimer.stop()
+            return
+        dialog = self._finetuneDialog
+        if state.running:
+            if dialog is not None and not self._finetuneCancelling:
+                dialog.maximum = max(state.total, 0)
+                dialog.value = min(state.done, max(state.total, 0))
+                dialog.labelText = state.text
+                elapsed = time.monotonic() - (self._finetuneStarted or time.monotonic())
+                if elapsed > PROGRESS_DELAY_MS / 1000.0 and not dialog.visible:
+                    dialog.show()
+            if not self._finetuneCancelling:
+                self.ui.finetuneStatusLabel.text = state.text
+            return
+        self._finetuneTimer.stop()
+        if dialog is not None:
+            dialog.hide()
+        self._finetuneCancelling = False
+        self.ui.finetuneStatusLabel.text = state.text
+        if state.status == "done":
+            # The same setting the Advanced section's checkpoint field drives: the field shows the
+            # new model, and changing the device or propagation later keeps it.
+            self.ui.checkpointPathLineEdit.currentPath = str(state.checkpoint)
+            slicer.util.showStatusMessage(state.text, 5000)
+        elif state.status == "cancelled":
+            slicer.util.showStatusMessage(state.text, 5000)
+        else:
+            self._report(state.text, state.details)
+        self.updateStatus()
+
     # ---- results from the worker ----------------------------------------------------------
     def _watch(self, jobId, label):
         self._startProgress(jobId, label)
@@ -443,20 +531,26 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Follow a job; its dialog appears only if the work lasts longer than a second."""
         self._jobStarted[jobId] = (time.monotonic(), label)
         if self._progressDialog is None:
-            dialog = slicer.util.createProgressDialog(
-                parent=slicer.util.mainWindow(), maximum=0, labelText=label, windowTitle=_("iSegFormer"),
-                autoClose=False, autoReset=False,
-            )
-            dialog.minimumDuration = 0 if immediately else PROGRESS_DELAY_MS
-            dialog.hide()
-            dialog.connect("canceled()", self.onCancel)
-            self._progressDialog = dialog
+            self._progressDialog = self._newProgressDialog(label, self.onCancel, immediately)
         self._progressDialog.labelText = label
         if not self._progressDialog.visible:
             self._progressDialog.maximum = 0  # busy until the job reports its own progress
         if immediately:
             self._progressDialog.show()
         self._pollTimer.start()
+
+    @staticmethod
+    def _newProgressDialog(label, onCancel, immediately=False):
+        """A hidden, busy progress dialog whose Cancel calls ``onCancel``; the caller shows it
+        once the work has lasted longer than PROGRESS_DELAY_MS (or at once when ``immediately``)."""
+        dialog = slicer.util.createProgressDialog(
+            parent=slicer.util.mainWindow(), maximum=0, labelText=label, windowTitle=_("iSegFormer"),
+            autoClose=False, autoReset=False,
+        )
+        dialog.minimumDuration = 0 if immediately else PROGRESS_DELAY_MS
+        dialog.hide()
+        dialog.connect("canceled()", onCancel)
+        return dialog
 
     def onCancel(self):
         self.logic.cancelAll()
@@ -515,6 +609,22 @@ class _Event:
         self.traceback = traceback
 
 
+class _FinetuneState:
+    """What the widget shows of a fine-tuning run (no isegformer types leak into Qt code).
+
+    ``status`` is None while it runs, then "done", "cancelled" or "error".
+    """
+
+    def __init__(self, running, done=0, total=0, text="", status=None, checkpoint=None, details=""):
+        self.running = running
+        self.done = done
+        self.total = total
+        self.text = text
+        self.status = status
+        self.checkpoint = checkpoint
+        self.details = details
+
+
 class _ClickRecord:
     """One placed point: which list holds it, where it landed, and in which order it came."""
 
@@ -562,6 +672,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         self._written = {}  # segment ID -> (k, j, i) bool mask the module last wrote
         self._appliers = {}  # job id -> function applying its result on the GUI thread
         self._onFailure = {}  # job id -> function undoing the GUI-side bookkeeping of a failed job
+        self._handEdited = {}  # (segment ID, axis) -> slices edited by hand that a propagation adopted
+        self._finetune = None  # the running isegformer.finetune.process.FinetuneProcess
+        self._finetuneFolder = None  # its exported image and label map, removed when it ends
+        self._finetunePlan = None  # (axis, slice indices, "annotated" or "labelled") of that run
 
     # ---- dependencies -----------------------------------------------------------------------
     @staticmethod
@@ -695,6 +809,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         self._closeSession()
         self._records = []
         self._written = {}
+        self._handEdited = {}
         for node in self.getClickNodes(create=False):
             if node is not None:
                 node.RemoveAllControlPoints()
@@ -862,6 +977,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         if self._worker is not None:
             self._worker.shutdown(wait=False)
             self._worker = None
+        if self._finetune is not None:  # no orphan training process once the module is gone
+            self._finetune.cancel(timeout=None)
+            self._finetune = None
+            self._removeFinetuneFolder()
 
     def reset(self):
         """Forget the session, the clicks and the nodes (scene closed)."""
@@ -869,6 +988,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         self.volumeNode = self.segmentationNode = self.segmentId = None
         self._records = []
         self._written = {}
+        self._handEdited = {}
 
     # ---- the session (worker thread) --------------------------------------------------------
     def _closeSession(self):
@@ -1059,6 +1179,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
         axis = max(records, key=lambda r: r.order).point.axis if records else None
         current = self.segmentArray(segmentId)
         written = self._written.get(segmentId)
+        if axis is not None and written is not None:  # the session adopts these; fine-tuning uses them too
+            self._handEdited.setdefault((segmentId, axis), set()).update(_editedSlices(current, written, axis))
         method = self.propagation
         if method == "stcn" and self._bridge is not None and not self._bridge.has_stcn_weights \
                 and STCN_MODEL not in self.modelsToDownload():
@@ -1181,6 +1303,187 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("Slicer refused to update segment %s." % segmentId)
         if not logic.SetBinaryLabelmapToSegment(image, self.segmentationNode, segmentId, logic.MODE_MERGE_MASK, extent):
             raise RuntimeError("Slicer refused to update segment %s." % segmentId)
+
+    # ---- fine-tuning (a separate process) -------------------------------------------------------
+    def finetuneSlices(self, segmentId=None, axis=None):
+        """The slices a fine-tune learns from: ``(axis, indices, source)``.
+
+        ``source`` "annotated": the slices of the segment annotated in this module along ``axis``
+        (default: the axis of the segment's latest point), that is, slices with points and slices
+        edited by hand, which propagation never overwrites. Propagated slices are not used: the
+        model would learn its own mistakes. "labelled": the segment has no such slice (it was
+        drawn with other tools, or loaded), so every slice along ``axis`` (default k) that holds
+        it is used. Empty slices are left out; no slice at all raises ValueError.
+        """
+        segmentId = segmentId or self.segmentId
+        if self.volumeNode is None or self.segmentationNode is None or not segmentId:
+            raise ValueError("Select the source volume and the segment to learn from first.")
+        if self.segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+            raise ValueError("The segment was deleted; select the segment to learn from.")
+        records = [r for r in self._records if r.segmentId == segmentId]
+        if axis is None and records:
+            axis = max(records, key=lambda r: r.order).point.axis
+        current = self.segmentArray(segmentId).astype(bool)
+        axisName = ("k", "j", "i")
+        if axis is not None:
+            annotated = {r.point.index for r in records if r.point.axis == axis}
+            annotated |= self._handEdited.get((segmentId, axis), set())
+            written = self._written.get(segmentId)
+            if written is not None:
+                annotated |= _editedSlices(current, written, axis)
+            indices = sorted(i for i in annotated if _support().transforms.take_slice(current, axis, i).any())
+            if indices:
+                return axis, indices, "annotated"
+        axis = 0 if axis is None else axis
+        other = tuple(a for a in range(3) if a != axis)
+        indices = [int(i) for i in np.flatnonzero(current.any(axis=other))]
+        if not indices:
+            raise ValueError(
+                "The segment is empty along {axis}: segment the structure on a few slices first "
+                "(points, or the Segment Editor), then fine-tune.".format(axis=axisName[axis])
+            )
+        return axis, indices, "labelled"
+
+    def _finetuneInit(self):
+        """Where training starts: the click model in use (``init`` of ``isegformer finetune``)."""
+        if self._isPath(self.model):
+            return self.model
+        if self.model == DEFAULT_MODEL:
+            return "official"  # the child downloads it if needed
+        from isegformer.errors import WeightsError
+        from isegformer.weights.resolve import resolve_model
+
+        try:
+            return str(resolve_model(self.model, download=False))
+        except WeightsError as err:
+            raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
+
+    def _finetuneName(self, segmentId):
+        segment = self.segmentationNode.GetSegmentation().GetSegment(segmentId)
+        parts = [self.volumeNode.GetName(), segment.GetName() if hasattr(segment, "GetName") else segmentId]
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p)).strip("_.-") or "slicer"
+        return "%s-%s" % (stem[:60], time.strftime("%Y%m%d-%H%M%S"))
+
+    def startFinetune(self, epochs=DEFAULT_FINETUNE_EPOCHS, segmentId=None, axis=None, name=None,
+                      python=None, env=None, **options):
+        """Start fine-tuning the click model on a segment's slices, in a separate process.
+
+        The source volume and a label map of the segment (1 inside) are written to a temporary
+        folder that the child reads; :meth:`finetuneSlices` chooses the slices. Training starts
+        from the click model in use, on the selected device; ``options`` are further
+        ``isegformer finetune`` options (``steps_per_epoch=50``, ``init="scratch"``, ``out=...``).
+        The run goes to ``ISEGFORMER_HOME/finetuned/<name>``. Returns the FinetuneProcess; call
+        :meth:`pollFinetune` (the widget does, on a timer) until it reports the end.
+        """
+        if self._finetune is not None:
+            raise RuntimeError("A fine-tuning run is in progress: wait for it to end, or cancel it.")
+        segmentId = segmentId or self.segmentId
+        axis, indices, source = self.finetuneSlices(segmentId, axis)
+        _ensureIsegformerImportable()
+        from isegformer.finetune.process import FinetuneProcess, build_args
+        from isegformer.volume import Volume, write_volume
+
+        settings = {"init": self._finetuneInit(), "device": self.device, "epochs": int(epochs)}
+        if "out" not in options:
+            settings["name"] = name or self._finetuneName(segmentId)
+        settings.update(options)
+        ijkToRas = vtk.vtkMatrix4x4()
+        self.volumeNode.GetIJKToRASMatrix(ijkToRas)  # the grid only: both files share it
+        grid = Volume(slicer.util.arrayFromVolume(self.volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas))
+        labels = self.segmentArray(segmentId).astype(bool)
+        folder = tempfile.mkdtemp(prefix="isegformer-finetune-")
+        try:
+            # uncompressed: written on the GUI thread, read once by the child, then deleted
+            image = write_volume(grid, os.path.join(folder, "image.nrrd"), compress=False)
+            label = write_volume(grid, os.path.join(folder, "label.nrrd"), array=labels.astype(np.uint8), compress=False)
+            args = build_args(volumes=[image], labels=[label], axis=("k", "j", "i")[axis],
+                              slices=",".join(str(i) for i in indices), label_value=1, **settings)
+            job = FinetuneProcess(args, python=python, env=env).start()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._finetune, self._finetuneFolder, self._finetunePlan = job, folder, (axis, indices, source)
+        logging.info("iSegFormer: fine-tuning on %s", self.finetuneDescription())
+        return job
+
+    def isFinetuning(self):
+        return self._finetune is not None
+
+    def finetuneDescription(self):
+        """Which slices the current (or last) run learns from, for people."""
+        if self._finetunePlan is None:
+            return ""
+        axis, indices, source = self._finetunePlan
+        shown = ", ".join(str(i) for i in indices[:12]) + (", ..." if len(indices) > 12 else "")
+        what = _("annotated slices") if source == "annotated" else _("slices holding the segment")
+        return _("Fine-tuning on {count} {what} along {axis} ({shown}).").format(
+            count=len(indices), what=what, axis=("k", "j", "i")[axis], shown=shown)
+
+    def cancelFinetune(self):
+        """Ask the run to stop after its current step (returns at once; False if none runs).
+
+        The click model stays as it was; the last completed epoch stays in the run folder.
+        """
+        if self._finetune is None:
+            return False
+        self._finetune.cancel(timeout=None)
+        return True
+
+    def pollFinetune(self):
+        """Read what the run reported (never blocks); None when no run is going.
+
+        When the run has ended successfully, the click model switches to its checkpoint through
+        :meth:`setModelSettings` (the session reopens with it on the next click).
+        """
+        job = self._finetune
+        if job is None:
+            return None
+        job.poll()
+        if not job.finished:
+            text = job.message or _("Preparing the training data...")
+            if job.total:
+                text = _("Fine-tuning: step {done}/{total}. {message}").format(
+                    done=job.done, total=job.total, message=job.message)
+            return _FinetuneState(True, job.done, job.total, text)
+        outcome = job.outcome()
+        self._finetune = None
+        self._removeFinetuneFolder()
+        last = outcome.epochs[-1] if outcome.epochs else {}
+        if outcome.status == "done":
+            self.setModelSettings(model=str(outcome.checkpoint))
+            noc = last.get("val_noc85")
+            text = _("Fine-tuned for {epochs} epochs; the click model is now {checkpoint}.").format(
+                epochs=len(outcome.epochs), checkpoint=outcome.checkpoint)
+            if noc is not None:
+                text += " " + _("Quick NoC@85 on training objects: {noc:.2f}.").format(noc=noc)
+            return _FinetuneState(False, job.total, job.total, text, "done", outcome.checkpoint)
+        if outcome.status == "cancelled":
+            text = _("Fine-tuning cancelled; the click model is unchanged.")
+            if outcome.checkpoint is not None:
+                text += " " + _("The last completed epoch is kept in {folder}.").format(folder=outcome.out_dir)
+            return _FinetuneState(False, job.done, job.total, text, "cancelled")
+        text = _("Fine-tuning failed: {error}").format(error=outcome.error)
+        return _FinetuneState(False, job.done, job.total, text, "error", details=outcome.error or "")
+
+    def waitForFinetune(self, timeout=None, interval=0.2):
+        """Block until the run ends (scripts and tests); returns the checkpoint, raises on failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.pollFinetune()
+            if state is None:
+                raise RuntimeError("No fine-tuning run was started.")
+            if not state.running:
+                if state.status == "done":
+                    return state.checkpoint
+                raise RuntimeError(state.text)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("The fine-tuning run is still going.")
+            time.sleep(interval)
+
+    def _removeFinetuneFolder(self):
+        if self._finetuneFolder is not None:
+            shutil.rmtree(self._finetuneFolder, ignore_errors=True)
+            self._finetuneFolder = None
 
     # ---- synchronous API for the Python console -----------------------------------------------
     def addClick(self, rasPoint, positive=True, sliceNode=None, axis=None, segmentId=None):

@@ -177,6 +177,9 @@ class FakeSegment:
     def __init__(self, name):
         self.name = name
 
+    def GetName(self):
+        return self.name
+
 
 class FakeSegmentation:
     def __init__(self, node):
@@ -528,7 +531,13 @@ def install_fake_qt(modules: dict, scene: FakeScene) -> None:
     util.loadUI = lambda path: FakeWidget("ui", path=path)
     util.childWidgetVariables = lambda widget: ui
     util.mainWindow = lambda: None
-    util.createProgressDialog = lambda **kwargs: FakeWidget("progress", **kwargs)
+    def create_progress_dialog(**kwargs):
+        dialog = FakeWidget("progress", visible=False, **kwargs)
+        dialog.returns.update(show=lambda: setattr(dialog, "visible", True),
+                              hide=lambda: setattr(dialog, "visible", False))
+        return dialog
+
+    util.createProgressDialog = create_progress_dialog
     util.messages = []
     util.errorDisplay = lambda text, **kwargs: util.messages.append(("error", text))
     util.warningDisplay = lambda text, **kwargs: util.messages.append(("warning", text))

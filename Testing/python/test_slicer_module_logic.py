@@ -6,6 +6,8 @@ undo, moved/deleted points, propagation writes, hand edits adopted, failures lea
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -359,3 +361,251 @@ def test_widget_refuses_a_point_from_an_oblique_view_and_says_why(monkeypatch):
         assert positive.GetNumberOfControlPoints() == 0 and not widget.logic.hasClicks()
         assert not widget.logic.isBusy()
         widget.cleanup()
+
+
+# ---- fine-tuning on the segmented slices (a separate process) ---------------------------------
+
+FT_SHAPE = (7, 24, 28)  # (k, j, i): slices along k are 24 x 28
+
+
+@pytest.fixture
+def finetune_env():
+    """A Logic on a synthetic volume (a bright block on noise) with a fake session."""
+    with fake_slicer_module() as (module, scene):
+        rng = np.random.default_rng(3)
+        array = rng.normal(100.0, 10.0, FT_SHAPE).astype(np.int16)
+        array[:, 6:18, 8:22] += 300
+        volume = scene.AddNode(FakeVolumeNode(array, IJK_TO_RAS, name="knee 1"))
+        logic = module.iSegFormerSlicerLogic()
+        logic.setVolume(volume)
+        segmentation, segment_id = logic.setSegmentation()
+        logic._bridge = SessionBridge(FakeSession(FT_SHAPE))
+        yield module, logic, volume, segmentation, segment_id
+        logic.shutdown()
+
+
+def annotate(logic, segmentation, segment_id):
+    """Points on k slices 1 and 4, slice 3 painted by hand, a propagation (the fake fills every
+    slice), then slice 5 painted by hand: the annotated slices are 1, 3, 4, 5."""
+    logic.setModelSettings(propagation="interpolation")
+    logic._stale = False  # keep the fake session
+    logic.addClick(to_world(IJK_TO_RAS, (12, 10, 1)), axis=0)
+    logic.addClick(to_world(IJK_TO_RAS, (14, 12, 4)), axis=0)
+    segmentation.arrays[segment_id][3, 6:18, 8:22] = 1
+    logic.propagate()
+    segmentation.arrays[segment_id][5, 19:23, 1:6] = 1  # outside what propagation wrote
+
+
+def test_finetune_learns_from_the_annotated_slices_not_the_propagated_ones(finetune_env):
+    module, logic, volume, segmentation, segment_id = finetune_env
+    annotate(logic, segmentation, segment_id)
+    assert segmentation.arrays[segment_id][[0, 2, 6]].any(axis=(1, 2)).all()  # propagated slices hold it
+    assert logic.finetuneSlices() == (0, [1, 3, 4, 5], "annotated")
+    # a segment drawn with other tools only: every slice that holds it, along the asked axis
+    other = segmentation.GetSegmentation().AddEmptySegment("", "bone")
+    segmentation.arrays[other][2:5, 10:12, 3] = 1
+    assert logic.finetuneSlices(other) == (0, [2, 3, 4], "labelled")
+    assert logic.finetuneSlices(other, axis=2) == (2, [3], "labelled")
+    empty = segmentation.GetSegmentation().AddEmptySegment("", "empty")
+    with pytest.raises(ValueError, match="segment is empty.*first"):
+        logic.finetuneSlices(empty)
+
+
+class StubFinetuneProcess:
+    """Stands in for isegformer.finetune.process.FinetuneProcess: checks the exported files when
+    started, then hands out a scripted event sequence, one event per poll()."""
+
+    last = None
+
+    def __init__(self, cli_args, python=None, env=None):
+        from isegformer.finetune.process import FinetuneOutcome
+
+        self.Outcome = FinetuneOutcome
+        self.cli_args = list(cli_args)
+        self.done = self.total = 0
+        self.message = ""
+        self.epochs = []
+        self.out_dir = None
+        self.cancel_requested = False
+        self.script = None
+        StubFinetuneProcess.last = self
+
+    def option(self, flag):
+        return self.cli_args[self.cli_args.index(flag) + 1]
+
+    def start(self):
+        from isegformer.volume import read_label_map, read_volume
+
+        self.image = read_volume(self.option("--volumes"))
+        self.label = read_label_map(self.option("--labels"), self.image)
+        self.folder = Path(self.option("--volumes")).parent
+        self.out_dir = Path("/nowhere") / self.option("--name")
+        self.script = [
+            {"event": "start", "out_dir": str(self.out_dir)},
+            {"event": "step", "done": 1, "total": 2, "message": "loss 0.5"},
+            {"event": "epoch", "epoch": 1, "iou": 0.5, "val_noc85": 3.0},
+            {"event": "step", "done": 2, "total": 2, "message": "loss 0.4"},
+            {"event": "done", "checkpoint": str(self.out_dir / "model.pth")},
+        ]
+        return self
+
+    @property
+    def finished(self):
+        return not self.script
+
+    def poll(self):
+        if not self.script:
+            return []
+        event = self.script.pop(0)
+        self.final = event
+        if event["event"] == "step":
+            self.done, self.total, self.message = event["done"], event["total"], event["message"]
+        elif event["event"] == "epoch":
+            self.epochs.append(event)
+        return [event]
+
+    def cancel(self, timeout=None):
+        self.cancel_requested = True
+        self.script = [{"event": "cancelled", "out_dir": str(self.out_dir)}]
+
+    def outcome(self):
+        kind = self.final["event"]
+        if kind == "done":
+            return self.Outcome("done", Path(self.final["checkpoint"]), 0, None, self.epochs, self.out_dir)
+        if kind == "cancelled":
+            return self.Outcome("cancelled", None, 130, None, self.epochs, self.out_dir)
+        return self.Outcome("error", None, 1, self.final["message"], self.epochs, self.out_dir)
+
+
+@pytest.fixture
+def stub_process(monkeypatch):
+    import isegformer.finetune.process as process
+
+    monkeypatch.setattr(process, "FinetuneProcess", StubFinetuneProcess)
+    return StubFinetuneProcess
+
+
+def poll_to_the_end(logic, limit=20):
+    states = [logic.pollFinetune() for _ in range(limit)]
+    return [s for s in states if s is not None]
+
+
+def test_finetune_exports_the_volume_and_segment_and_switches_the_model(finetune_env, stub_process):
+    module, logic, volume, segmentation, segment_id = finetune_env
+    annotate(logic, segmentation, segment_id)
+    expected_labels = segmentation.arrays[segment_id].copy()
+    logic.startFinetune(epochs=3)
+    job = stub_process.last
+    np.testing.assert_array_equal(job.image.array, volume.array)
+    np.testing.assert_allclose(job.image.ijk_to_ras, IJK_TO_RAS, atol=1e-6)
+    np.testing.assert_array_equal(job.label.array, expected_labels)
+    for flag, value in (("--axis", "k"), ("--slices", "1,3,4,5"), ("--label-value", "1"),
+                        ("--epochs", "3"), ("--init", "official"), ("--device", "auto")):
+        assert job.option(flag) == value
+    assert job.option("--name").startswith("knee_1-Segment_1-")
+    assert "1, 3, 4, 5" in logic.finetuneDescription() and "along k" in logic.finetuneDescription()
+    with pytest.raises(RuntimeError, match="in progress"):
+        logic.startFinetune()
+    states = poll_to_the_end(logic)
+    assert [s.running for s in states] == [True] * 4 + [False]
+    assert "step 1/2" in states[1].text and states[-1].status == "done"
+    checkpoint = str(job.out_dir / "model.pth")
+    assert logic.model == checkpoint and checkpoint in states[-1].text
+    assert logic._stale  # the session reopens with the new model (clicks replayed) on next use
+    assert not job.folder.exists() and not logic.isFinetuning()
+
+
+def test_a_cancelled_or_failed_finetune_keeps_the_model(finetune_env, stub_process, tmp_path):
+    module, logic, volume, segmentation, segment_id = finetune_env
+    previous = tmp_path / "previous.pth"
+    previous.write_bytes(b"a previous fine-tune")
+    logic.setModelSettings(model=str(previous))
+    annotate(logic, segmentation, segment_id)
+    logic.startFinetune()
+    assert stub_process.last.option("--init") == str(previous)  # continues from the model in use
+    logic.pollFinetune()
+    assert logic.cancelFinetune()
+    states = poll_to_the_end(logic)
+    assert states[-1].status == "cancelled" and "unchanged" in states[-1].text
+    assert logic.model == str(previous) and not stub_process.last.folder.exists()
+    assert not logic.cancelFinetune()  # nothing left to cancel
+
+    logic.startFinetune()
+    stub_process.last.script = [{"event": "error", "message": "No usable training slice: segment more."}]
+    states = poll_to_the_end(logic)
+    assert states[-1].status == "error" and "segment more" in states[-1].text
+    assert logic.model == str(previous)
+    with pytest.raises(RuntimeError, match="No fine-tuning run"):
+        logic.waitForFinetune()
+
+
+def test_widget_finetune_button_dialog_cancel_and_model_switch(monkeypatch, stub_process):
+    with fake_slicer_widget() as (module, scene, ui):
+        rng = np.random.default_rng(4)
+        volume = scene.AddNode(FakeVolumeNode(rng.normal(size=FT_SHAPE).astype(np.float32), IJK_TO_RAS))
+        widget = module.iSegFormerSlicerWidget(None)
+        widget.setup()
+        assert ("clicked()" in ui.finetuneButton._slots) and ui.finetuneButton._slots["clicked()"] == [widget.onFinetune]
+        ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
+        remembering(ui.segmentEditorWidget, "segmentationNode", "setSegmentationNode")
+        remembering(ui.segmentEditorWidget, "currentSegmentID", "setCurrentSegmentID")
+        for name, value in (("missingDependencies", staticmethod(lambda: [])),
+                            ("modelStatusText", lambda self: "ready"), ("modelNeedsDownload", lambda self: False)):
+            monkeypatch.setattr(module.iSegFormerSlicerLogic, name, value)
+        widget.enter()
+        widget.onFinetune()  # no segment selected yet: says what to do, starts nothing
+        assert module.slicer.util.messages[-1][0] == "warning" and not widget.logic.isFinetuning()
+
+        segmentation, segment_id = widget.logic.setSegmentation(volume)
+        segmentation.arrays[segment_id][2:4, 5:15, 5:15] = 1  # drawn with the Segment Editor
+        ui.segmentEditorWidget.setSegmentationNode(segmentation)
+        ui.segmentEditorWidget.setCurrentSegmentID(segment_id)
+        ui.finetuneEpochsSpinBox.value = 2
+        widget.onFinetune()
+        assert stub_process.last.option("--epochs") == "2" and stub_process.last.option("--slices") == "2,3"
+        assert "2 slices holding the segment along k" in ui.finetuneStatusLabel.text
+        assert not ui.finetuneButton.enabled  # one run at a time
+        timer = widget._finetuneTimer
+        assert ("start", ()) in timer.calls
+        widget._finetuneStarted -= 2.0  # the run has lasted more than a second: the dialog shows
+        widget.onFinetunePoll()
+        widget.onFinetunePoll()
+        dialog = widget._finetuneDialog
+        assert dialog.visible and dialog.maximum == 2 and dialog.value == 1
+        dialog.emit("canceled()")  # the dialog's Cancel
+        assert "Stopping" in ui.finetuneStatusLabel.text
+        for _ in range(3):
+            widget.onFinetunePoll()
+        assert ("stop", ()) in timer.calls and not dialog.visible
+        assert "unchanged" in ui.finetuneStatusLabel.text and ui.finetuneButton.enabled
+        assert ui.checkpointPathLineEdit.currentPath == "" and widget.logic.model == module.DEFAULT_MODEL
+
+        widget.onFinetune()
+        for _ in range(6):
+            widget.onFinetunePoll()
+        checkpoint = str(stub_process.last.out_dir / "model.pth")
+        assert ui.checkpointPathLineEdit.currentPath == checkpoint == widget.logic.model
+        assert checkpoint in ui.finetuneStatusLabel.text
+        widget.cleanup()
+
+
+@pytest.mark.golden
+def test_finetune_runs_a_real_tiny_training_process_and_uses_its_checkpoint(finetune_env, golden_dir, tmp_path):
+    """The whole path with the real launcher and CLI: export, child process, checkpoint, switch."""
+    import json
+    import os
+
+    module, logic, volume, segmentation, segment_id = finetune_env
+    annotate(logic, segmentation, segment_id)
+    job = logic.startFinetune(
+        epochs=1, init=str(golden_dir / "tiny_isegformer.pth"), device="cpu", steps_per_epoch=2,
+        batch_size=1, crop=(32, 32), val_samples=0, min_area=4, out=tmp_path / "run",
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    folder = Path(logic._finetuneFolder)
+    checkpoint = logic.waitForFinetune(timeout=300)
+    assert checkpoint == tmp_path / "run" / "model.pth" and checkpoint.is_file()
+    assert logic.model == str(checkpoint) and not folder.exists()
+    run = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert [name.rsplit(" ", 1)[1] for name in run["training_slices"]] == ["1", "3", "4", "5"]
+    assert all("axis 0" in name for name in run["training_slices"])
+    assert "tiny_isegformer.pth" in run["init"] and job.done == job.total == 2
