@@ -152,8 +152,8 @@ def test_without_fusion_weights_directions_are_blended_by_distance(volume, label
     current = torch.rand(2, 1, 32, 48)
     current = current / current.sum(0, keepdim=True)
     index_k16 = torch.zeros(1, 64, 2, 3)
-    out = prop._fuse(8, 2, 4, current, index_k16, index_k16, None, None)  # t=4 between 2 and 8
     old = torch.from_numpy(np.pad(previous[:, 4], ((0, 0), (1, 1), (4, 4))))[:, None]
+    out = prop._fuse(8, 2, 4, current, old, index_k16, index_k16, None, None)  # t=4 between 2 and 8
     expected = (4 / 6) * current + (2 / 6) * old
     torch.testing.assert_close(out[:, :, 1:-1, 4:-4], expected[:, :, 1:-1, 4:-4])
     prop.annotate(8, labels[8])

@@ -12,11 +12,11 @@ result is a soft probability per object and frame, channel 0 being the backgroun
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import CancelledError, InvalidInputError
 from ..progress import ProgressCallback
 
 
@@ -65,6 +65,26 @@ class Propagator(ABC):
         CancelledError, the previous probabilities and annotations stay as they were.
         """
 
+    def annotate_many(
+        self, items: Sequence[Tuple[int, np.ndarray]], progress: Optional[ProgressCallback] = None
+    ) -> np.ndarray:
+        """The result of ``annotate(index, label_map)`` for each ``(index, label_map)`` of
+        ``items``, in that order (a propagator may skip work whose result a later item
+        overwrites). One progress run covers the whole batch; a cancel leaves the annotations
+        and probabilities as they were before the batch.
+
+        This default annotates one by one (progress in percent of the batch) and, on a cancel,
+        puts back a copy of the attributes taken before the batch."""
+        items = list(items)
+        saved = _snapshot(self.__dict__)
+        try:
+            for number, (index, label_map) in enumerate(items):
+                self.annotate(index, label_map, progress=_part(progress, number, len(items)))
+        except CancelledError:
+            _restore(self.__dict__, saved)
+            raise
+        return self.probabilities
+
     @property
     @abstractmethod
     def probabilities(self) -> np.ndarray:
@@ -73,3 +93,44 @@ class Propagator(ABC):
     def labels(self) -> np.ndarray:
         """The current label map (T, H, W): argmax over channels, ties to the background."""
         return np.argmax(self.probabilities, axis=0).astype(np.uint8)
+
+
+def _part(progress: Optional[ProgressCallback], part: int, parts: int) -> Optional[ProgressCallback]:
+    """Report one of ``parts`` equal parts of a batch as percent of the whole."""
+    if progress is None:
+        return None
+
+    def step(done: int, total: int, message: str = "") -> None:
+        progress(int(100 * (part + (done / total if total else 1.0)) / parts), 100, message)
+
+    return step
+
+
+def _snapshot(attributes: Dict[str, Any]) -> Dict[str, Any]:
+    """Attributes with arrays and containers copied one level deep (what ``annotate`` changes)."""
+    copies: Dict[str, Any] = {}
+    for name, value in attributes.items():
+        if isinstance(value, np.ndarray):
+            value = value.copy()
+        elif isinstance(value, (dict, list, set)):
+            value = value.copy()
+        copies[name] = value
+    return copies
+
+
+def _restore(attributes: Dict[str, Any], saved: Dict[str, Any]) -> None:
+    """Put ``saved`` back, refilling arrays and containers in place (others may hold them)."""
+    for name, value in saved.items():
+        current = attributes.get(name)
+        if isinstance(current, np.ndarray) and isinstance(value, np.ndarray) \
+                and current.shape == value.shape and current.dtype == value.dtype:
+            current[...] = value
+        elif isinstance(current, (dict, set)) and type(current) is type(value):
+            current.clear()
+            current.update(value)
+        elif isinstance(current, list) and isinstance(value, list):
+            current[:] = value
+        else:
+            attributes[name] = value
+    for name in [n for n in attributes if n not in saved]:
+        del attributes[name]

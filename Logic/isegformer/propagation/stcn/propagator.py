@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from ..base import Propagator, frames_along_axis
 from .cache import FeatureCache, FrameFeatures
 from .fusion import FusionNet
 from .network import KEY_DIM, VALUE_DIM, STCNNetwork, soft_aggregate
+from .schedule import PlannedInteraction, plan_interactions
 from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, volume_to_frames
 
 log = logging.getLogger(__name__)
@@ -146,62 +147,81 @@ class STCNPropagator(Propagator):
     # ------------------------------------------------------------------------------ annotate
     def annotate(self, index: int, label_map: np.ndarray,
                  progress: Optional[ProgressCallback] = None) -> np.ndarray:
-        index = self._validated_index(index)
-        labels = self._validated_labels(label_map)
-        with torch.inference_mode():
-            self._annotate(index, labels, progress)
-        return self.probabilities
+        return self.annotate_many([(index, label_map)], progress)
 
-    def _annotate(self, index: int, labels: np.ndarray, progress: Optional[ProgressCallback]) -> None:
-        others = [a for a in self._annotations if a != index]
-        upper = min([a for a in others if a > index] + [self.num_frames])
-        lower = max([a for a in others if a < index] + [-1])
-        forward = list(range(index + 1, upper))
-        backward = list(range(index - 1, lower, -1))
-        total = len(forward) + len(backward)
-        report(progress, 0, total, "propagating")
-
-        mask = self._one_hot(labels)  # (K+1, 1, Hp, Wp) on the device
-        previous = self._prob[:, index].unsqueeze(1).to(self._device)
-        change = mask - previous
-        pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
-
-        feats = self._cache.get(index, forward + backward)
-        value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
-        index_k16 = feats.k16.clone()  # cache views are only valid until the next get
-        certain = OrderedDict((a, entry) for a, entry in self._certain.items() if a != index)
-        certain[index] = (index_k16[0], value[:, :, 0])
-
-        # new probabilities of frames lower+1 .. upper-1, committed only when all is done
-        fresh = torch.empty((self._k + 1, upper - lower - 1, self._hp, self._wp), dtype=torch.float32)
-        fresh[:, index - lower - 1] = mask[:, 0].cpu()
+    def annotate_many(self, items: Sequence[Tuple[int, np.ndarray]],
+                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
+        """The result of ``annotate`` for each item in order, decoding only the frames whose
+        result is read later (see ``schedule``). Progress counts the frames decoded."""
+        checked = [(self._validated_index(index), self._validated_labels(labels))
+                   for index, labels in items]
+        if not checked:
+            return self.probabilities
+        plan = plan_interactions(self.num_frames, list(self._annotations),
+                                 [index for index, _ in checked], uses_change=self._fusion is not None)
+        total = sum(len(p.forward_prefix) + len(p.backward_prefix) for p in plan)
         done = [0]
 
         def step() -> None:
             done[0] += 1
             report(progress, done[0], total, "propagating")
 
-        for frames, bound, later in ((forward, upper, backward), (backward, lower, [])):
-            if not frames:
-                continue
-            fused = 0 <= bound < self.num_frames
-            self._run_pass(index, frames, later, bound if fused else None, certain, index_k16,
-                           pos_change, neg_change, fresh, lower + 1, step)
-
-        self._prob[:, lower + 1:upper] = fresh
-        self._annotations.pop(index, None)
-        self._annotations[index] = labels
+        report(progress, 0, total, "propagating")
+        # results and memory go aside and are committed only when all is done: a cancel changes nothing
+        written: Dict[int, torch.Tensor] = {}
+        certain = OrderedDict(self._certain)
+        with torch.inference_mode():
+            for planned, (_, labels) in zip(plan, checked):
+                self._interact(planned, labels, certain, written, step)
+            for t, value in written.items():
+                self._prob[:, t] = value
+        for index, labels in checked:
+            self._annotations.pop(index, None)
+            self._annotations[index] = labels
         self._certain = certain
+        log.debug("STCN: %d annotations, %d frames decoded", len(checked), total)
+        return self.probabilities
 
-    def _run_pass(self, index: int, frames: List[int], later: List[int], bound: Optional[int],
+    def _interact(self, planned: PlannedInteraction, labels: np.ndarray,
+                  certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]",
+                  written: Dict[int, torch.Tensor], step) -> None:
+        """MiVOS' ``interact`` for one annotation, limited to its needed frames. ``certain``
+        and ``written`` (frame -> new probabilities) are updated in place."""
+        index = planned.index
+        forward, backward = planned.forward_prefix, planned.backward_prefix
+        mask = self._one_hot(labels)  # (K+1, 1, Hp, Wp) on the device
+        previous = self._current(index, written).unsqueeze(1).to(self._device)
+        change = mask - previous
+        pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
+
+        feats = self._cache.get(index, forward + backward)
+        value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
+        index_k16 = feats.k16.clone()  # cache views are only valid until the next get
+        certain.pop(index, None)
+        certain[index] = (index_k16[0], value[:, :, 0])
+
+        fresh: Dict[int, torch.Tensor] = {index: mask[:, 0].cpu()}
+        passes = ((forward, len(planned.forward), planned.upper, backward),
+                  (backward, len(planned.backward), planned.lower, []))
+        for frames, full_length, bound, later in passes:
+            if frames:
+                self._run_pass(planned, frames, full_length, later, bound, certain, index_k16,
+                               pos_change, neg_change, written, fresh, step)
+        written.update(fresh)
+
+    def _run_pass(self, planned: PlannedInteraction, frames: List[int], full_length: int,
+                  later: List[int], bound: int,
                   certain: Mapping[int, Tuple[torch.Tensor, torch.Tensor]], index_k16: torch.Tensor,
-                  pos_change: torch.Tensor, neg_change: torch.Tensor, fresh: torch.Tensor,
-                  offset: int, step) -> None:
-        """One direction of MiVOS' ``interact``: ``frames`` in visiting order, ``later`` the
-        frames the next pass will visit (so that the cache keeps them)."""
+                  pos_change: torch.Tensor, neg_change: torch.Tensor,
+                  written: Mapping[int, torch.Tensor], fresh: Dict[int, torch.Tensor], step) -> None:
+        """One direction of MiVOS' ``interact``: ``frames`` in visiting order (a prefix of the
+        whole pass of ``full_length`` frames), ``later`` the frames the next pass will visit
+        (so that the cache keeps them). Needed frames go to ``fresh``."""
+        index = planned.index
         hw = index_k16.shape[-2] * index_k16.shape[-1]
         n_certain = len(certain)
-        capacity = n_certain + (len(frames) - 1) // self._every + 1
+        # sized for the whole pass, as the reference does, so that every read sees the same layout
+        capacity = n_certain + (full_length - 1) // self._every + 1
         keys = torch.empty((KEY_DIM, capacity * hw), device=self._device)
         values = torch.empty((self._k, VALUE_DIM, capacity * hw), device=self._device)
         for slot, (k16, value) in enumerate(certain.values()):
@@ -209,7 +229,7 @@ class STCNPropagator(Propagator):
             values[:, :, slot * hw:(slot + 1) * hw] = value.reshape(self._k, VALUE_DIM, hw)
         used = n_certain
         last_added = index
-        end = frames[-1]
+        end = frames[-1]  # a frame added after the last decoded one would never be read
         for position, t in enumerate(frames):
             feats = self._cache.get(t, frames[position + 1:] + later)
             prob = self._net.segment(keys[:, :used * hw], values[:, :, :used * hw], feats.k16,
@@ -222,15 +242,23 @@ class STCNPropagator(Propagator):
                 values[:, :, used * hw:(used + 1) * hw] = value.reshape(self._k, VALUE_DIM, hw)
                 used += 1
                 last_added = t
-            if bound is not None:
-                out = self._fuse(bound, index, t, out, index_k16, feats.k16, pos_change, neg_change)
-            fresh[:, t - offset] = out[:, 0].cpu()
+            if t in planned.needed:
+                if 0 <= bound < self.num_frames:
+                    previous = self._current(t, written).unsqueeze(1).to(self._device)
+                    out = self._fuse(bound, index, t, out, previous, index_k16, feats.k16,
+                                     pos_change, neg_change)
+                fresh[t] = out[:, 0].cpu()
             step()
 
-    def _fuse(self, bound: int, index: int, t: int, current: torch.Tensor, index_k16: torch.Tensor,
-              query_k16: torch.Tensor, pos_change: torch.Tensor, neg_change: torch.Tensor) -> torch.Tensor:
+    def _current(self, t: int, written: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """Frame t's probabilities (K+1, Hp, Wp) as the running sequence has left them."""
+        value = written.get(t)
+        return self._prob[:, t] if value is None else value
+
+    def _fuse(self, bound: int, index: int, t: int, current: torch.Tensor, previous: torch.Tensor,
+              index_k16: torch.Tensor, query_k16: torch.Tensor, pos_change: torch.Tensor,
+              neg_change: torch.Tensor) -> torch.Tensor:
         """Combine the new estimate with the frame's previous one (from the other side)."""
-        previous = self._prob[:, t].unsqueeze(1).to(self._device)
         span = abs(bound - index)
         to_bound = abs(bound - t) / span  # 1 next to the new annotation, 0 next to the other
         to_index = abs(index - t) / span
