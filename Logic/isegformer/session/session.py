@@ -467,11 +467,11 @@ class Session:
             key=lambda a: a.order,
         )
         index_of = {id(a): i for i, a in annotated.items()}
-        for number, annotation in enumerate(pending, start=1):
-            index = index_of[id(annotation)]
-            step = _overall(progress, number - 1, len(pending), f"slice {index}")
-            propagator.annotate(index, annotation.mask.astype(np.uint8), progress=step)
-            consumed[index] = annotation.order
+        items = [(index_of[id(a)], a.mask.astype(np.uint8)) for a in pending]
+        # all at once: the propagator skips work that a later annotation overwrites
+        propagator.annotate_many(items, progress=_overall(progress, 0, 1, f"{len(items)} slices"))
+        for annotation in pending:
+            consumed[index_of[id(annotation)]] = annotation.order
         from ..propagation.base import volume_from_frames
 
         result = np.ascontiguousarray(volume_from_frames(propagator.labels() == 1, axis))
