@@ -15,6 +15,7 @@ Module and parameter names follow the official checkpoints (``layers.i.blocks.j.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -35,6 +36,21 @@ def relative_position_index(window: int) -> torch.Tensor:
     return dy * (2 * window - 1) + dx
 
 
+def _cached_constant(function):
+    """Memoise a function of plain arguments that returns constant tensors.
+
+    The tensors are built outside inference mode and autograd, so that the same cached tensor
+    serves inference, no-grad and training calls alike. Callers must never modify them.
+    """
+    @functools.lru_cache(maxsize=16)
+    @functools.wraps(function)
+    def cached(*args):
+        with torch.inference_mode(False), torch.no_grad():
+            return function(*args)
+    return cached
+
+
+@_cached_constant
 def shifted_window_mask(padded_h: int, padded_w: int, window: int, shift: int,
                         device: torch.device) -> torch.Tensor:
     """(num_windows, window², window²) additive mask: -100 between tokens of different regions.
@@ -57,18 +73,32 @@ def shifted_window_mask(padded_h: int, padded_w: int, window: int, shift: int,
     return torch.zeros(different.shape, device=device).masked_fill_(different, MASKED)
 
 
-def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * num_windows, window², C), windows in row-major order."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+@_cached_constant
+def window_token_order(h: int, w: int, window: int, shift: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index maps between a grid's tokens and its (padded, rolled) windows, as one gather each.
 
+    Padding the (h, w) grid to a multiple of ``window``, rolling it by ``-shift`` and cutting it
+    into windows only moves tokens around, so it is one ``index_select``; this replaces a pad,
+    two rolls (each a cat of two slices per axis on CPU), two permute copies and a crop.
 
-def merge_windows(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`partition_windows`: -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window, w // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+    Returns ``(gather, scatter)``: ``gather`` (Hp*Wp,) gives, for each token of the windows in
+    row-major window order, its index in the flattened grid, or ``h * w`` for a padding token
+    (the caller appends one zero token); ``scatter`` (h*w,) gives each grid token's position in
+    the windowed order (padding tokens are simply never read back).
+    """
+    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    # After torch.roll(y, -shift), position i holds the token from (i + shift) mod size.
+    rows = ((torch.arange(hp) + shift) % hp)[:, None].expand(hp, wp)
+    cols = ((torch.arange(wp) + shift) % wp)[None, :].expand(hp, wp)
+    token = torch.where((rows < h) & (cols < w), rows * w + cols, h * w)
+    gather = (
+        token.reshape(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+    )
+    real = gather < h * w
+    scatter = torch.empty(h * w, dtype=torch.long)
+    scatter[gather[real]] = torch.arange(hp * wp)[real]
+    return gather.to(device), scatter.to(device)
 
 
 class DropPath(nn.Module):
@@ -116,6 +146,8 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self._bias_cache: dict[tuple[int, int] | None, torch.Tensor] = {}
+        self._bias_cache_key: tuple | None = None
 
     def position_bias(self) -> torch.Tensor:
         """(heads, window², window²)."""
@@ -123,30 +155,73 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (batch * num_windows, window², C); mask: (num_windows, window², window²) or None."""
+    def attention_bias(self, mask: torch.Tensor | None, padded_hw: tuple[int, int],
+                       dtype: torch.dtype) -> torch.Tensor:
+        """The additive bias for SDPA: (1, heads, n, n), or (1, windows*heads, n, n) with a mask.
+
+        Gathering the bias from its table and adding the mask costs as much as the attention
+        itself on CPU, and the result only changes with the table. So when no gradient can
+        flow to the table it is kept, keyed by the table's identity and version counter (bumped
+        by load_state_dict, optimiser steps and any other in-place change; ``.to()`` makes a new
+        tensor) and by the padded grid size that determines the mask.
+        """
+        table = self.relative_position_bias_table
+        if torch.is_grad_enabled() and table.requires_grad:
+            return self._build_attention_bias(mask, dtype)
+        try:
+            version = table._version
+        except RuntimeError:  # a table created in inference mode has no version counter
+            return self._build_attention_bias(mask, dtype)
+        table_key = (table.data_ptr(), version, table.device, dtype)
+        if self._bias_cache_key != table_key:
+            self._bias_cache, self._bias_cache_key = {}, table_key
+        size_key = None if mask is None else padded_hw
+        bias = self._bias_cache.get(size_key)
+        if bias is None:
+            with torch.inference_mode(False), torch.no_grad():
+                bias = self._build_attention_bias(mask, dtype)
+            if len(self._bias_cache) >= 3:  # bound the memory: keep the last few grid sizes
+                self._bias_cache.pop(next(iter(self._bias_cache)))
+            self._bias_cache[size_key] = bias
+        return bias
+
+    def _build_attention_bias(self, mask: torch.Tensor | None,
+                              dtype: torch.dtype) -> torch.Tensor:
+        bias = self.position_bias().unsqueeze(0)
+        if mask is not None:
+            # Windows folded into the head axis: one bias serves every image of the batch.
+            n = bias.shape[-1]
+            bias = (bias + mask.unsqueeze(1)).reshape(1, -1, n, n)
+        return bias.to(dtype)
+
+    def attend(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None,
+               padded_hw: tuple[int, int]) -> torch.Tensor:
+        """Attention before the output projection (``proj`` is per token, so the caller may
+        apply it after dropping padding tokens).
+
+        x: (batch * num_windows, window², C); mask: (num_windows, window², window²) or None.
+        """
         bw, n, c = x.shape
         heads, head_dim = self.num_heads, c // self.num_heads
-        bias = self.position_bias()
         qkv = self.qkv(x)
         if mask is None:
             qkv = qkv.view(bw, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-            attn_bias = bias.unsqueeze(0).to(qkv.dtype)
         else:
-            # Fold the windows into the head axis so that one (windows*heads, n, n) bias serves
-            # every image of the batch by broadcasting.
             nw = mask.shape[0]
             qkv = qkv.view(batch, nw, n, 3, heads, head_dim).permute(3, 0, 1, 4, 2, 5)
             qkv = qkv.reshape(3, batch, nw * heads, n, head_dim)
-            attn_bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nw * heads, n, n)
-            attn_bias = attn_bias.to(qkv.dtype)
+        attn_bias = self.attention_bias(mask, padded_hw, qkv.dtype)
         q, k, v = qkv.unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         if mask is None:
-            out = out.transpose(1, 2).reshape(bw, n, c)
-        else:
-            out = out.view(batch, -1, heads, n, head_dim).transpose(2, 3).reshape(bw, n, c)
-        return self.proj(out)
+            return out.transpose(1, 2).reshape(bw, n, c)
+        return out.view(batch, -1, heads, n, head_dim).transpose(2, 3).reshape(bw, n, c)
+
+    def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None,
+                padded_hw: tuple[int, int]) -> torch.Tensor:
+        """x: (batch * num_windows, window², C); mask: (num_windows, window², window²) or None;
+        padded_hw: the padded grid the windows were cut from (the key of the mask)."""
+        return self.proj(self.attend(x, batch, mask, padded_hw))
 
 
 class SwinBlock(nn.Module):
@@ -162,22 +237,18 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, h*w, C) tokens; mask: the stage's shifted-window mask (used by odd blocks)."""
-        b, _, c = x.shape
+        b, tokens, c = x.shape
         win = self.window
-        y = self.norm1(x).view(b, h, w, c)
-        pad_b, pad_r = (-h) % win, (-w) % win
-        if pad_b or pad_r:
-            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(partition_windows(y, win), b, mask if self.shift else None)
-        y = merge_windows(y, win, hp, wp)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        if pad_b or pad_r:
-            y = y[:, :h, :w, :]
-        x = x + self.drop_path(y.reshape(b, h * w, c))
+        hp, wp = math.ceil(h / win) * win, math.ceil(w / win) * win
+        # Pad, roll and window partition as one gather (and its inverse after attention).
+        gather, scatter = window_token_order(h, w, win, self.shift, x.device)
+        y = self.norm1(x)
+        if hp * wp != tokens:
+            y = F.pad(y, (0, 0, 0, 1))  # the zero token that padding positions read
+        windows = y.index_select(1, gather).view(-1, win * win, c)
+        y = self.attn.attend(windows, b, mask if self.shift else None, (hp, wp))
+        y = self.attn.proj(y.view(b, hp * wp, c).index_select(1, scatter))
+        x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -194,9 +265,10 @@ class PatchMerging(nn.Module):
         x = x.view(b, h, w, c)
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        x = torch.cat(
-            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
-        )
+            h, w = h + h % 2, w + w % 2
+        # The 4C vector of a 2x2 cell is [(0,0), (1,0), (0,1), (1,1)] as (row, column) offsets,
+        # i.e. column offset major: one permuted copy instead of four strided slices and a cat.
+        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5)
         return self.reduction(self.norm(x.reshape(b, -1, 4 * c)))
 
 
