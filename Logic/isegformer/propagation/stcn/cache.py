@@ -98,7 +98,8 @@ class FeatureCache:
         frame_bytes = example.frame_nbytes()
         capacity = max(self._batch, min(self._num_frames, self._budget // max(1, frame_bytes)))
         self._slabs = FrameFeatures(*(
-            torch.empty((capacity,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device) for t in example
+            torch.empty((capacity,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device,
+                        memory_format=_layout_of(t)) for t in example
         ))
         self._free = list(range(capacity - 1, -1, -1))
         log.info("Feature cache: %d frames of %.1f MB (%.2f GiB).", capacity, frame_bytes / 1e6,
@@ -117,3 +118,11 @@ class FeatureCache:
         self._slot.clear()
         self._slabs = None
         self._free = []
+
+
+def _layout_of(tensor: torch.Tensor) -> torch.memory_format:
+    """Keep the encoder's layout (channels-last on the CPU) so that reads need no conversion."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() \
+            and tensor.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
