@@ -194,16 +194,18 @@ class WindowAttention(nn.Module):
             bias = (bias + mask.unsqueeze(1)).reshape(1, -1, n, n)
         return bias.to(dtype)
 
-    def attend(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None,
+    def attend(self, qkv: torch.Tensor, batch: int, mask: torch.Tensor | None,
                padded_hw: tuple[int, int]) -> torch.Tensor:
-        """Attention before the output projection (``proj`` is per token, so the caller may
-        apply it after dropping padding tokens).
+        """Attention from the ``qkv`` projections of each window, before ``proj``.
 
-        x: (batch * num_windows, window², C); mask: (num_windows, window², window²) or None.
+        qkv: (batch * num_windows, window², 3C); mask: (num_windows, window², window²) or None;
+        padded_hw: the padded grid the windows were cut from (the key of the mask).
+        Returns (batch * num_windows, window², C). The projections and ``proj`` are per token,
+        so the caller runs them on the real tokens only (see :class:`SwinBlock`).
         """
-        bw, n, c = x.shape
+        bw, n, c3 = qkv.shape
+        c = c3 // 3
         heads, head_dim = self.num_heads, c // self.num_heads
-        qkv = self.qkv(x)
         if mask is None:
             qkv = qkv.view(bw, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         else:
@@ -219,9 +221,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None,
                 padded_hw: tuple[int, int]) -> torch.Tensor:
-        """x: (batch * num_windows, window², C); mask: (num_windows, window², window²) or None;
-        padded_hw: the padded grid the windows were cut from (the key of the mask)."""
-        return self.proj(self.attend(x, batch, mask, padded_hw))
+        """x: (batch * num_windows, window², C) -> same; see :meth:`attend`."""
+        return self.proj(self.attend(self.qkv(x), batch, mask, padded_hw))
 
 
 class SwinBlock(nn.Module):
@@ -242,10 +243,12 @@ class SwinBlock(nn.Module):
         hp, wp = math.ceil(h / win) * win, math.ceil(w / win) * win
         # Pad, roll and window partition as one gather (and its inverse after attention).
         gather, scatter = window_token_order(h, w, win, self.shift, x.device)
-        y = self.norm1(x)
+        qkv = self.attn.qkv(self.norm1(x))
         if hp * wp != tokens:
-            y = F.pad(y, (0, 0, 0, 1))  # the zero token that padding positions read
-        windows = y.index_select(1, gather).view(-1, win * win, c)
+            # A zero padding token projects to exactly the qkv bias, so the projection runs on
+            # the real tokens only and the padding positions all read this one bias token.
+            qkv = torch.cat([qkv, self.attn.qkv.bias.to(qkv.dtype).expand(b, 1, -1)], dim=1)
+        windows = qkv.index_select(1, gather).view(-1, win * win, 3 * c)
         y = self.attn.attend(windows, b, mask if self.shift else None, (hp, wp))
         y = self.attn.proj(y.view(b, hp * wp, c).index_select(1, scatter))
         x = x + self.drop_path(y)
