@@ -146,7 +146,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self._bias_cache: dict[tuple[int, int] | None, torch.Tensor] = {}
+        self._bias_cache: torch.Tensor | None = None
         self._bias_cache_key: tuple | None = None
 
     def position_bias(self) -> torch.Tensor:
@@ -155,51 +155,42 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def attention_bias(self, mask: torch.Tensor | None, padded_hw: tuple[int, int],
-                       dtype: torch.dtype) -> torch.Tensor:
+    def attention_bias(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """The additive bias for SDPA: (1, heads, n, n), or (1, windows*heads, n, n) with a mask.
 
-        Gathering the bias from its table and adding the mask costs as much as the attention
-        itself on CPU, and the result only changes with the table. So when no gradient can
-        flow to the table it is kept, keyed by the table's identity and version counter (bumped
-        by load_state_dict, optimiser steps and any other in-place change; ``.to()`` makes a new
-        tensor) and by the padded grid size that determines the mask.
+        Gathering the position bias from its table costs about as much as the attention on
+        CPU and only changes with the table, so when no gradient can flow to the table it is
+        kept, keyed by the table's identity and version counter (bumped by load_state_dict,
+        optimiser steps and any other in-place change; ``.to()`` makes a new tensor). Only the
+        (heads, n, n) bias is kept: the sum with a mask is windows times larger (hundreds of MB
+        over all blocks) and cheap to redo.
         """
-        table = self.relative_position_bias_table
-        if torch.is_grad_enabled() and table.requires_grad:
-            return self._build_attention_bias(mask, dtype)
-        try:
-            version = table._version
-        except RuntimeError:  # a table created in inference mode has no version counter
-            return self._build_attention_bias(mask, dtype)
-        table_key = (table.data_ptr(), version, table.device, dtype)
-        if self._bias_cache_key != table_key:
-            self._bias_cache, self._bias_cache_key = {}, table_key
-        size_key = None if mask is None else padded_hw
-        bias = self._bias_cache.get(size_key)
-        if bias is None:
-            with torch.inference_mode(False), torch.no_grad():
-                bias = self._build_attention_bias(mask, dtype)
-            if len(self._bias_cache) >= 3:  # bound the memory: keep the last few grid sizes
-                self._bias_cache.pop(next(iter(self._bias_cache)))
-            self._bias_cache[size_key] = bias
-        return bias
-
-    def _build_attention_bias(self, mask: torch.Tensor | None,
-                              dtype: torch.dtype) -> torch.Tensor:
-        bias = self.position_bias().unsqueeze(0)
+        bias = self._cached_position_bias(dtype).unsqueeze(0)
         if mask is not None:
             # Windows folded into the head axis: one bias serves every image of the batch.
             n = bias.shape[-1]
-            bias = (bias + mask.unsqueeze(1)).reshape(1, -1, n, n)
-        return bias.to(dtype)
+            bias = (bias + mask.to(dtype).unsqueeze(1)).reshape(1, -1, n, n)
+        return bias
 
-    def attend(self, qkv: torch.Tensor, batch: int, mask: torch.Tensor | None,
-               padded_hw: tuple[int, int]) -> torch.Tensor:
+    def _cached_position_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        table = self.relative_position_bias_table
+        if torch.is_grad_enabled() and table.requires_grad:
+            return self.position_bias().to(dtype)
+        try:
+            version = table._version
+        except RuntimeError:  # a table created in inference mode has no version counter
+            return self.position_bias().to(dtype)
+        key = (table.data_ptr(), version, table.device, dtype)
+        if self._bias_cache_key != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._bias_cache = self.position_bias().to(dtype).contiguous()
+            self._bias_cache_key = key
+        return self._bias_cache
+
+    def attend(self, qkv: torch.Tensor, batch: int, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention from the ``qkv`` projections of each window, before ``proj``.
 
-        qkv: (batch * num_windows, window², 3C); mask: (num_windows, window², window²) or None;
-        padded_hw: the padded grid the windows were cut from (the key of the mask).
+        qkv: (batch * num_windows, window², 3C); mask: (num_windows, window², window²) or None.
         Returns (batch * num_windows, window², C). The projections and ``proj`` are per token,
         so the caller runs them on the real tokens only (see :class:`SwinBlock`).
         """
@@ -212,17 +203,16 @@ class WindowAttention(nn.Module):
             nw = mask.shape[0]
             qkv = qkv.view(batch, nw, n, 3, heads, head_dim).permute(3, 0, 1, 4, 2, 5)
             qkv = qkv.reshape(3, batch, nw * heads, n, head_dim)
-        attn_bias = self.attention_bias(mask, padded_hw, qkv.dtype)
+        attn_bias = self.attention_bias(mask, qkv.dtype)
         q, k, v = qkv.unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         if mask is None:
             return out.transpose(1, 2).reshape(bw, n, c)
         return out.view(batch, -1, heads, n, head_dim).transpose(2, 3).reshape(bw, n, c)
 
-    def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None,
-                padded_hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None) -> torch.Tensor:
         """x: (batch * num_windows, window², C) -> same; see :meth:`attend`."""
-        return self.proj(self.attend(self.qkv(x), batch, mask, padded_hw))
+        return self.proj(self.attend(self.qkv(x), batch, mask))
 
 
 class SwinBlock(nn.Module):
@@ -249,7 +239,7 @@ class SwinBlock(nn.Module):
             # the real tokens only and the padding positions all read this one bias token.
             qkv = torch.cat([qkv, self.attn.qkv.bias.to(qkv.dtype).expand(b, 1, -1)], dim=1)
         windows = qkv.index_select(1, gather).view(-1, win * win, 3 * c)
-        y = self.attn.attend(windows, b, mask if self.shift else None, (hp, wp))
+        y = self.attn.attend(windows, b, mask if self.shift else None)
         y = self.attn.proj(y.view(b, hp * wp, c).index_select(1, scatter))
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
