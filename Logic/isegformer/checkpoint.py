@@ -16,7 +16,6 @@ import collections
 import logging
 import os
 import pickle
-import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_replace
 from .errors import CheckpointError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -264,18 +264,7 @@ def save_checkpoint(
         ),
         "config": config,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_replace(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     log.info("Saved checkpoint %s (%d tensors).", path, len(state_dict))
     return path

@@ -1,17 +1,19 @@
 """Writing output files so that a failure never leaves a half-written or clobbered file.
 
-Every writer of this package goes through :func:`atomic_write`: the bytes go to a temporary file
-beside the target, which replaces the target only once it is complete. A crash, a full disk or
-a cancelled export therefore leaves the previous file exactly as it was.
+Every output writer of this package goes through :func:`atomic_write`: the bytes go to a
+temporary file beside the target, which replaces the target only once it is complete. A crash,
+a full disk or a cancelled export therefore leaves the previous file exactly as it was. This
+module adds the user-facing checks and ``OutputPathError`` to the package's one primitive,
+:func:`isegformer.atomic.atomic_replace` (also used for checkpoints and caches).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ..atomic import atomic_replace
 from ..errors import ISegFormerError
 
 
@@ -50,23 +52,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is untouched.
     """
     target = check_writable(path)
-    # The temporary name ends with the target's name, so writers that choose the format from
-    # the extension (SimpleITK) write the right one.
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{target.name}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        yield tmp
-        # mkstemp creates the file 0600; give the result the usual permissions (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
+        # The temporary name ends with the target's name, so writers that choose the format
+        # from the extension (SimpleITK) write the right one.
+        with atomic_replace(target, keep_extension=True) as tmp:
+            yield tmp
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         if isinstance(err, ISegFormerError):
             raise
         raise OutputPathError(f"Could not write {target}: {err}. Check the disk space and path.") from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

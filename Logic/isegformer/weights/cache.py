@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from ..atomic import atomic_replace
 from ..errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -257,16 +257,9 @@ class ModelCache:
             data["version"] = RECORD_VERSION
             yield data
             self.home.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".cache.json.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                    json.dump(data, stream, indent=2, sort_keys=True)
-                    stream.write("\n")
-                os.replace(tmp, self.record_path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_replace(self.record_path) as tmp, open(tmp, "w", encoding="utf-8") as stream:
+                json.dump(data, stream, indent=2, sort_keys=True)
+                stream.write("\n")
 
 
 def _parse(cls, raw: Any):
