@@ -8,18 +8,20 @@ containers and inert placeholders for ``isegm`` names, and refuses every other g
 anything is called.
 
 The same reader serves the STCN weights (plain state dicts) and the fine-tuned checkpoints this
-project writes with :func:`save_checkpoint`, which uses the official layout.
+project writes with :func:`save_checkpoint`, which uses the official layout. The loaders of both
+networks check a state dict against the network with :func:`compare_state_dict`.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import pickle
 import types
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -268,3 +270,61 @@ def save_checkpoint(
         torch.save(payload, f)
     log.info("Saved checkpoint %s (%d tensors).", path, len(state_dict))
     return path
+
+
+def describe_keys(keys: Sequence[str], limit: int = 8) -> str:
+    """The first ``limit`` keys, comma-separated, and how many there are in all when more."""
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMismatch:
+    """How a state dict differs from the one a network expects, key by key.
+
+    ``missing`` follows the expected order, ``unexpected`` the given order, and ``misshaped``
+    holds ``(key, given shape, expected shape)`` in the expected order.
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @property
+    def fits(self) -> bool:
+        return not (self.missing or self.unexpected or self.misshaped)
+
+    def describe(self) -> str:
+        """``missing: ...; unexpected: ...; mis-shaped: key (given) (expected (shape))``."""
+        problems = []
+        if self.missing:
+            problems.append(f"missing: {describe_keys(self.missing)}")
+        if self.unexpected:
+            problems.append(f"unexpected: {describe_keys(self.unexpected)}")
+        if self.misshaped:
+            shapes = [f"{key} {given} (expected {expected})" for key, given, expected in self.misshaped]
+            problems.append(f"mis-shaped: {describe_keys(shapes)}")
+        return "; ".join(problems)
+
+
+def compare_state_dict(
+    given: Mapping[str, Any],
+    expected_shapes: Mapping[str, Sequence[int]],
+    *,
+    optional_suffixes: tuple[str, ...] = (),
+) -> KeyMismatch:
+    """Compare the keys and tensor shapes of ``given`` with ``expected_shapes``.
+
+    Expected keys ending with one of ``optional_suffixes`` may be absent without counting as
+    missing. Values of ``given`` that are not tensors are not compared by shape: callers that
+    accept only tensors check that themselves.
+    """
+    missing = [k for k in expected_shapes
+               if k not in given and not (optional_suffixes and k.endswith(optional_suffixes))]
+    unexpected = [k for k in given if k not in expected_shapes]
+    misshaped = []
+    for key, shape in expected_shapes.items():
+        value = given.get(key)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(shape):
+            misshaped.append((key, tuple(value.shape), tuple(shape)))
+    return KeyMismatch(missing, unexpected, misshaped)

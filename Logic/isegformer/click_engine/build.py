@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import compare_state_dict, describe_keys, load_checkpoint, save_checkpoint
 from ..device import resolve_device
 from ..errors import CheckpointError, InvalidInputError
 from .model import ClickModelConfig, ISegFormer
@@ -66,18 +66,13 @@ def build_isegformer(variant: str | ClickModelConfig = "swin_base") -> ISegForme
     return ISegFormer(config).eval()
 
 
-def _describe_keys(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def _not_isegformer(state_dict: Mapping[str, torch.Tensor], missing: str) -> CheckpointError:
     guesses = {what for prefix, what in _OTHER_MODELS.items()
                if any(k.startswith(prefix) for k in state_dict)}
     looks_like = f" It looks like {' or '.join(sorted(guesses))}." if guesses else ""
     return CheckpointError(
         f"These weights are not an iSegFormer click model: there is no '{missing}'.{looks_like} "
-        f"Its keys begin: {_describe_keys(list(state_dict), 6)}. Use an iSegFormer checkpoint "
+        f"Its keys begin: {describe_keys(list(state_dict), 6)}. Use an iSegFormer checkpoint "
         "(for example imagenet21k_pretrain_oaizib_finetune_swin_base_epoch_54.pth)."
     )
 
@@ -201,28 +196,18 @@ def prepare_state_dict(
 
     with torch.device("meta"):
         expected = {k: v.shape for k, v in ISegFormer(model_config).state_dict().items()}
-    missing = [k for k in expected if k not in kept]
-    unexpected = [k for k in kept if k not in expected]
-    misshaped = [f"{k} {tuple(kept[k].shape)} (expected {tuple(expected[k])})"
-                 for k in expected if k in kept and kept[k].shape != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing: {_describe_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected: {_describe_keys(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped: {_describe_keys(misshaped)}")
-    if problems:
+    mismatch = compare_state_dict(kept, expected)
+    if not mismatch.fits:
         raise CheckpointError(
             f"The weights do not fit an iSegFormer {model_config.name} "
             f"(embed {model_config.embed_dim}, depths {list(model_config.depths)}): "
-            + "; ".join(problems)
+            + mismatch.describe()
             + ". The file is incomplete, of another model, or of another version; use the "
             "official checkpoint or one saved by this package."
         )
     not_float = [k for k, v in kept.items() if not v.is_floating_point()]
     if not_float:
-        raise CheckpointError(f"These weights are not floating point: {_describe_keys(not_float)}.")
+        raise CheckpointError(f"These weights are not floating point: {describe_keys(not_float)}.")
     return model_config, kept
 
 
@@ -245,7 +230,7 @@ def load_click_model(
             state_dict = source
         bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
         if bad:
-            raise CheckpointError(f"These state dict entries are not tensors: {_describe_keys(bad)}.")
+            raise CheckpointError(f"These state dict entries are not tensors: {describe_keys(bad)}.")
     else:
         raise InvalidInputError(
             f"load_click_model needs a checkpoint path or a state dict, got {type(source).__name__}."
