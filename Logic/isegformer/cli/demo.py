@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .common import AXES
+
 DEFAULT_OUT = Path("isegformer-demo")
 SUGGESTED_WEIGHTS_DIR = "~/isegformer-weights"
 
@@ -55,8 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_axis(text: str):
-    value = {"sagittal": None, "auto": None, "0": 0, "1": 1, "2": 2, "k": 0, "j": 1, "i": 2}.get(
-        str(text).strip().lower(), "bad")
+    value = {"sagittal": None, "auto": None, **AXES}.get(str(text).strip().lower(), "bad")
     if value == "bad":
         raise argparse.ArgumentTypeError(f"axis must be sagittal, 0, 1, 2 (or k, j, i), got {text!r}")
     return value

@@ -7,7 +7,7 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-AXES = {"k": 0, "j": 1, "i": 2, "0": 0, "1": 1, "2": 2}
+from .common import AXES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-AXES = {"k": 0, "j": 1, "i": 2, "0": 0, "1": 1, "2": 2}
+from .common import AXES
+
 STEP_EVENT_INTERVAL_S = 0.5
 
 

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .segment import add_axis_argument, add_model_arguments, load_propagation_networks, propagate_all, report_segments
+from .common import add_axis_argument, add_model_arguments, load_propagation_networks, propagate_all, report_segments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,76 @@
+"""What several subcommands share: slice-axis names, the propagation model options, loading
+the weights with a progress bar, propagating every segment and the closing volume report."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+# The (k, j, i) array axes by index or by letter: one table for every command's --axis.
+AXES = {"k": 0, "j": 1, "i": 2, "0": 0, "1": 1, "2": 2}
+
+
+def add_axis_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--axis", default="0", type=parse_axis, metavar="{0,1,2,k,j,i}", help=help_text)
+
+
+def parse_axis(text: str) -> int:
+    value = AXES.get(str(text).strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"axis must be 0, 1, 2 (or k, j, i), got {text!r}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--stcn", default="stcn", metavar="NAME_OR_PATH",
+                        help="STCN weights: a registry name or a stcn.pth file (default: stcn)")
+    parser.add_argument("--fusion", default=None, metavar="NAME_OR_PATH",
+                        help="FusionNet weights (fusion_stcn.pth or mivos_fusion); default: none, "
+                             "the two directions are blended by distance")
+
+
+def propagate_all(session, method: str) -> None:
+    from ..progress import TqdmProgress
+
+    for segment in session.segments:
+        if not segment.has_annotations:
+            continue
+        bar = TqdmProgress(f"propagate {segment.name}", unit="%")
+        try:
+            session.propagate(segment, method=method, progress=bar)
+        finally:
+            bar.close()
+
+
+def report_segments(session) -> None:
+    voxel_ml = abs(float(np.linalg.det(session.volume.ijk_to_ras[:3, :3]))) / 1000.0
+    for segment in session.segments:
+        voxels = int(session.segment_mask(segment).sum())
+        print(f"  {segment.name}: {voxels} voxels ({voxels * voxel_ml:.2f} ml)")
+
+
+def load_propagation_networks(args: argparse.Namespace):
+    """(STCN network, FusionNet or None) for ``--method stcn``; (None, None) otherwise."""
+    if args.method != "stcn":
+        return None, None
+    from ..propagation import stcn
+
+    network = stcn.load_stcn(resolve_weights(args.stcn))
+    fusion = stcn.load_fusion(resolve_weights(args.fusion)) if args.fusion else None
+    return network, fusion
+
+
+def resolve_weights(name_or_path):
+    """A verified local path for a registry name or a weights file (downloads when needed)."""
+    if name_or_path is None:
+        return None
+    from ..progress import TqdmProgress
+    from ..weights import resolve_model
+
+    bar = TqdmProgress(f"weights {Path(str(name_or_path)).name}", unit="B")
+    try:
+        return resolve_model(str(name_or_path), progress=bar)
+    finally:
+        bar.close()
