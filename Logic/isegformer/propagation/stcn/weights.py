@@ -13,6 +13,7 @@ from typing import Mapping, TypeVar, Union
 import torch
 from torch import nn
 
+from ...checkpoint import compare_state_dict
 from ...errors import CheckpointError
 from .fusion import FusionNet
 from .network import STCNNetwork
@@ -46,12 +47,10 @@ def load_strict(network: Net, source: Source, what: str) -> Net:
     """Load ``source`` (a path or a state dict) into ``network`` after checking every key."""
     given = _state_dict_of(source, what)
     expected = network.state_dict()
-    missing = [k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIX)]
-    unexpected = [k for k in given if k not in expected]
-    misshaped = [
-        f"{k} {tuple(given[k].shape)} instead of {tuple(expected[k].shape)}"
-        for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
+    mismatch = compare_state_dict(given, {k: v.shape for k, v in expected.items()},
+                                  optional_suffixes=(_OPTIONAL_SUFFIX,))
+    missing, unexpected = mismatch.missing, mismatch.unexpected
+    misshaped = [f"{k} {shape} instead of {want}" for k, shape, want in mismatch.misshaped]
     non_tensor = [k for k in given if not isinstance(given[k], torch.Tensor)]
     if missing or unexpected or misshaped or non_tensor:
         parts = []
