@@ -52,3 +52,30 @@ def weights_formula(golden_dir: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine a second spinning thread only
+    burns CPU time. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def random_stcn_networks():
+    """STCN and FusionNet with torch's default initialisation (seeds 0 and 1), in eval mode;
+    a fresh pair per test module, so that no module sees another's changes."""
+    import torch
+
+    from isegformer.propagation.stcn import FusionNet, STCNNetwork
+
+    torch.manual_seed(0)
+    network = STCNNetwork().eval()
+    torch.manual_seed(1)
+    fusion = FusionNet().eval()
+    return network, fusion

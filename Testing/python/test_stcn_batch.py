@@ -8,7 +8,7 @@ import torch
 
 from isegformer.errors import CancelledError
 from isegformer.propagation.interpolation import InterpolationPropagator
-from isegformer.propagation.stcn import FusionNet, STCNNetwork, STCNPropagator, load_fusion, load_stcn
+from isegformer.propagation.stcn import STCNPropagator, load_fusion, load_stcn
 from isegformer.propagation.stcn.schedule import plan_interactions
 
 T, H, W = 12, 30, 40
@@ -24,24 +24,17 @@ SEQUENCES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def network():
-    torch.manual_seed(0)
-    return STCNNetwork().eval()
+def network(random_stcn_networks):
+    return random_stcn_networks[0]
 
 
 @pytest.fixture(scope="module")
-def fusion():
-    torch.manual_seed(1)
-    return FusionNet().eval()
+def fusion(random_stcn_networks):
+    return random_stcn_networks[1]
 
 
 @pytest.fixture(scope="module")

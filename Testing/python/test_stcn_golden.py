@@ -26,14 +26,7 @@ def _formula_weights(weights_formula, golden_dir, manifest_name):
     return manifest, {k: torch.from_numpy(v) for k, v in weights_formula.fill(manifest).items()}
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, a second spinning thread only burns CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def stcn(weights_formula, golden_dir):

@@ -10,31 +10,23 @@ import torch
 
 from isegformer.errors import CancelledError, CheckpointError, InvalidInputError
 from isegformer.propagation.base import frames_along_axis
-from isegformer.propagation.stcn import FusionNet, STCNNetwork, STCNPropagator, load_fusion, load_stcn
+from isegformer.propagation.stcn import FusionNet, STCNPropagator, load_fusion, load_stcn
 from isegformer.propagation.stcn.preprocess import volume_to_frames
 
 T, H, W = 12, 30, 40  # padded to 32 x 48 inside
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, a second spinning thread only burns CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-@pytest.fixture(scope="module")
-def network():
-    torch.manual_seed(0)
-    return STCNNetwork().eval()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fusion():
-    torch.manual_seed(1)
-    return FusionNet().eval()
+def network(random_stcn_networks):
+    return random_stcn_networks[0]
+
+
+@pytest.fixture(scope="module")
+def fusion(random_stcn_networks):
+    return random_stcn_networks[1]
 
 
 @pytest.fixture(scope="module")
