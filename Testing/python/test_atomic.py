@@ -53,12 +53,13 @@ def test_success_replaces_the_file_with_the_usual_permissions(tmp_path):
 
 def test_temporary_names(tmp_path):
     # Writers choosing the format from the extension need it last; elsewhere the name ends in
-    # .tmp so that leftovers are recognisable.
+    # .tmp. Both carry the package's prefix and the owner's PID, so leftovers are recognisable.
     with atomic_replace(tmp_path / "labels.nii.gz", keep_extension=True) as tmp:
-        assert tmp.name.startswith(".tmp-") and tmp.name.endswith("-labels.nii.gz")
+        assert tmp.name.startswith(".isegformer-tmp.") and tmp.name.endswith(".labels.nii.gz")
+        assert f".{os.getpid()}." in tmp.name
         tmp.write_bytes(b"x")
     with atomic_replace(tmp_path / "cache.json") as tmp:
-        assert tmp.name.startswith(".cache.json.") and tmp.name.endswith(".tmp")
+        assert tmp.name.startswith(".isegformer-tmp.") and tmp.name.endswith(".cache.json.tmp")
         tmp.write_bytes(b"x")
 
 

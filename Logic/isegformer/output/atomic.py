@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
 
 from ..atomic import atomic_replace
 from ..errors import ISegFormerError
@@ -46,18 +48,60 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, *, verify: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it atomically replaces ``path``.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    ``verify(tmp)`` checks the finished file before the rename (see ``atomic_replace``); an
+    empty file never replaces ``path``. On any exception the temporary file is removed and
+    ``path`` is untouched.
     """
     target = check_writable(path)
     try:
         # The temporary name ends with the target's name, so writers that choose the format
         # from the extension (SimpleITK) write the right one.
-        with atomic_replace(target, keep_extension=True) as tmp:
+        with atomic_replace(target, keep_extension=True, verify=verify) as tmp:
             yield tmp
     except OSError as err:
         if isinstance(err, ISegFormerError):
             raise
         raise OutputPathError(f"Could not write {target}: {err}. Check the disk space and path.") from err
+
+
+def write_image_verified(image: Any, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write a SimpleITK image to ``path`` atomically, and read it back before the rename.
+
+    SimpleITK reports no error when the disk fills up during a write: it leaves a short or
+    empty file. Every SimpleITK write of this package goes through here, so that only a file
+    that reads back as the same voxels on the same grid ever replaces ``path``.
+    """
+    import SimpleITK as sitk
+
+    def same_image(tmp: Path) -> None:
+        try:
+            back = sitk.ReadImage(str(tmp))
+        except RuntimeError as err:
+            raise OSError(f"the written file does not read back ({_last_line(err)}); is the disk full?") from None
+        same_grid = (
+            back.GetSize() == image.GetSize()
+            and back.GetNumberOfComponentsPerPixel() == image.GetNumberOfComponentsPerPixel()
+            and back.GetPixelID() == image.GetPixelID()
+            and np.allclose(back.GetSpacing(), image.GetSpacing(), rtol=1e-6, atol=1e-9)
+            and np.allclose(back.GetOrigin(), image.GetOrigin(), rtol=1e-6, atol=1e-6)
+            and np.allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)
+        )
+        if not same_grid or not np.array_equal(
+            sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image), equal_nan=True
+        ):
+            raise OSError("the written file reads back different from what was written; is the disk full?")
+
+    with atomic_write(path, verify=same_image) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as err:
+            raise OSError(_last_line(err)) from err
+    return Path(path)
+
+
+def _last_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__

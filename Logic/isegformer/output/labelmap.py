@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import FileFormatError, InvalidInputError
 from ..volume import Volume
 from ..volume.image_io import read_label_map as _read_on_grid
-from .atomic import atomic_write
+from .atomic import write_image_verified
 from .seg_nrrd import read_seg_nrrd
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,6 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volu
 
     uint8 when every value fits, else uint16. Written atomically; returns the path.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     name = path.name.lower()
     if not name.endswith(LABEL_MAP_SUFFIXES) or name.endswith(".seg.nrrd"):
@@ -49,11 +47,7 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volu
         raise InvalidInputError("Label values must lie in 0..65535.")
     dtype = np.uint8 if (labels.size == 0 or labels.max() <= 255) else np.uint16
     image = reference.to_sitk(labels.astype(dtype, copy=False))
-    with atomic_write(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as err:
-            raise OSError(str(err).strip().splitlines()[-1]) from err
+    write_image_verified(image, path, compress=True)
     log.info("Wrote a label map %s to %s", labels.shape, path)
     return path
 
