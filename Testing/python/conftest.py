@@ -79,3 +79,29 @@ def random_stcn_networks():
     torch.manual_seed(1)
     fusion = FusionNet().eval()
     return network, fusion
+
+
+@pytest.fixture
+def slicer_env():
+    """A fresh real MRML scene (Slicer's own code, the slicer-core wheel) with the
+    iSegFormerSlicer module imported from the source tree.
+
+    Yields a namespace: ``slicer`` (the real ``slicer`` package, completed by
+    slicer_standins.py with ``mrmlScene``, ``app``, ``modules`` and the
+    ScriptedLoadableModule base classes), ``scene`` (this test's ``slicer.mrmlScene``),
+    ``module`` (``iSegFormerSlicer``), ``app`` (the ``slicer.app`` stand-in) and
+    ``slicer_standins`` (``new_scene()`` there replaces the scene, e.g. to load a saved one).
+    Skips, saying why, only where slicer-core is not installed.
+    """
+    import types
+
+    import slicer_standins
+
+    if not slicer_standins.available():
+        pytest.skip(slicer_standins.SKIP_REASON)
+    slicer = slicer_standins.install()
+    scene = slicer_standins.new_scene()
+    module = slicer_standins.import_module()
+    yield types.SimpleNamespace(slicer=slicer, scene=scene, module=module, app=slicer.app,
+                                slicer_standins=slicer_standins)
+    scene.Clear(1)
