@@ -146,7 +146,7 @@ def test_undefined_points_and_other_markup_types_are_skipped(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("not json at all", "not JSON"),
+        ("not json at all", "not valid JSON"),
         ("[1, 2, 3]", "not a JSON object"),
         ('{"markups": []}', "@schema"),
         ('{"@schema": "https://example.org/other-schema.json#", "markups": []}', "@schema"),
@@ -169,5 +169,5 @@ def test_files_that_are_not_markups_are_refused(tmp_path, content, message):
 def test_binary_file_is_refused(tmp_path):
     path = tmp_path / "bad.mrk.json"
     path.write_bytes(bytes(range(256)))
-    with pytest.raises(FileFormatError, match="not a Slicer markups file"):
+    with pytest.raises(FileFormatError, match="not UTF-8 text"):
         read_clicks(path)

@@ -109,7 +109,10 @@ def _volume(shape=(4, 5, 6), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
     (_volume(shape=(4, 5, 7)), "shape"),
     (_volume(spacing=(1.0, 1.0, 2.5)), "spacing"),
     (_volume(origin=(0.0, 0.5, 0.0)), "origin"),
-    (_volume(direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)), "direction"),
+    # the same axes reversed around the same origin: the voxels lie beside the volume
+    (_volume(direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)), "outside the volume"),
+    (_volume(direction=(0.8, 0.6, 0, -0.6, 0.8, 0, 0, 0, 1)), "oriented differently"),
+    (_volume(origin=(0.0, 0.0, 4.0)), "outside the volume"),  # one slice past the end
 ])
 def test_label_map_on_another_grid_is_refused(label: Volume, word: str):
     with pytest.raises(InvalidInputError, match=word):
@@ -124,7 +127,7 @@ def test_label_map_within_tolerance_is_accepted():
 def test_read_label_map_on_another_grid(data_dir: Path):
     brain = read_volume(data_dir / "brats" / "pat0001" / "Flair_subtrMeanDivStd.nii.gz")
     read_label_map(data_dir / "brats" / "pat0001" / "OTMultiClass.nii.gz", brain)
-    with pytest.raises(InvalidInputError, match="shape"):
+    with pytest.raises(InvalidInputError, match="spacing"):
         read_label_map(data_dir / "radiomics_brain" / "brain1_label.nrrd", brain)
 
 

@@ -2,9 +2,12 @@
 
 **Which points are negative.** For each control point, in this order:
 
-1. its ``description``: ``"positive"`` / ``"pos"`` / ``"+"`` make it positive, ``"negative"`` /
-   ``"neg"`` / ``"-"`` negative (case-insensitive; this package writes one of the two full words);
-2. otherwise the point list's name: a list whose name has a word starting with ``neg``
+1. its ``description``, whose first word ``"positive"`` / ``"pos"`` / ``"+"`` makes it positive,
+   ``"negative"`` / ``"neg"`` / ``"-"`` negative (case-insensitive). This package writes one of
+   the two full words on every point, and Slicer keeps a point's description when it loads and
+   saves the list again, so the signs survive renaming the file or the list;
+2. otherwise (a point placed in Slicer has an empty description) the point list's name: a list
+   whose name has a word starting with ``neg``
    (``negative``, ``Neg-clicks``, ``clicks_negative``) holds negative clicks. Slicer does not write
    the list's name into the file; when it is missing, the file's name stands for it (``F_neg.mrk.json``),
    which is also the name Slicer gives the list when it loads the file;
@@ -28,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
+from ..json_io import read_json_bounded
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -133,15 +137,12 @@ def read_clicks(path: str | os.PathLike) -> list[ClickPoint]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_markups(path, "it is not a text file") from err
-    except OSError as err:
-        raise FileFormatError(f"Cannot read the clicks file {path}: {err}.") from err
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _not_markups(path, f"it is not JSON ({err})") from err
+        # Bounded: a hostile file (100,000 nested lists, 1 GB) is refused, not a RecursionError.
+        document = read_json_bounded(path, "its text", error=FileFormatError)
+    except FileNotFoundError:
+        raise FileFormatError(f"Cannot read the clicks file {path}: no such file.") from None
+    except FileFormatError as err:
+        raise _not_markups(path, str(err).rstrip(".")) from None
     if not isinstance(document, dict):
         raise _not_markups(path, "its top level is not a JSON object")
     schema = document.get("@schema")
@@ -226,12 +227,15 @@ def _read_point_list(markup: dict, path: Path, default_name: str) -> Iterable[Cl
 
 
 def _sign_from_description(description: Any) -> bool | None:
+    """The sign a point's description names by its first word ("negative", "Pos: edge"), or None."""
     if not isinstance(description, str):
         return None
-    word = description.strip().lower()
-    if word in _POSITIVE_WORDS:
+    words = description.strip().lower().replace(":", " ").replace(",", " ").split()
+    if not words:
+        return None
+    if words[0] in _POSITIVE_WORDS:
         return True
-    if word in _NEGATIVE_WORDS:
+    if words[0] in _NEGATIVE_WORDS:
         return False
     return None
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,26 +31,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
-from ..volume.geometry import LPS_TO_RAS, RAS_TO_LPS, check_matrix
+from ..volume.geometry import RAS_TO_LPS, check_matrix
+from ..volume.labels import MAX_LABEL_VALUE, as_label_array
 from .atomic import atomic_write
+from .nrrd_reader import read_nrrd
 
 log = logging.getLogger(__name__)
-
-_NRRD_TYPES: dict[str, np.dtype] = {}
-for _names, _dtype in (
-    (("uchar", "unsigned char", "uint8", "uint8_t"), np.uint8),
-    (("signed char", "int8", "int8_t"), np.int8),
-    (("short", "short int", "signed short", "signed short int", "int16", "int16_t"), np.int16),
-    (("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), np.uint16),
-    (("int", "signed int", "int32", "int32_t"), np.int32),
-    (("uint", "unsigned int", "uint32", "uint32_t"), np.uint32),
-    (("longlong", "long long", "long long int", "signed long long", "signed long long int",
-      "int64", "int64_t"), np.int64),
-    (("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), np.uint64),
-):
-    for _name in _names:
-        _NRRD_TYPES[_name] = np.dtype(_dtype)
-
 
 @dataclass
 class SegmentInfo:
@@ -85,6 +71,8 @@ class SegmentationFile:
     masks: list[np.ndarray]
     #: the NRRD key/value fields as they were in the file (``Segment0_Name`` -> ``femur``)
     fields: dict[str, str] = field(default_factory=dict)
+    #: (k, j, i) size of the grid; taken from the masks when not given
+    grid_shape: tuple[int, int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -92,7 +80,10 @@ class SegmentationFile:
         return self._shape
 
     def __post_init__(self) -> None:
-        self._shape = tuple(self.masks[0].shape) if self.masks else (0, 0, 0)
+        if self.grid_shape is not None:
+            self._shape = tuple(int(v) for v in self.grid_shape)
+        else:
+            self._shape = tuple(self.masks[0].shape) if self.masks else (0, 0, 0)
 
     def mask(self, segment: str | int) -> np.ndarray:
         """The (k, j, i) bool mask of a segment given by position, name or ID."""
@@ -114,13 +105,45 @@ class SegmentationFile:
     def label_map(self) -> np.ndarray:
         """One (k, j, i) label map, segment ``n`` (in file order) having value ``n + 1``.
 
-        Where segments overlap, the later one wins, as when Slicer exports a label map.
+        A label map holds one value per voxel, so overlapping segments (which Slicer keeps in
+        separate layers) raise InvalidInputError rather than losing the overlap.
         """
         dtype = np.uint8 if len(self.segments) < 256 else np.uint16
         labels = np.zeros(self.shape, dtype=dtype)
         for number, mask in enumerate(self.masks):
+            overlap = mask & (labels != 0)
+            if overlap.any():
+                other = self.segments[int(labels[overlap].flat[0]) - 1].name
+                raise InvalidInputError(
+                    f"Segments {other!r} and {self.segments[number].name!r} overlap in "
+                    f"{int(overlap.sum())} voxels, and a label map holds one label per voxel. "
+                    "Use the .seg.nrrd where segments are read one by one (isegformer propagate "
+                    "--labels, Session.annotate_from_label_map), or remove the overlap in Slicer."
+                )
             labels[mask] = number + 1
         return labels
+
+    def on_grid(self, reference, what: str = "segmentation") -> "SegmentationFile":
+        """The same segments placed on ``reference``'s grid (a Volume), voxel for voxel.
+
+        Slicer's own files differ from the volume's grid in two exact ways: a left-handed image
+        is saved on its K-flipped grid, and "crop to minimum extent" saves only the segments' box.
+        Both are placed exactly (:mod:`isegformer.volume.grid`); another grid raises
+        InvalidInputError. Returns ``self`` when the file is on the grid already.
+        """
+        from ..volume.grid import place_grid
+
+        placement = place_grid(self.ijk_to_ras, self.shape, reference.ijk_to_ras, reference.shape, what,
+                               allow_sub_box=True)
+        if placement.is_identity:
+            return self
+        return SegmentationFile(
+            ijk_to_ras=np.array(reference.ijk_to_ras, dtype=np.float64),
+            segments=list(self.segments),
+            masks=[placement.place(mask, fill=False) for mask in self.masks],
+            fields=dict(self.fields),
+            grid_shape=tuple(reference.shape),
+        )
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -319,173 +342,73 @@ def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
-
-
 # ----------------------------------------------------------------------------------- reading
 
 
 def read_seg_nrrd(path: str | os.PathLike) -> SegmentationFile:
     """Read a ``.seg.nrrd`` written by Slicer, slicerio or this package.
 
-    Segments come back in file order, each as a (k, j, i) bool mask on the file's grid. A plain
-    label-map NRRD without segment fields gives one segment per nonzero value.
+    Segments come back in file order, each as a (k, j, i) bool mask on the file's grid (use
+    :meth:`SegmentationFile.on_grid` to place them on a volume's grid). A plain label-map NRRD
+    without segment fields gives one segment per nonzero value. Every header field is
+    validated and the voxel data bounded by the header (:mod:`.nrrd_reader`); a segment whose
+    label value is 0, negative, or beyond the voxel type is refused.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as err:
-        raise FileFormatError(f"Cannot read {path}: {err}.") from err
-    header, body = _split_header(raw, path)
-    fields, keyvalues = _parse_header(header, path)
-
-    dimension = int(fields.get("dimension", "0"))
-    sizes = [int(s) for s in fields.get("sizes", "").split()]
-    if dimension not in (3, 4) or len(sizes) != dimension:
-        raise FileFormatError(
-            f"{path} is a {dimension}D NRRD with sizes {sizes}; a segmentation is 3D (one layer) "
-            "or 4D (layers)."
-        )
-    if "data file" in fields or "datafile" in fields:
-        raise FileFormatError(
-            f"{path} is a detached-header NRRD; save the segmentation from Slicer as a single "
-            ".seg.nrrd file."
-        )
-    type_name = fields.get("type", "").strip()
-    if type_name not in _NRRD_TYPES:
-        raise FileFormatError(f"{path} has voxel type {type_name!r}, which is not an integer label type.")
-    dtype = _NRRD_TYPES[type_name]
-    if dtype.itemsize > 1:
-        endian = fields.get("endian", "little").strip()
-        dtype = dtype.newbyteorder("<" if endian == "little" else ">")
-    encoding = fields.get("encoding", "").strip()
-    if encoding in ("gzip", "gz"):
-        try:
-            body = zlib.decompress(body, wbits=47)  # gzip or zlib stream
-        except zlib.error as err:
-            raise FileFormatError(f"{path}: the compressed voxel data is corrupt ({err}).") from err
-    elif encoding != "raw":
-        raise FileFormatError(f"{path} uses NRRD encoding {encoding!r}; only raw and gzip are supported.")
-    count = int(np.prod(sizes))
-    if len(body) < count * dtype.itemsize:
-        raise FileFormatError(
-            f"{path} is truncated: {len(body)} bytes of voxel data for {count} voxels."
-        )
-    voxels = np.frombuffer(body[: count * dtype.itemsize], dtype=dtype).reshape(sizes[::-1])
-
-    kinds = fields.get("kinds", "").split()
-    layered = dimension == 4
+    header, voxels = read_nrrd(path)
+    layered = header.dimension == 4
     if layered:
-        if kinds and kinds[0] not in ("list", "vector"):
+        if header.kinds and header.kinds[0] not in ("list", "vector"):
             raise FileFormatError(
-                f"{path}: the first axis of a 4D segmentation must be the layer list (kinds: {kinds})."
+                f"{path}: the first axis of a 4D segmentation must be the layer list "
+                f"(kinds: {' '.join(header.kinds)})."
             )
         layers = np.moveaxis(voxels, -1, 0)  # (layer, k, j, i)
     else:
         layers = voxels[np.newaxis]
-
-    ijk_to_ras = _geometry(fields, layered, path)
-    segments = _segments_from_fields(keyvalues, layered, layers, path)
-    masks = []
-    for info in segments:
-        layer = info.layer or 0
-        if layer >= layers.shape[0]:
-            raise FileFormatError(
-                f"{path}: segment {info.name!r} is in layer {layer}, but the file has "
-                f"{layers.shape[0]} layer(s)."
-            )
-        masks.append(layers[layer] == info.label_value)
-    return SegmentationFile(ijk_to_ras=ijk_to_ras, segments=segments, masks=masks, fields=keyvalues)
-
-
-def _split_header(raw: bytes, path: Path) -> tuple[str, bytes]:
-    if not raw.startswith(b"NRRD000"):
-        raise FileFormatError(
-            f"{path} is not a NRRD file (it does not start with 'NRRD000'). Export the "
-            "segmentation from Slicer as .seg.nrrd."
-        )
-    for separator in (b"\n\n", b"\r\n\r\n"):
-        end = raw.find(separator)
-        if end >= 0:
-            header = raw[:end].decode("utf-8", errors="replace")
-            return header, raw[end + len(separator):]
-    raise FileFormatError(f"{path}: the NRRD header never ends (no blank line before the data).")
-
-
-def _parse_header(header: str, path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    fields: dict[str, str] = {}
-    keyvalues: dict[str, str] = {}
-    for line in header.splitlines()[1:]:
-        line = line.rstrip("\r")
-        if not line or line.startswith("#"):
-            continue
-        if ":=" in line:
-            key, value = line.split(":=", 1)
-            keyvalues[key] = _unescape(value)
-        elif ": " in line:
-            key, value = line.split(": ", 1)
-            fields[key.strip().lower()] = value.strip()
-        else:
-            raise FileFormatError(f"{path}: cannot parse the NRRD header line {line!r}.")
-    return fields, keyvalues
-
-
-def _geometry(fields: dict[str, str], layered: bool, path: Path) -> np.ndarray:
-    space = fields.get("space", "").strip().lower()
-    if space in ("left-posterior-superior", "lps"):
-        to_ras = LPS_TO_RAS
-    elif space in ("right-anterior-superior", "ras"):
-        to_ras = np.eye(4)
-    else:
-        raise FileFormatError(
-            f"{path} has space {space or 'none'!r}; a segmentation needs left-posterior-superior "
-            "or right-anterior-superior geometry."
-        )
-    vectors = re.findall(r"\(([^)]*)\)", fields.get("space directions", ""))
-    if len(vectors) != 3:
-        raise FileFormatError(f"{path}: 'space directions' must give three vectors.")
-    matrix = np.eye(4)
-    try:
-        for axis, vector in enumerate(vectors):
-            matrix[:3, axis] = [float(v) for v in vector.split(",")]
-        origin = re.findall(r"\(([^)]*)\)", fields.get("space origin", "(0,0,0)"))
-        matrix[:3, 3] = [float(v) for v in origin[0].split(",")]
-    except (ValueError, IndexError) as err:
-        raise FileFormatError(f"{path}: the NRRD geometry fields cannot be parsed ({err}).") from err
-    return to_ras @ matrix
+    segments = _segments_from_fields(header.keyvalues, layers, header.dtype, path)
+    masks = [layers[info.layer or 0] == info.label_value for info in segments]
+    return SegmentationFile(ijk_to_ras=header.ijk_to_ras(), segments=segments, masks=masks,
+                            fields=dict(header.keyvalues), grid_shape=tuple(layers.shape[1:]))
 
 
 def _segments_from_fields(
-    keyvalues: dict[str, str], layered: bool, layers: np.ndarray, path: Path
+    keyvalues: dict[str, str], layers: np.ndarray, dtype: np.dtype, path: Path
 ) -> list[SegmentInfo]:
     per_segment: dict[int, dict[str, str]] = {}
     for key, value in keyvalues.items():
-        match = re.match(r"^Segment([0-9]+)_(.+)$", key)
+        match = re.match(r"^Segment([0-9]{1,6})_(.+)$", key)
         if match:
             per_segment.setdefault(int(match.group(1)), {})[match.group(2)] = value
     if not per_segment:
         # A plain label map: one segment per value present, like Slicer's import.
-        values = np.unique(layers[0])
+        values = np.unique(as_label_array(layers[0], f"The label map {path.name}"))
         return [
             SegmentInfo(name=f"Segment_{int(v)}", label_value=int(v), layer=0,
                         segment_id=f"Segment_{int(v)}", name_auto_generated=True,
                         color_auto_generated=True)
             for v in values if v != 0
         ]
+    highest = min(int(np.iinfo(dtype).max), MAX_LABEL_VALUE)
+    layered = layers.shape[0] > 1
     segments = []
     for number in sorted(per_segment):
         values = per_segment[number]
-        try:
-            color = tuple(float(c) for c in values.get("Color", "1 0 0").split())
-            if len(color) != 3:
-                raise ValueError(f"colour {values.get('Color')!r}")
-            # Files without layer fields (older Slicer) keep one segment per layer, valued 1.
-            layer = int(values.get("Layer", number if layered else 0))
-            label_value = int(values.get("LabelValue", 1))
-        except ValueError as err:
-            raise FileFormatError(f"{path}: segment {number} has an invalid field ({err}).") from err
+        what = f"{path}: segment {number} ({values.get('Name', values.get('ID', '?'))!r})"
+        color = _color_field(values.get("Color", "1 0 0"), what)
+        # Files without layer fields (older Slicer) keep one segment per layer, valued 1.
+        layer = _int_field(values.get("Layer", str(number if layered else 0)), "Layer", what)
+        if not 0 <= layer < layers.shape[0]:
+            raise FileFormatError(
+                f"{what} is in layer {layer}, but the file has {layers.shape[0]} layer(s)."
+            )
+        label_value = _int_field(values.get("LabelValue", "1"), "LabelValue", what)
+        if not 1 <= label_value <= highest:
+            raise FileFormatError(
+                f"{what} has label value {label_value}; a segment's label value must be 1.."
+                f"{highest} ({header_type(dtype)} voxels; 0 is the background, so a segment "
+                "valued 0 would be the whole background). Fix the segment in Slicer and save again."
+            )
         tags = {}
         for item in values.get("Tags", "").split("|"):
             if ":" in item:
@@ -495,7 +418,7 @@ def _segments_from_fields(
         segments.append(
             SegmentInfo(
                 name=values.get("Name", segment_id),
-                color=color,  # type: ignore[arg-type]
+                color=color,
                 label_value=label_value,
                 segment_id=segment_id,
                 tags=tags,
@@ -504,4 +427,43 @@ def _segments_from_fields(
                 layer=layer,
             )
         )
+    _check_unique(segments, path)
     return segments
+
+
+def _check_unique(segments: Sequence[SegmentInfo], path: Path) -> None:
+    seen_ids: dict[str, str] = {}
+    seen_voxels: dict[tuple[int, int], str] = {}
+    for info in segments:
+        if info.id in seen_ids:
+            raise FileFormatError(f"{path}: two segments have the ID {info.id!r}; IDs must be unique.")
+        seen_ids[info.id] = info.name
+        place = (info.layer or 0, info.label_value)
+        if place in seen_voxels:
+            raise FileFormatError(
+                f"{path}: segments {seen_voxels[place]!r} and {info.name!r} are both label value "
+                f"{place[1]} in layer {place[0]}, so their voxels cannot be told apart."
+            )
+        seen_voxels[place] = info.name
+
+
+def header_type(dtype: np.dtype) -> str:
+    return f"{np.dtype(dtype).newbyteorder('=').name}"
+
+
+def _int_field(text: str, name: str, what: str) -> int:
+    if not re.fullmatch(r"\s*[-+]?[0-9]{1,19}\s*", text):
+        raise FileFormatError(f"{what} has {name} {text[:40]!r}; it must be a whole number.")
+    return int(text)
+
+
+def _color_field(text: str, what: str) -> tuple[float, float, float]:
+    try:
+        color = tuple(float(c) for c in text.split())
+    except ValueError:
+        color = ()
+    if len(color) != 3 or not all(math.isfinite(c) and 0.0 <= c <= 1.0 for c in color):
+        raise FileFormatError(
+            f"{what} has colour {text[:60]!r}; it must be three numbers in 0..1 (red green blue)."
+        )
+    return color  # type: ignore[return-value]

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
+from .labels import as_label_array
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,30 @@ def read_volume(path: str | os.PathLike, series_id: Optional[str] = None) -> Vol
 
 
 def read_label_map(path: str | os.PathLike, reference: Volume) -> Volume:
-    """Read a label map and check it lies on ``reference``'s grid (raises InvalidInputError if not)."""
-    label = read_volume(path)
+    """Read a label map (any SimpleITK format, or a Slicer ``.seg.nrrd``) onto ``reference``'s grid.
+
+    This is the package's one label-map reader. Its values are checked (whole numbers in
+    0..MAX_LABEL_VALUE, so no later cast wraps), and its grid is placed on the volume's by
+    :mod:`isegformer.volume.grid`: Slicer's K-flipped grids (and a ``.seg.nrrd`` saved with
+    "crop to minimum extent") land exactly where they belong; another grid raises
+    InvalidInputError. A ``.seg.nrrd`` gives segment ``n`` (file
+    order) the value ``n + 1``; overlapping segments cannot share one label map and are refused
+    (read them with :func:`isegformer.output.seg_nrrd.read_seg_nrrd`).
+    """
+    p = Path(path).expanduser()
+    if p.name.lower().endswith(".seg.nrrd"):
+        from ..output.seg_nrrd import read_seg_nrrd
+
+        if not p.exists():
+            raise InvalidInputError(f"No such file: {p}. Check the path.")
+        segmentation = read_seg_nrrd(p).on_grid(reference, what=f"segmentation {p.name}")
+        return Volume(segmentation.label_map(), reference.ijk_to_ras.copy())
+    label = read_volume(p)
+    label = Volume(as_label_array(label.array, f"The label map {p.name}"), label.ijk_to_ras)
     try:
-        reference.check_label_map(label)
+        return reference.label_on_grid(label)
     except InvalidInputError as err:
-        raise InvalidInputError(f"{Path(path).name}: {err}") from err
-    return label
+        raise InvalidInputError(f"{p.name}: {err}") from err
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, array: Optional[np.ndarray] = None,
@@ -93,10 +111,59 @@ def _read_dicom_series(folder: Path, series_id: Optional[str]):
                     folder, len(ids), chosen, len(files_by_id[chosen]))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files_by_id[chosen])
+    reader.MetaDataDictionaryArrayUpdateOn()  # each file's own position, checked below
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as err:
         raise FileFormatError(f"Could not read the DICOM series in {folder}: {_first_line(err)}") from err
+    _check_slice_positions(image, reader, files_by_id[chosen], folder)
+    return image
+
+
+#: How far a file's own position (ImagePositionPatient) may be from where the loaded volume puts
+#: its slice: Slicer's DICOM module uses 0.01 mm; thick slices get 1% of their spacing.
+SLICE_POSITION_TOL_MM = 0.01
+SLICE_POSITION_TOL_SPACING = 0.01
+
+
+def _check_slice_positions(image, reader, files, folder: Path) -> None:
+    """Refuse a series whose slices are not where the volume's even grid puts them.
+
+    ITK builds the grid from the first slices' spacing and only warns on stderr when a slice is
+    missing or the spacing is uneven; every later slice would then sit up to half a gap away
+    from its true position. Each file's ImagePositionPatient is compared with its slice's place.
+    """
+    count = image.GetDepth()
+    if count < 2:
+        return
+    positions = []
+    for number in range(count):
+        try:
+            text = reader.GetMetaData(number, "0020|0032")
+            positions.append([float(v) for v in text.replace(" ", "").split("\\")])
+        except (RuntimeError, ValueError):
+            log.warning("%s: slice %d has no readable ImagePositionPatient; its position is "
+                        "not checked.", folder, number)
+            return
+    positions = np.asarray(positions)
+    if positions.shape != (count, 3):
+        return
+    placed = np.array([image.TransformIndexToPhysicalPoint((0, 0, n)) for n in range(count)])
+    error = np.linalg.norm(positions - placed, axis=1)
+    tolerance = max(SLICE_POSITION_TOL_MM, SLICE_POSITION_TOL_SPACING * image.GetSpacing()[2])
+    if float(error.max()) <= tolerance:
+        return
+    gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    typical = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - typical)))
+    raise FileFormatError(
+        f"The DICOM series in {folder} is not evenly spaced: the slices are {typical:.4g} mm "
+        f"apart, but {Path(files[worst]).name} and {Path(files[worst + 1]).name} are "
+        f"{gaps[worst]:.4g} mm apart (a missing slice?). Read as one volume, slices would be up "
+        f"to {float(error.max()):.3g} mm from their true positions. Add the missing files, or "
+        "load the series in Slicer's DICOM module (which corrects uneven spacing) and save it as "
+        "NRRD or NIfTI."
+    )
 
 
 def _first_line(err: Exception) -> str:

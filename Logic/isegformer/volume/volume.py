@@ -7,16 +7,15 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..errors import InvalidInputError
-from . import geometry
+from . import geometry, grid
 
 if TYPE_CHECKING:  # SimpleITK is imported lazily: the package must import without it
     import SimpleITK as sitk
 
-#: Tolerances for "same grid". Labels saved separately from their image (float32 headers,
-#: another writer) differ in the last digits; anything above these is a different grid.
-SPACING_RTOL = 1e-4
-ORIGIN_TOL_VOXELS = 1e-3  # in units of the smallest spacing
-DIRECTION_ATOL = 1e-4
+#: Tolerances for "same grid", defined with the one grid comparison (:mod:`.grid`).
+SPACING_RTOL = grid.SPACING_RTOL
+ORIGIN_TOL_VOXELS = grid.ORIGIN_TOL_VOXELS
+DIRECTION_ATOL = grid.DIRECTION_ATOL
 
 
 @dataclass(eq=False)
@@ -135,33 +134,30 @@ class Volume:
         image.SetDirection(direction)
         return image
 
-    # --- checks -----------------------------------------------------------------------------
+    # --- label maps on this grid ------------------------------------------------------------
+    def label_on_grid(self, label: "Volume", what: str = "label map") -> "Volume":
+        """``label`` placed voxel for voxel on this volume's grid (see :mod:`.grid`).
+
+        A label map on the same physical lattice with flipped or permuted axes (Slicer's K-flip
+        of left-handed images) is placed exactly; any other grid, or one covering only part of
+        the volume, raises InvalidInputError (segmentations, which Slicer may crop, are placed
+        by :meth:`isegformer.output.seg_nrrd.SegmentationFile.on_grid`).
+        Returns ``label`` itself when it is already on this grid.
+        """
+        placement = grid.place_grid(label.ijk_to_ras, label.shape, self.ijk_to_ras, self.shape, what)
+        if placement.is_identity:
+            return label
+        return Volume(placement.place(label.array), self.ijk_to_ras.copy())
+
     def check_label_map(self, label: "Volume", what: str = "label map") -> None:
-        """Raise InvalidInputError naming the first mismatch (shape, spacing, origin, direction)."""
-        if label.shape != self.shape:
+        """Raise InvalidInputError unless ``label.array`` indexes this volume's voxels as they are.
+
+        A label map that is the same voxels in another layout (flipped or permuted axes) is
+        refused here, because its array would be read wrongly; :meth:`label_on_grid` places it.
+        """
+        placement = grid.place_grid(label.ijk_to_ras, label.shape, self.ijk_to_ras, self.shape, what)
+        if not placement.is_identity:
             raise InvalidInputError(
-                f"The {what} has shape {label.shape} (k, j, i) but the volume has {self.shape}: "
-                "it was drawn on another grid. Resample it onto the volume (e.g. Slicer's "
-                "'Resample Image (BRAINS)' with the volume as reference) and try again."
-            )
-        spacing_v, spacing_l = np.array(self.spacing), np.array(label.spacing)
-        if not np.allclose(spacing_l, spacing_v, rtol=SPACING_RTOL, atol=0.0):
-            raise InvalidInputError(
-                f"The {what}'s spacing {tuple(np.round(spacing_l, 6))} differs from the volume's "
-                f"{tuple(np.round(spacing_v, 6))} mm: it belongs to another grid. Resample it onto the volume."
-            )
-        direction_v, direction_l = self.direction_lps, label.direction_lps
-        if not np.allclose(direction_l, direction_v, atol=DIRECTION_ATOL, rtol=0.0):
-            raise InvalidInputError(
-                f"The {what}'s direction {np.round(direction_l, 5).tolist()} differs from the "
-                f"volume's {np.round(direction_v, 5).tolist()}: it is oriented differently. "
-                "Resample it onto the volume."
-            )
-        origin_tol = ORIGIN_TOL_VOXELS * float(spacing_v.min())
-        offset = float(np.max(np.abs(np.array(label.origin_ras) - np.array(self.origin_ras))))
-        if offset > origin_tol:
-            raise InvalidInputError(
-                f"The {what}'s origin {tuple(np.round(label.origin_lps, 4))} (LPS) is {offset:.4g} mm "
-                f"away from the volume's {tuple(np.round(self.origin_lps, 4))}: it is shifted. "
-                "Resample it onto the volume."
+                f"The {what} lies on the volume's voxels but in another layout "
+                f"({placement.describe()}); place it with Volume.label_on_grid (read_label_map does)."
             )
