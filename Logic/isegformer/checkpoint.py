@@ -17,8 +17,6 @@ import collections
 import dataclasses
 import logging
 import os
-import pickle
-import types
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,6 +25,7 @@ import torch
 
 from .atomic import atomic_replace
 from .errors import CheckpointError, InvalidInputError
+from .torch_file import InertPlaceholder, RestrictedUnpickler, TorchFileError, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -35,86 +34,9 @@ DEFAULT_ADVICE = (
     "and retry."
 )
 
-# Globals a checkpoint legitimately needs. Each of them only builds data; none runs code given
-# by the file. Storage classes (torch.FloatStorage, ...) are resolved by torch.load itself.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "complex"): complex,
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-    ("torch", "Size"): torch.Size,
-    ("torch", "float32"): torch.float32,
-    ("torch", "float16"): torch.float16,
-    ("torch", "bfloat16"): torch.bfloat16,
-    ("torch", "float64"): torch.float64,
-    ("torch", "int64"): torch.int64,
-}
-_PLACEHOLDER_MODULES = ("isegm",)  # the reference package: its config objects become inert
-
-
-class _InertPlaceholder:
-    """Stands in for an object of the reference package; holds its pickled state, runs nothing."""
-
-    qualified_name = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_InertPlaceholder":
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "_InertPlaceholder":
-        return type(self)()
-
-    def __repr__(self) -> str:
-        return f"<placeholder for {self.qualified_name}>"
-
-
-_placeholder_types: dict[str, type] = {}
-
-
-def _placeholder_for(qualified_name: str) -> type:
-    if qualified_name not in _placeholder_types:
-        _placeholder_types[qualified_name] = type(
-            qualified_name.rsplit(".", 1)[-1], (_InertPlaceholder,), {"qualified_name": qualified_name}
-        )
-    return _placeholder_types[qualified_name]
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    def __init__(self, qualified_name: str) -> None:
-        super().__init__(qualified_name)
-        self.qualified_name = qualified_name
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "__builtin__":  # Python 2 era pickles (protocol 2) name builtins so
-            module = "builtins"
-        allowed = _ALLOWED_GLOBALS.get((module, name))
-        if allowed is not None:
-            return allowed
-        if module.split(".", 1)[0] in _PLACEHOLDER_MODULES:
-            return _placeholder_for(f"{module}.{name}")
-        raise _RefusedGlobal(f"{module}.{name}")
-
-
-# torch.load(pickle_module=...) wants a module-like object with Unpickler and load.
-_restricted_pickle = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler,
-    load=lambda file, **kwargs: _RestrictedUnpickler(file, **kwargs).load(),
-    __name__="isegformer_restricted_pickle",
-)
+# The placeholders' names stay importable from here (the tests and older callers use them).
+_InertPlaceholder = InertPlaceholder
+_RestrictedUnpickler = RestrictedUnpickler
 
 
 def _describe_start(path: Path) -> str:
@@ -148,22 +70,29 @@ def _read_pickled(path: Path, advice: str) -> Any:
             f"({size} bytes; an interrupted download looks like this). {advice}"
         )
     try:
-        return torch.load(
-            path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False
-        )
-    except _RefusedGlobal as err:
+        return read_torch_file(path)
+    except TorchFileError as err:
+        if err.kind == "refused":
+            raise CheckpointError(
+                f"{path} was refused without running it: its pickle refers to "
+                f"'{err.qualified_name}', which no model checkpoint needs (only tensors, plain "
+                "containers and the reference's config classes are allowed). The file may be "
+                "malicious or not a checkpoint; use the official file."
+            ) from None
+        if err.kind == "too large":
+            raise CheckpointError(
+                f"Checkpoint {path} was refused before loading it: {err}. It is damaged or was "
+                f"crafted to exhaust memory. {advice}"
+            ) from None
         raise CheckpointError(
-            f"{path} was refused without running it: its pickle refers to "
-            f"'{err.qualified_name}', which no model checkpoint needs (only tensors, plain "
-            "containers and the reference's config classes are allowed). The file may be "
-            "malicious or not a checkpoint; use the official file."
+            f"Checkpoint {path} could not be read ({err}); it is truncated, damaged or not a "
+            f"PyTorch checkpoint. {advice}"
         ) from None
-    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, KeyError, OSError,
-            zipfile.BadZipFile, AttributeError, TypeError, IndexError) as err:
+    except OSError as err:
         raise CheckpointError(
-            f"Checkpoint {path} could not be read ({type(err).__name__}: {err}); it is "
-            f"truncated, damaged or not a PyTorch checkpoint. {advice}"
-        ) from err
+            f"Checkpoint {path} could not be read: {err.strerror or err}. Check the file's "
+            "permissions and the disk."
+        ) from None
 
 
 def _plain(value: Any) -> Any:
@@ -224,7 +153,34 @@ def load_checkpoint(path: str | os.PathLike, *, advice: str | None = None) -> di
             "file."
         )
     state_dict = _strip_prefix(dict(state_dict), "module.")
+    check_finite(state_dict, str(path), advice)
     return {"state_dict": state_dict, "config": _plain(config), "layout": layout}
+
+
+def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """``"name (n NaN, m inf)"`` for each floating or complex tensor holding NaN or infinity."""
+    found = []
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor) or not (value.is_floating_point()
+                                                       or value.is_complex()):
+            continue
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(value).sum())
+        found.append(f"{key} ({nan} NaN, {int((~finite).sum()) - nan} inf)")
+    return found
+
+
+def check_finite(tensors: Mapping[str, Any], source: str, advice: str = DEFAULT_ADVICE) -> None:
+    """Refuse weights holding NaN or infinity: every prediction of such a network is NaN."""
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{source} holds weights that are not finite numbers: {describe_keys(bad, 4)}. A "
+            "network with such weights predicts nothing (NaN everywhere); the file is damaged or "
+            f"its training diverged. {advice}"
+        )
 
 
 def _check_plain(value: Any, where: str = "config") -> None:

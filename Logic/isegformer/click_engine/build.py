@@ -19,7 +19,13 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import compare_state_dict, describe_keys, load_checkpoint, save_checkpoint
+from ..checkpoint import (
+    check_finite,
+    compare_state_dict,
+    describe_keys,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..device import resolve_device
 from ..errors import CheckpointError, InvalidInputError
 from .model import ClickModelConfig, ISegFormer
@@ -88,9 +94,14 @@ def detect_config(state_dict: Mapping[str, torch.Tensor]) -> ClickModelConfig:
             f"'{embed_key}' has shape {tuple(embed.shape)}; iSegFormer's patch embedding is "
             "(C, 3, p, p). These weights are of another model."
         )
+    if min(embed.shape) < 1:
+        raise CheckpointError(
+            f"'{embed_key}' has shape {tuple(embed.shape)}: an empty patch embedding, which no "
+            "network has. The file is damaged or was crafted; use the official checkpoint."
+        )
     depths: dict[int, int] = Counter()
     for key in state_dict:
-        m = re.match(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.norm1\.weight$", key)
+        m = re.fullmatch(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.norm1\.weight", key)
         if m:
             depths[int(m.group(1))] += 1
     stages = sorted(depths)
@@ -124,11 +135,57 @@ def detect_config(state_dict: Mapping[str, torch.Tensor]) -> ClickModelConfig:
         window=int(window), patch_size=int(embed.shape[2]),
         mlp_ratio=float(fc1.shape[0]) / embed_dim, head_channels=int(head_conv.shape[0]),
     )
+    validate_click_config(shape, "These weights")
     for name, known in VARIANTS.items():
         if known == shape:
             return known
     log.info("The weights are a custom iSegFormer shape: %s", shape)
     return shape
+
+
+MAX_STAGES = 8
+MAX_BLOCKS_PER_STAGE = 64
+
+
+def validate_click_config(config: ClickModelConfig, source: str = "This network shape") -> None:
+    """Refuse a shape no iSegFormer has: zero or negative sizes, head counts that do not divide
+    their stage's channels, rates outside [0, 1). A checkpoint crafted with a 0x0 patch
+    embedding would otherwise load and fail at the first click with a division by zero."""
+    problems = []
+    for field_name in ("embed_dim", "window", "patch_size", "head_channels"):
+        value = getattr(config, field_name)
+        if type(value) is not int or value < 1:
+            problems.append(f"{field_name} is {value!r} (must be a positive integer)")
+    depths, heads = tuple(config.depths), tuple(config.num_heads)
+    if not 1 <= len(depths) <= MAX_STAGES or len(heads) != len(depths):
+        problems.append(f"{len(depths)} stage depths and {len(heads)} head counts (must be "
+                        f"equal, 1 to {MAX_STAGES})")
+    else:
+        for stage, (depth, count) in enumerate(zip(depths, heads)):
+            if type(depth) is not int or not 1 <= depth <= MAX_BLOCKS_PER_STAGE:
+                problems.append(f"stage {stage} has {depth!r} blocks (1 to "
+                                f"{MAX_BLOCKS_PER_STAGE})")
+            if type(count) is not int or count < 1:
+                problems.append(f"stage {stage} has {count!r} attention heads")
+            elif type(config.embed_dim) is int and config.embed_dim >= 1 \
+                    and (config.embed_dim * 2 ** stage) % count:
+                problems.append(f"stage {stage}'s {config.embed_dim * 2 ** stage} channels do "
+                                f"not split into {count} heads")
+    for field_name, low, high in (("mlp_ratio", 0.0, 64.0), ("click_radius", 0.0, 1e4)):
+        value = getattr(config, field_name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not (math.isfinite(value) and low < value <= high):
+            problems.append(f"{field_name} is {value!r} (must be in ({low:g}, {high:g}])")
+    for field_name in ("drop_path_rate", "dropout"):
+        value = getattr(config, field_name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not 0.0 <= value < 1.0:
+            problems.append(f"{field_name} is {value!r} (must be in [0, 1))")
+    if problems:
+        raise CheckpointError(
+            f"{source} do not describe a usable iSegFormer: {'; '.join(problems)}. The file is "
+            "damaged or was crafted; use the official checkpoint or one saved by this package."
+        )
 
 
 def _check_reference_config(config: Any) -> float | None:
@@ -172,6 +229,7 @@ def prepare_state_dict(
     model_config = detect_config(state_dict)
     if radius is not None and radius != model_config.click_radius:
         model_config = dataclasses.replace(model_config, click_radius=radius)
+        validate_click_config(model_config, "This checkpoint's settings")
 
     kept: dict[str, torch.Tensor] = {}
     dropped: Counter[str] = Counter()
@@ -236,6 +294,8 @@ def load_click_model(
             f"load_click_model needs a checkpoint path or a state dict, got {type(source).__name__}."
         )
     model_config, state_dict = prepare_state_dict(state_dict, config)
+    check_finite(state_dict, str(source) if isinstance(source, (str, os.PathLike))
+                 else "The given state dict")
     target = resolve_device(device)
     model = ISegFormer(model_config)
     model.load_state_dict(state_dict, strict=True)

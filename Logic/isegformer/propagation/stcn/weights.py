@@ -13,7 +13,7 @@ from typing import Mapping, TypeVar, Union
 import torch
 from torch import nn
 
-from ...checkpoint import compare_state_dict
+from ...checkpoint import check_finite, compare_state_dict
 from ...errors import CheckpointError
 from .fusion import FusionNet
 from .network import STCNNetwork
@@ -67,6 +67,8 @@ def load_strict(network: Net, source: Source, what: str) -> Net:
             f"{name} is not a {what} checkpoint: {'; '.join(parts)} keys. "
             f"{_ADVICE[what]}"
         )
+    if isinstance(source, Mapping):  # files are checked by load_checkpoint already
+        check_finite(given, f"The given {what} state dict", _ADVICE[what])
     full = dict(given)
     for key, value in expected.items():
         if key not in full:  # only the optional counters reach here
