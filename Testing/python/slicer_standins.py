@@ -457,6 +457,15 @@ class qMRMLWidget(QWidget):
         return self._scene
 
 
+class qSlicerScriptedLoadableModuleWidget(qMRMLWidget):
+    """The application's panel around a scripted module's widget: a layout and ``isEntered``."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setLayout(QVBoxLayout(self))
+        self.isEntered = False
+
+
 class qMRMLNodeComboBox(qMRMLWidget):
     """Holds the selected node. The real one also selects a node by itself when one is added
     and none is selected; that Qt behaviour is not reproduced (tests select explicitly)."""
@@ -634,13 +643,19 @@ class QUiLoader:
     def load(self, qfile, parent=None):
         tree = ElementTree.parse(qfile.path)
         top = tree.getroot().find("widget")
-        return self._build(top, parent) if top is not None else None
+        if top is None:
+            return None
+        widget = self._build(top, parent)
+        widget.uiFile = qfile.path  # which .ui was loaded (tests check it)
+        return widget
 
     def _build(self, element, parent):
         cls = _WIDGET_CLASSES.get(element.get("class"))
         if cls is None:
             raise AttributeError(f"slicer_standins has no stand-in for the widget class {element.get('class')!r}")
-        widget = cls(parent)
+        widget = cls()
+        if parent is not None:
+            parent._children.append(widget)
         widget.objectName = element.get("name", "")
         for prop in element.findall("property"):
             self._set(widget, prop)
@@ -682,6 +697,25 @@ class QUiLoader:
         else:
             parsed = value.text or ""
         setattr(widget, name, parsed)
+
+
+def build_module_widget(widgetClass):
+    """Build a module widget as Slicer does: in its panel (qSlicerScriptedLoadableModuleWidget),
+    then ``setup()``. Returns the widget; :func:`enter_module` and :func:`exit_module` follow."""
+    widget = widgetClass(qSlicerScriptedLoadableModuleWidget())
+    widget.setup()
+    return widget
+
+
+def enter_module(widget):
+    """The user opens the module: the panel is entered, then the widget's ``enter()`` runs."""
+    widget.parent.isEntered = True
+    widget.enter()
+
+
+def exit_module(widget):
+    widget.exit()
+    widget.parent.isEntered = False
 
 
 _WIDGET_CLASSES = {
@@ -1057,7 +1091,8 @@ def install():
 
     sys.modules.setdefault("qt", _qt_module())
     sys.modules.setdefault("ctk", _ctk_module())
-    for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget, qSlicerMarkupsPlaceWidget):
+    for cls in (qMRMLWidget, qSlicerScriptedLoadableModuleWidget, qMRMLNodeComboBox, qMRMLSegmentEditorWidget,
+                qSlicerMarkupsPlaceWidget):
         setattr(slicer, cls.__name__, cls)
     slicer.app = SlicerApp()
     slicer.modules = types.SimpleNamespace()

@@ -15,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "iSegFormerSlicer"
 MODULE_FILE = MODULE_DIR / "iSegFormerSlicer.py"
+LIB_DIR = MODULE_DIR / "iSegFormerSlicerLib"
+STANDINS_DIR = ROOT / "Testing" / "python"
 UI_FILE = ROOT / "Resources" / "UI" / "iSegFormerSlicer.ui"
 ICON_FILE = ROOT / "Resources" / "Icons" / "iSegFormerSlicer.png"
 SLICER_TESTS_DIR = ROOT / "Testing" / "Slicer"
@@ -27,8 +29,38 @@ def module_python_files() -> list[Path]:
 
 
 def test_there_are_module_files():
-    names = {p.name for p in module_python_files()}
-    assert {"iSegFormerSlicer.py", "iSegFormerSlicerSelfTest.py"} <= names
+    names = {p.relative_to(ROOT).as_posix() for p in module_python_files()}
+    assert {"iSegFormerSlicer/iSegFormerSlicer.py", "Testing/Slicer/iSegFormerSlicerSelfTest.py",
+            "iSegFormerSlicer/iSegFormerSlicerLib/logic.py", "iSegFormerSlicer/iSegFormerSlicerLib/widget.py"} <= names
+
+
+def test_the_module_file_is_small_and_re_exports_the_conventional_names():
+    """Slicer looks up <Module>Widget, <Module>Logic and <Module>Test in the module file."""
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 80
+    tree = ast.parse(source)
+    imported = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert {"iSegFormerSlicerWidget", "iSegFormerSlicerLogic", "iSegFormerSlicerTest"} <= imported
+    assert [n.name for n in tree.body if isinstance(n, ast.ClassDef)] == ["iSegFormerSlicer"]
+
+
+QT_FREE = ("logic.py", "clicks.py", "geometry.py", "models.py", "jobs.py", "finetune.py", "parameters.py",
+           "__init__.py", "sample_data.py")
+
+
+@pytest.mark.parametrize("name", QT_FREE)
+def test_the_logic_and_what_it_uses_import_no_qt(name):
+    """Anywhere in the file, not only at the top: the Logic runs on slicer-core, which has no Qt."""
+    tree = ast.parse((LIB_DIR / name).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        for imported in names:
+            assert imported.split(".")[0] not in ("qt", "ctk"), f"{name} imports {imported}"
 
 
 @pytest.mark.parametrize("path", module_python_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -70,74 +102,48 @@ def _called_names(function: ast.AST) -> set[str]:
 
 
 def test_setup_and_constructors_install_and_import_nothing():
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    forbidden = {"pip_install", "installDependencies", "installTorch", "_support", "missingDependencies",
-                 "updateStatus", "downloadModels", "import_module"}
-    for cls, method in (("iSegFormerSlicerWidget", "setup"), ("iSegFormerSlicerWidget", "__init__"),
-                        ("iSegFormerSlicer", "__init__"), ("iSegFormerSlicerLogic", "__init__")):
-        called = _called_names(_method(tree, cls, method))
+    forbidden = {"pip_install", "installDependencies", "installTorch", "support", "missingDependencies",
+                 "updateStatus", "downloadModels", "import_module", "warmUpInBackground", "_warmUp"}
+    for path, cls, method in ((LIB_DIR / "widget.py", "iSegFormerSlicerWidget", "setup"),
+                              (LIB_DIR / "widget.py", "iSegFormerSlicerWidget", "__init__"),
+                              (MODULE_FILE, "iSegFormerSlicer", "__init__"),
+                              (LIB_DIR / "logic.py", "iSegFormerSlicerLogic", "__init__")):
+        called = _called_names(_method(ast.parse(path.read_text(encoding="utf-8")), cls, method))
         assert not (called & forbidden), f"{cls}.{method} calls {sorted(called & forbidden)}"
 
 
-FAKE_SLICER = textwrap.dedent(
-    """
-    import sys, types
+def _run_on_slicer_core(script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh Python with Slicer's wheel and the stand-ins installed."""
+    import slicer_standins
 
-    class Anything:
-        def __init__(self, *args, **kwargs): pass
-        def __getattr__(self, name): return Anything()
-        def __call__(self, *args, **kwargs): return Anything()
-
-    def calldata_type(kind):
-        def decorate(function):
-            function.CallDataType = kind
-            return function
-        return decorate
-
-    vtk = types.ModuleType("vtk")
-    vtk.calldata_type = calldata_type
-    vtk.VTK_INT = 6
-    vtk.vtkMatrix4x4 = Anything
-    qt = types.ModuleType("qt")
-    qt.QIcon = lambda path: ("QIcon", path)
-    ctk = types.ModuleType("ctk")
-    slicer = types.ModuleType("slicer")
-    slicer.app = Anything()
-    slicer.mrmlScene = Anything()
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    class Base:
-        def __init__(self, *args, **kwargs):
-            self.parent = args[0] if args else None
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
-                 "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
-        setattr(slm, name, type(name, (Base,), {}))
-    util = types.ModuleType("slicer.util")
-    class VTKObservationMixin:
-        def __init__(self): pass
-    util.VTKObservationMixin = VTKObservationMixin
-    slicer.ScriptedLoadableModule = slm
-    slicer.util = util
-    sys.modules.update({"vtk": vtk, "qt": qt, "ctk": ctk, "slicer": slicer,
-                        "slicer.ScriptedLoadableModule": slm, "slicer.util": util})
-    """
-)
+    if not slicer_standins.available():
+        pytest.skip(slicer_standins.SKIP_REASON)
+    prelude = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(STANDINS_DIR)!r})
+        sys.path.insert(0, {str(ROOT / "Logic")!r})
+        """
+    )
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)],
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_importing_the_module_loads_no_torch_and_no_package():
-    script = FAKE_SLICER + textwrap.dedent(
+    result = _run_on_slicer_core(
         f"""
-        sys.path.insert(0, {str(MODULE_DIR)!r})
-        sys.path.insert(0, {str(ROOT / "Logic")!r})
+        import slicer_standins
+        slicer = slicer_standins.install()
         before = set(sys.modules)
-        import iSegFormerSlicer as m
+        m = slicer_standins.import_module()
 
         class Parent:
-            pass
+            path = {str(MODULE_FILE)!r}
         parent = Parent()
         m.iSegFormerSlicer(parent)
-        print("ICON", parent.icon[1])
+        print("ICON", parent.icon.path)
         m.iSegFormerSlicerLogic()
-        m.iSegFormerSlicerWidget(None)
+        slicer_standins.build_module_widget(m.iSegFormerSlicerWidget)
         names = m.iSegFormerSlicerLogic.clickModelNames()
         assert names[0] == m.DEFAULT_MODEL, names
         new = set(sys.modules) - before
@@ -145,16 +151,42 @@ def test_importing_the_module_loads_no_torch_and_no_package():
         print("HEAVY", heavy)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
     assert f"ICON {ICON_FILE}" in result.stdout, result.stdout  # found in the source checkout
 
 
+def test_the_logic_runs_on_slicer_core_with_no_qt_at_all():
+    """``import qt`` fails in this process: the Logic still loads, and works on real MRML."""
+    result = _run_on_slicer_core(
+        f"""
+        sys.modules["qt"] = None  # any "import qt" now raises ImportError
+        sys.modules["ctk"] = None
+        import numpy as np
+        import slicer_standins
+        slicer = slicer_standins.install()
+        sys.path.insert(0, {str(MODULE_DIR)!r})
+        from iSegFormerSlicerLib.logic import iSegFormerSlicerLogic
+        volume = slicer.util.addVolumeFromArray(np.zeros((4, 5, 6), np.int16), np.diag([0.5, 0.6, 2.0, 1.0]))
+        logic = iSegFormerSlicerLogic()
+        logic.setVolume(volume)
+        segmentation, segment = logic.setSegmentation()
+        point = logic.locateClick((1.0, 1.2, 4.0), axis=0)
+        print("POINT", point.axis, point.index, logic.parameters.sourceVolume.GetID() == volume.GetID())
+        print("QT", sorted(n for n in sys.modules if n.split(".")[0] in ("qt", "ctk") and sys.modules[n] is not None))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "POINT 0 2 True" in result.stdout, result.stdout
+    assert "QT []" in result.stdout, result.stdout
+
+
 def test_ui_parses_and_names_every_widget_the_code_uses():
     tree = ElementTree.parse(UI_FILE)
     widgets = {w.get("name"): w.get("class") for w in tree.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    used = set()
+    for path in LIB_DIR.rglob("*.py"):
+        used |= set(re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8")))
     assert used, "the widget uses no .ui names?"
     missing = sorted(used - set(widgets))
     assert not missing, f"widgets used in code but absent from the .ui: {missing}"
@@ -226,35 +258,45 @@ def test_the_slicer_support_helpers_import_without_torch():
 
 def test_resources_are_found_in_the_source_checkout():
     """Slicer pointed at iSegFormerSlicer/ (additional module path): Resources/ is one folder up."""
-    from slicer_fakes import fake_slicer_module
-
-    with fake_slicer_module() as (module, scene):
-        assert Path(module.moduleResourcePath("UI/iSegFormerSlicer.ui")) == UI_FILE
-        assert Path(module.moduleResourcePath("Icons/iSegFormerSlicer.png")) == ICON_FILE
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        import iSegFormerSlicerLib as lib
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    assert Path(lib.moduleResourcePath("UI/iSegFormerSlicer.ui")) == UI_FILE
+    assert Path(lib.moduleResourcePath("Icons/iSegFormerSlicer.png")) == ICON_FILE
 
 
 def test_resources_beside_the_module_win_and_a_missing_one_names_the_built_place(tmp_path):
-    from slicer_fakes import fake_slicer_module
+    import shutil
 
     module_dir = tmp_path / "checkout" / "iSegFormerSlicer"
-    module_dir.mkdir(parents=True)
-    (module_dir / "iSegFormerSlicer.py").write_bytes(MODULE_FILE.read_bytes())
+    shutil.copytree(LIB_DIR, module_dir / "iSegFormerSlicerLib", ignore=shutil.ignore_patterns("__pycache__"))
     for folder, content in ((module_dir, "built"), (module_dir.parent, "checkout")):
         (folder / "Resources" / "UI").mkdir(parents=True)
         (folder / "Resources" / "UI" / "iSegFormerSlicer.ui").write_text(content)
-    with fake_slicer_module(module_dir / "iSegFormerSlicer.py") as (module, scene):
-        assert Path(module.moduleResourcePath("UI/iSegFormerSlicer.ui")).read_text() == "built"
-        (module_dir / "Resources" / "UI" / "iSegFormerSlicer.ui").unlink()
-        assert Path(module.moduleResourcePath("UI/iSegFormerSlicer.ui")).read_text() == "checkout"
-        assert Path(module.moduleResourcePath("UI/other.ui")) == module_dir / "Resources" / "UI" / "other.ui"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(module_dir)!r})
+        import iSegFormerSlicerLib as lib
+        assert lib.__file__.startswith({str(module_dir)!r}), lib.__file__
+        print("FIRST", open(lib.moduleResourcePath("UI/iSegFormerSlicer.ui")).read())
+        import os
+        os.unlink({str(module_dir / "Resources" / "UI" / "iSegFormerSlicer.ui")!r})
+        print("SECOND", open(lib.moduleResourcePath("UI/iSegFormerSlicer.ui")).read())
+        print("MISSING", lib.moduleResourcePath("UI/other.ui"))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "FIRST built" in result.stdout and "SECOND checkout" in result.stdout
+    assert f"MISSING {module_dir / 'Resources' / 'UI' / 'other.ui'}" in result.stdout
 
 
-def test_the_widget_loads_the_ui_file_of_the_repository():
-    from slicer_fakes import fake_slicer_widget
+def test_the_widget_loads_the_ui_file_of_the_repository(slicer_env):
+    import slicer_standins
 
-    with fake_slicer_widget() as (module, scene, ui):
-        widget = module.iSegFormerSlicerWidget(None)
-        widget.setup()
-        added = [args[0] for name, args in widget.layout.calls if name == "addWidget"]
-        assert [Path(w.path) for w in added] == [UI_FILE]
-        widget.cleanup()
+    widget = slicer_standins.build_module_widget(slicer_env.module.iSegFormerSlicerWidget)
+    assert [Path(w.uiFile) for w in widget.layout.widgets] == [UI_FILE]
+    widget.cleanup()

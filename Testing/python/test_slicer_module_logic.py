@@ -1,11 +1,16 @@
-"""The Slicer module's Logic against a small fake Slicer (see slicer_fakes.py) and a fake session.
+"""The Slicer module's Logic and widget on Slicer's own MRML (slicer-core), with a stand-in session.
 
-What is checked is the module's own work: MRML geometry to the right slice (views, parent
-transforms), slice writes limited to that slice and following the Segment Editor settings,
-undo, moved/deleted points, propagation writes, hand edits adopted, failures leaving no point.
+Everything MRML here is Slicer's: the scene, volume, transform, segmentation, markups, slice
+and segment editor nodes, the segmentations logic that writes the segments, and slicer.util
+(slicer_standins.py adds only what the wheel lacks). The session is FakeSession (the torch
+side), since these tests are about the module's own work: MRML geometry to the right slice
+(views, parent transforms), slice writes limited to that slice and following the Segment
+Editor settings, undo, moved/deleted points, propagation writes, hand edits adopted, failures
+leaving no point, and the widget's wiring.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ import pytest
 from isegformer.errors import InvalidInputError
 from isegformer.slicer_support.session_bridge import SessionBridge
 from isegformer.slicer_support.views import ObliqueViewError
-from slicer_fakes import FakeSession, FakeSliceNode, FakeTransformNode, FakeVolumeNode, fake_slicer_module
+from session_fakes import FakeSession
 
 SHAPE = (6, 8, 10)  # (k, j, i)
 # a volume acquired "sagittally": i -> posterior, j -> superior, k -> right
@@ -28,21 +33,52 @@ def turn_about_s(degrees, shift=(3.0, -4.0, 7.0)):
     return matrix
 
 
+def add_volume(slicer, array, ijk_to_ras=IJK_TO_RAS, name="volume"):
+    return slicer.util.addVolumeFromArray(np.asarray(array), np.asarray(ijk_to_ras, float), name=name)
+
+
+def linear_transform(slicer, matrix):
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    return node
+
+
+def segment(slicer, segmentation, segment_id, volume):
+    """A segment on the volume's grid, read back through Slicer's own export."""
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)
+
+
+def paint(slicer, segmentation, segment_id, volume, edit):
+    """Change a segment as a Segment Editor effect would: ``edit(array)`` on the volume grid."""
+    array = segment(slicer, segmentation, segment_id, volume).copy()
+    edit(array)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(array, segmentation, segment_id, volume)
+
+
+class Env:
+    def __init__(self, slicer_env):
+        slicer = self.slicer = slicer_env.slicer
+        self.module, self.scene = slicer_env.module, slicer_env.scene
+        self.volume = add_volume(slicer, np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE))
+        self.parent = linear_transform(slicer, turn_about_s(90.0))
+        self.volume.SetAndObserveTransformNodeID(self.parent.GetID())
+        self.logic = self.module.iSegFormerSlicerLogic()
+        self.logic.setVolume(self.volume)
+        self.segmentation, self.segment_id = self.logic.setSegmentation()
+        self.segmentation.SetAndObserveTransformNodeID(self.parent.GetID())
+        self.session = FakeSession(SHAPE)
+        self.logic._bridge = SessionBridge(self.session)
+        self.world = turn_about_s(90.0) @ IJK_TO_RAS
+
+    def array(self, segment_id=None):
+        return segment(self.slicer, self.segmentation, segment_id or self.segment_id, self.volume)
+
+
 @pytest.fixture
-def env():
-    with fake_slicer_module() as (module, scene):
-        volume = FakeVolumeNode(np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE), IJK_TO_RAS)
-        parent = FakeTransformNode(turn_about_s(90.0))
-        volume.SetAndObserveTransformNodeID(parent)
-        logic = module.iSegFormerSlicerLogic()
-        logic.setVolume(volume)
-        segmentation, segment_id = logic.setSegmentation()
-        segmentation.SetAndObserveTransformNodeID(parent)
-        session = FakeSession(SHAPE)
-        logic._bridge = SessionBridge(session)
-        world = turn_about_s(90.0) @ IJK_TO_RAS
-        yield module, scene, logic, segmentation, segment_id, session, world
-        logic.shutdown()
+def env(slicer_env):
+    environment = Env(slicer_env)
+    yield environment
+    environment.logic.shutdown()
 
 
 def aligned_matrix(world, column):
@@ -54,8 +90,17 @@ def aligned_matrix(world, column):
     return matrix
 
 
-def aligned_view(world, column, name):
-    return FakeSliceNode(name, aligned_matrix(world, column))
+def slice_node(slicer, name, slice_to_ras):
+    """A real vtkMRMLSliceNode showing the plane ``slice_to_ras``."""
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode", name)
+    node.SetLayoutName(name)
+    node.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(slice_to_ras))
+    node.UpdateMatrices()
+    return node
+
+
+def aligned_view(slicer, world, column, name):
+    return slice_node(slicer, name, aligned_matrix(world, column))
 
 
 def rotation_about(vector, degrees):
@@ -74,154 +119,158 @@ def to_world(world, ijk):
 
 @pytest.mark.parametrize("column", [0, 1, 2])
 def test_a_click_in_an_aligned_view_writes_the_square_on_that_slice_only(env, column):
-    module, scene, logic, segmentation, segment_id, session, world = env
     ijk = (7, 5, 2)  # (i, j, k)
-    view = aligned_view(world, column, "Red")
-    point = logic.addClick(to_world(world, ijk), positive=True, sliceNode=view)
+    view = aligned_view(env.slicer, env.world, column, "Red")
+    point = env.logic.addClick(to_world(env.world, ijk), positive=True, sliceNode=view)
     axis = 2 - column
     assert point.axis == axis and point.index == ijk[column]
-    result = segmentation.arrays[segment_id]
-    written = np.take(result, point.index, axis=axis)
-    rows_cols = [ijk[c] for c in (2, 1, 0) if c != column]  # (k, j, i) order, slice axis removed
-    expected = np.zeros_like(written)
-    expected[rows_cols[0] - 1:rows_cols[0] + 2, rows_cols[1] - 1:rows_cols[1] + 2] = 1
-    np.testing.assert_array_equal(written, expected)
-    assert result.sum() == 9  # nothing anywhere else
-    assert segmentation.writes and all(len(set(w[2][2 * column:2 * column + 2])) == 1 for w in segmentation.writes)
+    expected = np.zeros(SHAPE, np.uint8)
+    k, j, i = ijk[2], ijk[1], ijk[0]
+    square = [slice(max(c - 1, 0), c + 2) for c in (k, j, i)]
+    square[axis] = slice(point.index, point.index + 1)
+    expected[tuple(square)] = 1
+    np.testing.assert_array_equal(env.array(), expected)  # that slice's square, nothing anywhere else
+    positive, _ = env.logic.getClickNodes()
+    assert positive.GetNthControlPointDescription(0) == "positive"
 
 
 def test_an_oblique_view_is_refused_and_nothing_is_recorded(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    aligned = aligned_matrix(world, 0)
-    oblique = FakeSliceNode("Yellow", rotation_about(aligned[:3, 0], 35.0) @ aligned)
+    aligned = aligned_matrix(env.world, 0)
+    oblique = slice_node(env.slicer, "Yellow", rotation_about(aligned[:3, 0], 35.0) @ aligned)
     with pytest.raises(ObliqueViewError, match="Yellow"):
-        logic.addClick(to_world(world, (4, 4, 3)), sliceNode=oblique)
-    assert not logic.hasClicks() and segmentation.arrays[segment_id].sum() == 0
-    positive, _ = logic.getClickNodes()
+        env.logic.addClick(to_world(env.world, (4, 4, 3)), sliceNode=oblique)
+    assert not env.logic.hasClicks() and env.array().sum() == 0
+    positive, _ = env.logic.getClickNodes()
     assert positive.GetNumberOfControlPoints() == 0  # the point placed for it is gone too
 
 
 def test_without_a_known_view_the_nearest_slice_plane_decides_or_the_point_is_refused(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    on_plane = to_world(world, (4, 4, 3))
+    on_plane = to_world(env.world, (4, 4, 3))
     # Yellow's plane (normal along i) passes through the point; Red's (normal along k) does not
-    scene.AddNode(FakeSliceNode("Red", aligned_matrix(world, 2)))
-    yellow = aligned_matrix(world, 0)
+    red = slice_node(env.slicer, "Red", aligned_matrix(env.world, 2))
+    yellow = aligned_matrix(env.world, 0)
     yellow[:3, 3] = on_plane
-    scene.AddNode(FakeSliceNode("Yellow", yellow))
-    assert logic.locateClick(on_plane).axis == 2
-    scene.nodes = [n for n in scene.nodes if n.GetName() != "Red"]
+    slice_node(env.slicer, "Yellow", yellow)
+    assert env.logic.locateClick(on_plane).axis == 2
+    env.scene.RemoveNode(red)
     shifted = on_plane + 10.0 * yellow[:3, 2]  # 10 mm off Yellow's plane, voxels are <= 1.5 mm
     with pytest.raises(ValueError, match="not on any slice view"):
-        logic.locateClick(shifted)
+        env.logic.locateClick(shifted)
 
 
 def test_a_non_linear_parent_transform_is_refused_with_advice(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    logic.volumeNode.GetParentTransformNode().linear = False
+    import vtk
+
+    warp = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point, shift in (((0, 0, 0), (0, 0, 0)), ((50, 0, 0), (3, 1, 0)), ((0, 50, 0), (0, 0, 2)), ((0, 0, 50), (1, 0, 0))):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(np.add(point, shift))
+    warp.SetSourceLandmarks(source)
+    warp.SetTargetLandmarks(target)
+    warp.SetBasisToR()
+    node = env.scene.AddNewNodeByClass("vtkMRMLTransformNode")
+    node.SetAndObserveTransformToParent(warp)
+    env.parent.SetAndObserveTransformNodeID(node.GetID())
+    assert not env.volume.GetParentTransformNode().IsTransformToWorldLinear()
     with pytest.raises(ValueError, match="Harden"):
-        logic.addClick(to_world(world, (4, 4, 3)), axis=0)
+        env.logic.addClick(to_world(env.world, (4, 4, 3)), axis=0)
 
 
 def test_overwrite_all_takes_the_slice_voxels_from_other_segments_only(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    other = segmentation.GetSegmentation().AddEmptySegment("", "bone")
-    segmentation.arrays[other][:, 3:6, 6:9] = 1  # a bar through every k slice
-    editor = logic.getSegmentEditorNode()
-    editor.overwrite_mode = 0  # overwrite all
-    point = logic.addClick(to_world(world, (7, 5, 2)), axis=0)
-    bone = segmentation.arrays[other]
+    other = env.segmentation.GetSegmentation().AddEmptySegment("", "bone")
+    paint(env.slicer, env.segmentation, other, env.volume, lambda a: a.__setitem__((slice(None), slice(3, 6), slice(6, 9)), 1))
+    editor = env.logic.getSegmentEditorNode()
+    editor.SetOverwriteMode(env.slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
+    point = env.logic.addClick(to_world(env.world, (7, 5, 2)), axis=0)
+    bone = env.array(other)
     assert not bone[point.index, 4:7, 6:9].any()  # taken where the new square is
     assert bone[point.index, 3, 6:9].all()  # kept outside the square
     for k in range(SHAPE[0]):
         if k != point.index:
             assert bone[k, 3:6, 6:9].all()  # other slices untouched
+    assert bone.sum() == SHAPE[0] * 9 - 6
 
 
 def test_allow_overlap_and_inside_segment_masking(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    other = segmentation.GetSegmentation().AddEmptySegment("", "bone")
-    segmentation.arrays[other][:, 4:6, 6:9] = 1
-    editor = logic.getSegmentEditorNode()
-    editor.overwrite_mode = 2  # allow overlap
-    editor.mask_mode, editor.mask_segment = 5, other  # only inside "bone"
-    point = logic.addClick(to_world(world, (7, 5, 2)), axis=0)
-    target = segmentation.arrays[segment_id][point.index]
+    other = env.segmentation.GetSegmentation().AddEmptySegment("", "bone")
+    paint(env.slicer, env.segmentation, other, env.volume, lambda a: a.__setitem__((slice(None), slice(4, 6), slice(6, 9)), 1))
+    editor = env.logic.getSegmentEditorNode()
+    editor.SetOverwriteMode(env.slicer.vtkMRMLSegmentEditorNode.OverwriteNone)  # allow overlap
+    editor.SetMaskMode(env.slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    editor.SetMaskSegmentID(other)  # only inside "bone"
+    point = env.logic.addClick(to_world(env.world, (7, 5, 2)), axis=0)
+    target = env.array()[point.index]
     np.testing.assert_array_equal(np.argwhere(target), [[4, 6], [4, 7], [4, 8], [5, 6], [5, 7], [5, 8]])
-    assert segmentation.arrays[other].sum() == SHAPE[0] * 2 * 3  # unchanged
+    assert env.array(other).sum() == SHAPE[0] * 2 * 3  # unchanged
 
 
 def test_undo_restores_the_slice_and_removes_the_point(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
     saved = []
-    logic.saveStateForUndo = lambda: saved.append(segmentation.arrays[segment_id].copy())
-    logic.addClick(to_world(world, (2, 2, 3)), axis=0)
-    after_first = segmentation.arrays[segment_id].copy()
-    logic.addClick(to_world(world, (7, 5, 3)), axis=0)
+    env.logic.saveStateForUndo = lambda: saved.append(env.array().copy())
+    env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    after_first = env.array().copy()
+    env.logic.addClick(to_world(env.world, (7, 5, 3)), axis=0)
     assert len(saved) == 2  # an undo state before every write
-    logic.undoLastClick()
-    np.testing.assert_array_equal(segmentation.arrays[segment_id], after_first)
-    positive, _ = logic.getClickNodes()
+    np.testing.assert_array_equal(saved[1], after_first)  # taken before the second write
+    env.logic.undoLastClick()
+    np.testing.assert_array_equal(env.array(), after_first)
+    positive, _ = env.logic.getClickNodes()
     assert positive.GetNumberOfControlPoints() == 1
-    assert ("undo",) in session.calls
+    assert ("undo",) in env.session.calls
 
 
 def test_moving_and_deleting_points_recompute_their_slice(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    logic.addClick(to_world(world, (2, 2, 3)), axis=0)
-    logic.addClick(to_world(world, (7, 5, 1)), axis=0)
-    positive, _ = logic.getClickNodes()
-    positive.SetNthControlPointPositionWorld(0, *to_world(world, (5, 6, 3)))  # dragged within slice 3
-    logic.submitPointsChanged()
-    logic.waitForJobs()
-    slice3 = segmentation.arrays[segment_id][3]
+    env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    env.logic.addClick(to_world(env.world, (7, 5, 1)), axis=0)
+    positive, _ = env.logic.getClickNodes()
+    positive.SetNthControlPointPositionWorld(0, *to_world(env.world, (5, 6, 3)))  # dragged within slice 3
+    env.logic.submitPointsChanged()
+    env.logic.waitForJobs()
+    slice3 = env.array()[3]
     assert slice3[6, 5] and not slice3[2, 2]
-    assert segmentation.arrays[segment_id][1][5, 7]  # the other slice is as it was
+    assert env.array()[1][5, 7]  # the other slice is as it was
     positive.RemoveNthControlPoint(1)  # the point on slice 1 is deleted
-    logic.submitPointsChanged()
-    logic.waitForJobs()
-    assert not segmentation.arrays[segment_id][1].any()
-    assert slice3[6, 5]
+    env.logic.submitPointsChanged()
+    env.logic.waitForJobs()
+    assert not env.array()[1].any()
+    assert env.array()[3][6, 5]
 
 
 def test_a_failed_click_leaves_no_point_and_no_record(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-
     def broken(*args, **kwargs):
         raise InvalidInputError("the model failed")
 
-    session.click_slice = broken
+    env.session.click_slice = broken
     with pytest.raises(InvalidInputError, match="the model failed"):
-        logic.addClick(to_world(world, (2, 2, 3)), axis=0)
-    positive, _ = logic.getClickNodes()
-    assert positive.GetNumberOfControlPoints() == 0 and not logic.hasClicks()
+        env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    positive, _ = env.logic.getClickNodes()
+    assert positive.GetNumberOfControlPoints() == 0 and not env.logic.hasClicks()
 
 
 def test_propagation_writes_the_volume_and_adopts_hand_edits(env):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    logic.setModelSettings(propagation="interpolation")
-    logic._stale = False  # the fake session stays (settings would reopen a real one)
-    logic.addClick(to_world(world, (4, 4, 1)), axis=0)
-    segmentation.arrays[segment_id][4, 0:2, 0:2] = 1  # painted by hand in Slicer on slice 4
-    logic.propagate()
-    assert ("set", 0, 4) in session.calls  # the painted slice became an annotation
-    result = segmentation.arrays[segment_id]
+    env.logic.setModelSettings(propagation="interpolation")
+    env.logic._stale = False  # the fake session stays (settings would reopen a real one)
+    env.logic.addClick(to_world(env.world, (4, 4, 1)), axis=0)
+    paint(env.slicer, env.segmentation, env.segment_id, env.volume,
+          lambda a: a.__setitem__((4, slice(0, 2), slice(0, 2)), 1))  # painted by hand in Slicer on slice 4
+    env.logic.propagate()
+    assert ("set", 0, 4) in env.session.calls  # the painted slice became an annotation
+    result = env.array()
     assert all(result[k].any() for k in range(SHAPE[0]))  # the fake propagates to every slice
-    assert ("propagate", "interpolation", 0) in session.calls
+    assert ("propagate", "interpolation", 0) in env.session.calls
 
 
 def test_stcn_without_weights_says_what_to_do(env, monkeypatch):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    logic.addClick(to_world(world, (4, 4, 1)), axis=0)
-    monkeypatch.setattr(logic, "modelsToDownload", lambda: ["stcn"])
+    env.logic.addClick(to_world(env.world, (4, 4, 1)), axis=0)
+    monkeypatch.setattr(env.logic, "modelsToDownload", lambda: ["stcn"])
     with pytest.raises(RuntimeError, match="interpolation"):
-        logic.propagate()
+        env.logic.propagate()
 
 
 def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypatch, tmp_path):
-    module, scene, logic, segmentation, segment_id, session, world = env
-    logic.addClick(to_world(world, (2, 2, 3)), axis=0)
-    logic.addClick(to_world(world, (7, 5, 3)), axis=0, positive=False)
+    env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    env.logic.addClick(to_world(env.world, (7, 5, 3)), axis=0, positive=False)
     checkpoint = tmp_path / "model.pth"
     checkpoint.write_bytes(b"not really a model")
     monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "home"))
@@ -229,54 +278,82 @@ def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypa
 
     def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
         opened.append((volume.shape, click_model, device))
-        np.testing.assert_allclose(ijk_to_ras, world)
+        np.testing.assert_allclose(ijk_to_ras, env.world)
         return cls(FakeSession(volume.shape))
 
     monkeypatch.setattr(SessionBridge, "open", classmethod(fake_open))
     monkeypatch.setattr(SessionBridge, "warm_up", lambda self: None)
-    logic.setModelSettings(model=str(checkpoint), device="cpu", propagation="interpolation")
-    logic.addClick(to_world(world, (5, 1, 4)), axis=0)
+    env.logic.setModelSettings(model=str(checkpoint), device="cpu", propagation="interpolation")
+    env.logic.addClick(to_world(env.world, (5, 1, 4)), axis=0)
     assert opened == [(SHAPE, str(checkpoint), "cpu")]
-    replayed = [c for c in logic._bridge.session.calls if c[0] == "click"]
+    replayed = [c for c in env.logic._bridge.session.calls if c[0] == "click"]
     assert [(c[2], c[5]) for c in replayed] == [(3, True), (3, False), (4, True)]  # in click order
 
 
-def test_the_modules_own_slicer_test_passes_against_the_fake():
-    with fake_slicer_module() as (module, scene):
-        case = module.iSegFormerSlicerTest()
-        case.runTest()
+def test_the_settings_live_in_the_parameter_node_and_are_checked(env):
+    env.logic.setModelSettings(model="other_model", device="cpu", propagation="interpolation")
+    node = env.scene.GetSingletonNode("iSegFormerSlicer", "vtkMRMLScriptedModuleNode")
+    assert node is not None and node.GetAttribute("ModuleName") == "iSegFormerSlicer"
+    assert (node.GetParameter("ClickModel"), node.GetParameter("Device"), node.GetParameter("PropagationMethod")) == \
+        ("other_model", "cpu", "interpolation")
+    assert node.GetNodeReference("SourceVolume") is env.volume
+    assert node.GetNodeReference("Segmentation") is env.segmentation
+    assert node.GetParameter("SegmentID") == env.segment_id
+    with pytest.raises(ValueError, match="Unknown device 'tpu'"):
+        env.logic.setModelSettings(device="tpu")
+    with pytest.raises(ValueError, match="Unknown propagation method"):
+        env.logic.setModelSettings(propagation="magic")
+    assert env.logic.device == "cpu"  # a refused setting changes nothing
+
+
+def test_the_settings_and_point_signs_survive_saving_and_loading_the_scene(env, slicer_env, tmp_path):
+    env.logic.setModelSettings(model="other_model", device="cpu", propagation="interpolation")
+    env.logic._stale = False  # the fake session stays (settings would reopen a real one)
+    env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    env.logic.addClick(to_world(env.world, (7, 5, 3)), axis=0, positive=False)
+    positive, negative = env.logic.getClickNodes()
+    positive.SetName("renamed by the user")
+    assert env.slicer.util.saveScene(str(tmp_path / "scene"))
+    env.logic.shutdown()
+
+    slicer_env.slicer_standins.new_scene()
+    env.slicer.util.loadScene(str(tmp_path / "scene" / "scene.mrml"))
+    logic = env.module.iSegFormerSlicerLogic()
+    assert (logic.model, logic.device, logic.propagation) == ("other_model", "cpu", "interpolation")
+    assert logic.volumeNode.GetName() == "volume" and logic.segmentationNode.GetName() == "iSegFormer segmentation"
+    assert logic.segmentId == env.segment_id
+    positive, negative = logic.getClickNodes(create=False)
+    assert positive.GetName() == "renamed by the user"  # found by its sign attribute, not its name
+    assert [positive.GetNthControlPointDescription(i) for i in range(positive.GetNumberOfControlPoints())] == ["positive"]
+    assert [negative.GetNthControlPointDescription(i) for i in range(negative.GetNumberOfControlPoints())] == ["negative"]
+    logic.shutdown()
+
+
+def test_the_modules_own_slicer_test_passes_on_slicers_mrml(slicer_env):
+    case = slicer_env.module.iSegFormerSlicerTest()
+    case.runTest()
 
 
 @pytest.mark.slow
 @pytest.mark.golden
 @pytest.mark.data
-def test_the_self_test_runs_end_to_end_with_the_real_session(golden_dir, data_dir, monkeypatch):
-    """iSegFormerSlicerSelfTest with the tiny checkpoint and the real session, MRML faked."""
+def test_the_self_test_runs_end_to_end_with_the_real_session(slicer_env, golden_dir, data_dir, monkeypatch):
+    """iSegFormerSlicerSelfTest with the tiny checkpoint and the real session, on Slicer's MRML."""
     import importlib.util
 
-    from slicer_fakes import ROOT
+    import slicer_standins
 
     monkeypatch.setenv("ISEGFORMER_GOLDEN", str(golden_dir))
     monkeypatch.setenv("ISEGFORMER_DATA", str(data_dir))
     monkeypatch.delenv("ISEGFORMER_TEST_CHECKPOINT", raising=False)
-    with fake_slicer_module() as (module, scene):
-        path = ROOT / "Testing" / "Slicer" / "iSegFormerSlicerSelfTest.py"
-        spec = importlib.util.spec_from_file_location("iSegFormerSlicerSelfTest", path)
-        selftest = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(selftest)
-        selftest.iSegFormerSlicerSelfTestTest().runTest()
+    path = slicer_standins.ROOT / "Testing" / "Slicer" / "iSegFormerSlicerSelfTest.py"
+    spec = importlib.util.spec_from_file_location("iSegFormerSlicerSelfTest", path)
+    selftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(selftest)
+    selftest.iSegFormerSlicerSelfTestTest().runTest()
 
 
-# ---- the widget's wiring, with Qt faked too ------------------------------------------------
-
-from slicer_fakes import fake_slicer_widget  # noqa: E402
-
-
-def remembering(widget, getter, setter):
-    """Make a fake widget's ``setter(value)`` change what ``getter()`` returns."""
-    state = {}
-    widget.returns[setter] = lambda value: state.__setitem__("value", value)
-    widget.returns[getter] = lambda: state.get("value")
+# ---- the widget's wiring, with Slicer's MRML and the Qt stand-ins --------------------------------
 
 
 def poll_until_idle(widget, logic, timeout=10.0):
@@ -284,83 +361,147 @@ def poll_until_idle(widget, logic, timeout=10.0):
 
     deadline = time.monotonic() + timeout
     widget.onPoll()
-    while logic.isBusy() or logic._worker and logic._worker.pending_count:
+    while logic.isBusy() or logic.jobs.pendingCount:
         assert time.monotonic() < deadline, "the worker did not finish"
         time.sleep(0.01)
         widget.onPoll()
     widget.onPoll()
 
 
-def test_widget_wires_a_placed_point_to_a_written_slice_and_undo(monkeypatch):
-    with fake_slicer_widget() as (module, scene, ui):
-        volume = scene.AddNode(FakeVolumeNode(np.zeros(SHAPE, np.int16), IJK_TO_RAS))
-        red = aligned_matrix(IJK_TO_RAS, 2)  # looks along k, through slice 2
-        red[:3, 3] = to_world(IJK_TO_RAS, (0, 0, 2))
-        scene.AddNode(FakeSliceNode("Red", red))
-        widget = module.iSegFormerSlicerWidget(None)
-        widget.setup()
-        assert ui.deviceComboBox.calls[-3:] == [("addItem", ("auto",)), ("addItem", ("cuda",)), ("addItem", ("cpu",))]
-        assert ui.modelComboBox.calls[1] == ("addItem", (module.DEFAULT_MODEL,))
-        ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
-        remembering(ui.segmentEditorWidget, "segmentationNode", "setSegmentationNode")
-        remembering(ui.segmentEditorWidget, "currentSegmentID", "setCurrentSegmentID")
-        monkeypatch.setattr(module.iSegFormerSlicerLogic, "missingDependencies", staticmethod(lambda: []))
-        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelStatusText", lambda self: "ready")
-        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelNeedsDownload", lambda self: False)
-        ui.inputVolumeSelector.emit("currentNodeChanged(vtkMRMLNode*)", volume)
-        widget.enter()
-        positive, negative = widget.logic.getClickNodes()
-        observed = {(node, event) for node, event, _ in widget.observations}
-        assert (positive, 1) in observed and (negative, 1) in observed  # placement is observed
-        session = FakeSession(SHAPE)
-        widget.logic._bridge = SessionBridge(session)
+@pytest.fixture
+def ready_widget(slicer_env, monkeypatch, tmp_path):
+    """Build the widget as Slicer does, with the dependencies reported installed and an empty
+    weights cache (so no background warm-up opens a real session)."""
+    import slicer_standins
 
-        index = positive.AddControlPointWorld(to_world(IJK_TO_RAS, (7, 5, 2)))
-        widget.onPointDefined(positive, 1, index)
-        segmentation = ui.segmentEditorWidget.segmentationNode()
-        segment_id = ui.segmentEditorWidget.currentSegmentID()
-        poll_until_idle(widget, widget.logic)
-        written = segmentation.arrays[segment_id]
-        assert written[2, 4:7, 6:9].all() and written.sum() == 9
-        assert "slice 2 along k" in ui.axisInfoLabel.text
-        assert ui.propagateButton.enabled and ui.statusLabel.text == ""
-
-        index = negative.AddControlPointWorld(to_world(IJK_TO_RAS, (8, 6, 2)))
-        widget.onPointDefined(negative, 1, index)
-        poll_until_idle(widget, widget.logic)
-        assert not segmentation.arrays[segment_id][2, 6, 8]
-
-        widget.onUndoClick()  # Ctrl+Z / the Undo button
-        poll_until_idle(widget, widget.logic)
-        assert segmentation.arrays[segment_id][2, 4:7, 6:9].all()
-        assert negative.GetNumberOfControlPoints() == 0
-        saves = [c for c in ui.segmentEditorWidget.calls if c[0] == "saveStateForUndo"]
-        assert len(saves) == 3  # one Segment Editor undo state before each of the three writes
-        widget.cleanup()
+    monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "empty-cache"))
+    logic_class = slicer_env.module.iSegFormerSlicerLogic
+    monkeypatch.setattr(logic_class, "missingDependencies", staticmethod(lambda: []))
+    monkeypatch.setattr(logic_class, "modelStatusText", lambda self: "ready")
+    monkeypatch.setattr(logic_class, "modelNeedsDownload", lambda self: False)
+    widget = slicer_standins.build_module_widget(slicer_env.module.iSegFormerSlicerWidget)
+    yield widget
+    widget.cleanup()
 
 
-def test_widget_refuses_a_point_from_an_oblique_view_and_says_why(monkeypatch):
-    with fake_slicer_widget() as (module, scene, ui):
-        volume = scene.AddNode(FakeVolumeNode(np.zeros(SHAPE, np.int16), IJK_TO_RAS))
-        aligned = aligned_matrix(IJK_TO_RAS, 2)
-        aligned[:3, 3] = to_world(IJK_TO_RAS, (5, 4, 3))  # the plane passes through the point
-        rotated = rotation_about(aligned[:3, 0], 20.0)
-        rotated[:3, 3] = aligned[:3, 3] - rotated[:3, :3] @ aligned[:3, 3]  # rotate about that point
-        scene.AddNode(FakeSliceNode("Green", rotated @ aligned))
-        widget = module.iSegFormerSlicerWidget(None)
-        widget.setup()
-        ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
-        monkeypatch.setattr(module.iSegFormerSlicerLogic, "missingDependencies", staticmethod(lambda: []))
-        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelStatusText", lambda self: "ready")
-        monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelNeedsDownload", lambda self: False)
-        widget.enter()
-        positive, _ = widget.logic.getClickNodes()
-        index = positive.AddControlPointWorld(to_world(IJK_TO_RAS, (5, 4, 3)))
-        widget.onPointDefined(positive, 1, index)
-        assert "Green" in ui.statusLabel.text and "oblique" in ui.statusLabel.text
-        assert positive.GetNumberOfControlPoints() == 0 and not widget.logic.hasClicks()
-        assert not widget.logic.isBusy()
-        widget.cleanup()
+def test_widget_wires_a_placed_point_to_a_written_slice_and_undo(slicer_env, ready_widget, monkeypatch):
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    ui = widget.ui
+    volume = add_volume(slicer, np.zeros(SHAPE, np.int16))
+    red = aligned_matrix(IJK_TO_RAS, 2)  # looks along k, through slice 2
+    red[:3, 3] = to_world(IJK_TO_RAS, (0, 0, 2))
+    slice_node(slicer, "Red", red)
+    assert [ui.deviceComboBox.itemText(i) for i in range(ui.deviceComboBox.count())] == ["auto", "cuda", "cpu"]
+    assert ui.modelComboBox.itemText(0) == slicer_env.module.DEFAULT_MODEL
+    saves = []
+    real_save = slicer_standins.qMRMLSegmentEditorWidget.saveStateForUndo
+    monkeypatch.setattr(slicer_standins.qMRMLSegmentEditorWidget, "saveStateForUndo",
+                        lambda self: (saves.append(1), real_save(self)))
+    slicer_standins.enter_module(widget)
+    ui.inputVolumeSelector.setCurrentNode(volume)
+    assert widget.logic.volumeNode is volume
+    positive, negative = widget.logic.getClickNodes()
+    observed = {(obj, event) for obj, event, *_ in widget.Observations}
+    defined = slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent
+    assert (positive, defined) in observed and (negative, defined) in observed  # placement is observed
+    assert ui.positivePlaceWidget.currentNode() is positive
+    session = FakeSession(SHAPE)
+    widget.logic._bridge = SessionBridge(session)
+
+    # A point added to the list fires Slicer's PointPositionDefinedEvent: the widget's observer acts.
+    positive.AddControlPointWorld(*to_world(IJK_TO_RAS, (7, 5, 2)))
+    segmentation = ui.segmentEditorWidget.segmentationNode()
+    segment_id = ui.segmentEditorWidget.currentSegmentID()
+    assert segmentation is not None and segment_id
+    poll_until_idle(widget, widget.logic)
+    written = segment(slicer, segmentation, segment_id, volume)
+    assert written[2, 4:7, 6:9].all() and written.sum() == 9
+    assert "slice 2 along k" in ui.axisInfoLabel.text
+    assert ui.propagateButton.enabled and ui.statusLabel.text == ""
+    assert positive.GetNthControlPointDescription(0) == "positive"
+
+    negative.AddControlPointWorld(*to_world(IJK_TO_RAS, (8, 6, 2)))
+    poll_until_idle(widget, widget.logic)
+    assert not segment(slicer, segmentation, segment_id, volume)[2, 6, 8]
+    assert negative.GetNthControlPointDescription(0) == "negative"
+
+    ui.undoClickButton.click()  # the Undo button (Ctrl+Z in the application)
+    poll_until_idle(widget, widget.logic)
+    assert segment(slicer, segmentation, segment_id, volume)[2, 4:7, 6:9].all()
+    assert negative.GetNumberOfControlPoints() == 0
+    assert len(saves) == 3  # one Segment Editor undo state before each of the three writes
+    assert ui.segmentEditorWidget.segmentEditorLogic().CanUndo()
+
+
+def test_widget_refuses_a_point_from_an_oblique_view_and_says_why(slicer_env, ready_widget):
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    volume = add_volume(slicer, np.zeros(SHAPE, np.int16))
+    aligned = aligned_matrix(IJK_TO_RAS, 2)
+    aligned[:3, 3] = to_world(IJK_TO_RAS, (5, 4, 3))  # the plane passes through the point
+    rotated = rotation_about(aligned[:3, 0], 20.0)
+    rotated[:3, 3] = aligned[:3, 3] - rotated[:3, :3] @ aligned[:3, 3]  # rotate about that point
+    slice_node(slicer, "Green", rotated @ aligned)
+    slicer_standins.enter_module(widget)
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    positive, _ = widget.logic.getClickNodes()
+    positive.AddControlPointWorld(*to_world(IJK_TO_RAS, (5, 4, 3)))
+    assert "Green" in widget.ui.statusLabel.text and "oblique" in widget.ui.statusLabel.text
+    assert positive.GetNumberOfControlPoints() == 0 and not widget.logic.hasClicks()
+    assert not widget.logic.isBusy()
+
+
+def test_widget_shows_the_parameter_nodes_settings_when_entered(slicer_env, ready_widget, tmp_path):
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    volume = add_volume(slicer, np.zeros(SHAPE, np.int16))
+    checkpoint = tmp_path / "mine.pth"
+    parameters = widget.logic.parameters
+    parameters.sourceVolume = volume
+    parameters.clickModel, parameters.device, parameters.propagationMethod = str(checkpoint), "cpu", "interpolation"
+    slicer_standins.enter_module(widget)
+    ui = widget.ui
+    assert ui.inputVolumeSelector.currentNode() is volume
+    assert ui.checkpointPathLineEdit.currentPath == str(checkpoint)
+    assert (ui.deviceComboBox.currentText, ui.propagationComboBox.currentText) == ("cpu", "interpolation")
+    assert (widget.logic.model, widget.logic.device) == (str(checkpoint), "cpu")  # not overwritten meanwhile
+    ui.deviceComboBox.currentText = "auto"  # the user's choice goes back to the parameter node
+    assert parameters.node.GetParameter("Device") == "auto"
+
+
+def test_choosing_a_volume_and_a_cached_model_warms_the_model_up_in_the_background(slicer_env, ready_widget,
+                                                                                  monkeypatch, tmp_path):
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stands for a checkpoint")
+    opened, warmed = [], []
+
+    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
+        opened.append((volume.shape, click_model, device))
+        return cls(FakeSession(volume.shape))
+
+    monkeypatch.setattr(SessionBridge, "open", classmethod(fake_open))
+    monkeypatch.setattr(SessionBridge, "warm_up", lambda self: warmed.append(self))
+    slicer_standins.enter_module(widget)
+    widget.ui.checkpointPathLineEdit.currentPath = str(checkpoint)
+    assert not opened and not widget.logic.isBusy()  # no volume yet: nothing to open
+    volume = add_volume(slicer, np.zeros(SHAPE, np.int16))
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    assert widget._pollTimer.isActive()
+    poll_until_idle(widget, widget.logic)
+    assert opened == [(SHAPE, str(checkpoint), "auto")] and len(warmed) == 1
+    assert widget.logic._bridge is not None and widget._progressDialog is None  # no dialog for it
+    widget.ui.propagationComboBox.currentText = "interpolation"  # another setting: opened again
+    poll_until_idle(widget, widget.logic)
+    assert len(opened) == 2 and len(warmed) == 2
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)  # the same choice again: nothing to do
+    assert not widget.logic.isBusy() and len(opened) == 2
 
 
 # ---- fine-tuning on the segmented slices (a separate process) ---------------------------------
@@ -369,41 +510,45 @@ FT_SHAPE = (7, 24, 28)  # (k, j, i): slices along k are 24 x 28
 
 
 @pytest.fixture
-def finetune_env():
+def finetune_env(slicer_env):
     """A Logic on a synthetic volume (a bright block on noise) with a fake session."""
-    with fake_slicer_module() as (module, scene):
-        rng = np.random.default_rng(3)
-        array = rng.normal(100.0, 10.0, FT_SHAPE).astype(np.int16)
-        array[:, 6:18, 8:22] += 300
-        volume = scene.AddNode(FakeVolumeNode(array, IJK_TO_RAS, name="knee 1"))
-        logic = module.iSegFormerSlicerLogic()
-        logic.setVolume(volume)
-        segmentation, segment_id = logic.setSegmentation()
-        logic._bridge = SessionBridge(FakeSession(FT_SHAPE))
-        yield module, logic, volume, segmentation, segment_id
-        logic.shutdown()
+    rng = np.random.default_rng(3)
+    array = rng.normal(100.0, 10.0, FT_SHAPE).astype(np.int16)
+    array[:, 6:18, 8:22] += 300
+    volume = add_volume(slicer_env.slicer, array, name="knee 1")
+    logic = slicer_env.module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    segmentation, segment_id = logic.setSegmentation()
+    logic._bridge = SessionBridge(FakeSession(FT_SHAPE))
+    yield slicer_env, logic, volume, segmentation, segment_id
+    logic.shutdown()
 
 
 def annotate(logic, segmentation, segment_id):
     """Points on k slices 1 and 4, slice 3 painted by hand, a propagation (the fake fills every
     slice), then slice 5 painted by hand: the annotated slices are 1, 3, 4, 5."""
+    import slicer
+
+    volume = logic.volumeNode
     logic.setModelSettings(propagation="interpolation")
     logic._stale = False  # keep the fake session
     logic.addClick(to_world(IJK_TO_RAS, (12, 10, 1)), axis=0)
     logic.addClick(to_world(IJK_TO_RAS, (14, 12, 4)), axis=0)
-    segmentation.arrays[segment_id][3, 6:18, 8:22] = 1
+    paint(slicer, segmentation, segment_id, volume, lambda a: a.__setitem__((3, slice(6, 18), slice(8, 22)), 1))
     logic.propagate()
-    segmentation.arrays[segment_id][5, 19:23, 1:6] = 1  # outside what propagation wrote
+    # outside what propagation wrote
+    paint(slicer, segmentation, segment_id, volume, lambda a: a.__setitem__((5, slice(19, 23), slice(1, 6)), 1))
 
 
 def test_finetune_learns_from_the_annotated_slices_not_the_propagated_ones(finetune_env):
-    module, logic, volume, segmentation, segment_id = finetune_env
+    slicer_env, logic, volume, segmentation, segment_id = finetune_env
+    slicer = slicer_env.slicer
     annotate(logic, segmentation, segment_id)
-    assert segmentation.arrays[segment_id][[0, 2, 6]].any(axis=(1, 2)).all()  # propagated slices hold it
+    assert segment(slicer, segmentation, segment_id, volume)[[0, 2, 6]].any(axis=(1, 2)).all()  # propagated
     assert logic.finetuneSlices() == (0, [1, 3, 4, 5], "annotated")
     # a segment drawn with other tools only: every slice that holds it, along the asked axis
     other = segmentation.GetSegmentation().AddEmptySegment("", "bone")
-    segmentation.arrays[other][2:5, 10:12, 3] = 1
+    paint(slicer, segmentation, other, volume, lambda a: a.__setitem__((slice(2, 5), slice(10, 12), 3), 1))
     assert logic.finetuneSlices(other) == (0, [2, 3, 4], "labelled")
     assert logic.finetuneSlices(other, axis=2) == (2, [3], "labelled")
     empty = segmentation.GetSegmentation().AddEmptySegment("", "empty")
@@ -491,12 +636,12 @@ def poll_to_the_end(logic, limit=20):
 
 
 def test_finetune_exports_the_volume_and_segment_and_switches_the_model(finetune_env, stub_process):
-    module, logic, volume, segmentation, segment_id = finetune_env
+    slicer_env, logic, volume, segmentation, segment_id = finetune_env
     annotate(logic, segmentation, segment_id)
-    expected_labels = segmentation.arrays[segment_id].copy()
+    expected_labels = segment(slicer_env.slicer, segmentation, segment_id, volume).copy()
     logic.startFinetune(epochs=3)
     job = stub_process.last
-    np.testing.assert_array_equal(job.image.array, volume.array)
+    np.testing.assert_array_equal(job.image.array, slicer_env.slicer.util.arrayFromVolume(volume))
     np.testing.assert_allclose(job.image.ijk_to_ras, IJK_TO_RAS, atol=1e-6)
     np.testing.assert_array_equal(job.label.array, expected_labels)
     for flag, value in (("--axis", "k"), ("--slices", "1,3,4,5"), ("--label-value", "1"),
@@ -516,7 +661,7 @@ def test_finetune_exports_the_volume_and_segment_and_switches_the_model(finetune
 
 
 def test_a_cancelled_or_failed_finetune_keeps_the_model(finetune_env, stub_process, tmp_path):
-    module, logic, volume, segmentation, segment_id = finetune_env
+    slicer_env, logic, volume, segmentation, segment_id = finetune_env
     previous = tmp_path / "previous.pth"
     previous.write_bytes(b"a previous fine-tune")
     logic.setModelSettings(model=str(previous))
@@ -539,54 +684,52 @@ def test_a_cancelled_or_failed_finetune_keeps_the_model(finetune_env, stub_proce
         logic.waitForFinetune()
 
 
-def test_widget_finetune_button_dialog_cancel_and_model_switch(monkeypatch, stub_process):
-    with fake_slicer_widget() as (module, scene, ui):
-        rng = np.random.default_rng(4)
-        volume = scene.AddNode(FakeVolumeNode(rng.normal(size=FT_SHAPE).astype(np.float32), IJK_TO_RAS))
-        widget = module.iSegFormerSlicerWidget(None)
-        widget.setup()
-        assert ("clicked()" in ui.finetuneButton._slots) and ui.finetuneButton._slots["clicked()"] == [widget.onFinetune]
-        ui.inputVolumeSelector.returns["currentNode"] = lambda: volume
-        remembering(ui.segmentEditorWidget, "segmentationNode", "setSegmentationNode")
-        remembering(ui.segmentEditorWidget, "currentSegmentID", "setCurrentSegmentID")
-        for name, value in (("missingDependencies", staticmethod(lambda: [])),
-                            ("modelStatusText", lambda self: "ready"), ("modelNeedsDownload", lambda self: False)):
-            monkeypatch.setattr(module.iSegFormerSlicerLogic, name, value)
-        widget.enter()
-        widget.onFinetune()  # no segment selected yet: says what to do, starts nothing
-        assert module.slicer.util.messages[-1][0] == "warning" and not widget.logic.isFinetuning()
+def test_widget_finetune_button_dialog_cancel_and_model_switch(slicer_env, ready_widget, stub_process, caplog):
+    import slicer_standins
 
-        segmentation, segment_id = widget.logic.setSegmentation(volume)
-        segmentation.arrays[segment_id][2:4, 5:15, 5:15] = 1  # drawn with the Segment Editor
-        ui.segmentEditorWidget.setSegmentationNode(segmentation)
-        ui.segmentEditorWidget.setCurrentSegmentID(segment_id)
-        ui.finetuneEpochsSpinBox.value = 2
-        widget.onFinetune()
-        assert stub_process.last.option("--epochs") == "2" and stub_process.last.option("--slices") == "2,3"
-        assert "2 slices holding the segment along k" in ui.finetuneStatusLabel.text
-        assert not ui.finetuneButton.enabled  # one run at a time
-        timer = widget._finetuneTimer
-        assert ("start", ()) in timer.calls
-        widget._finetuneStarted -= 2.0  # the run has lasted more than a second: the dialog shows
-        widget.onFinetunePoll()
-        widget.onFinetunePoll()
-        dialog = widget._finetuneDialog
-        assert dialog.visible and dialog.maximum == 2 and dialog.value == 1
-        dialog.emit("canceled()")  # the dialog's Cancel
-        assert "Stopping" in ui.finetuneStatusLabel.text
-        for _ in range(3):
-            widget.onFinetunePoll()
-        assert ("stop", ()) in timer.calls and not dialog.visible
-        assert "unchanged" in ui.finetuneStatusLabel.text and ui.finetuneButton.enabled
-        assert ui.checkpointPathLineEdit.currentPath == "" and widget.logic.model == module.DEFAULT_MODEL
+    slicer, widget = slicer_env.slicer, ready_widget
+    ui = widget.ui
+    rng = np.random.default_rng(4)
+    volume = add_volume(slicer, rng.normal(size=FT_SHAPE).astype(np.float32))
+    assert ui.finetuneButton.slots("clicked()") == [widget.onFinetune]
+    slicer_standins.enter_module(widget)
+    ui.inputVolumeSelector.setCurrentNode(volume)
+    with caplog.at_level(logging.WARNING):
+        ui.finetuneButton.click()  # no segment selected yet: says what to do, starts nothing
+    assert any(r.levelno == logging.WARNING and "Select the segment" in r.getMessage() for r in caplog.records)
+    assert not widget.logic.isFinetuning()
 
-        widget.onFinetune()
-        for _ in range(6):
-            widget.onFinetunePoll()
-        checkpoint = str(stub_process.last.out_dir / "model.pth")
-        assert ui.checkpointPathLineEdit.currentPath == checkpoint == widget.logic.model
-        assert checkpoint in ui.finetuneStatusLabel.text
-        widget.cleanup()
+    segmentation, segment_id = widget.logic.setSegmentation(volume)
+    paint(slicer, segmentation, segment_id, volume,  # drawn with the Segment Editor
+          lambda a: a.__setitem__((slice(2, 4), slice(5, 15), slice(5, 15)), 1))
+    ui.segmentEditorWidget.setSegmentationNode(segmentation)
+    ui.segmentEditorWidget.setCurrentSegmentID(segment_id)
+    ui.finetuneEpochsSpinBox.value = 2
+    ui.finetuneButton.click()
+    assert stub_process.last.option("--epochs") == "2" and stub_process.last.option("--slices") == "2,3"
+    assert "2 slices holding the segment along k" in ui.finetuneStatusLabel.text
+    assert not ui.finetuneButton.enabled  # one run at a time
+    timer = widget._finetuneTimer
+    assert timer.isActive()
+    widget._finetuneStarted -= 2.0  # the run has lasted more than a second: the dialog shows
+    timer.fire()
+    timer.fire()
+    dialog = widget._finetuneDialog
+    assert dialog.visible and dialog.maximum == 2 and dialog.value == 1
+    dialog.cancel()  # the dialog's Cancel
+    assert "Stopping" in ui.finetuneStatusLabel.text
+    for _ in range(3):
+        timer.fire()
+    assert not timer.isActive() and not dialog.visible
+    assert "unchanged" in ui.finetuneStatusLabel.text and ui.finetuneButton.enabled
+    assert ui.checkpointPathLineEdit.currentPath == "" and widget.logic.model == slicer_env.module.DEFAULT_MODEL
+
+    ui.finetuneButton.click()
+    for _ in range(6):
+        timer.fire()
+    checkpoint = str(stub_process.last.out_dir / "model.pth")
+    assert ui.checkpointPathLineEdit.currentPath == checkpoint == widget.logic.model
+    assert checkpoint in ui.finetuneStatusLabel.text
 
 
 @pytest.mark.golden
@@ -595,7 +738,7 @@ def test_finetune_runs_a_real_tiny_training_process_and_uses_its_checkpoint(fine
     import json
     import os
 
-    module, logic, volume, segmentation, segment_id = finetune_env
+    slicer_env, logic, volume, segmentation, segment_id = finetune_env
     annotate(logic, segmentation, segment_id)
     job = logic.startFinetune(
         epochs=1, init=str(golden_dir / "tiny_isegformer.pth"), device="cpu", steps_per_epoch=2,

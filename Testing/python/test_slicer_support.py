@@ -423,7 +423,7 @@ def test_unmet_lists_missing_and_out_of_range_packages():
 
 from isegformer.slicer_support.session_bridge import ClickSpec, SessionBridge  # noqa: E402
 from isegformer.slicer_support.transforms import SlicePoint  # noqa: E402
-from slicer_fakes import FakeSession  # noqa: E402
+from session_fakes import FakeSession  # noqa: E402
 
 
 def test_bridge_opens_the_session_with_the_volume_and_options():

@@ -1,0 +1,629 @@
+"""iSegFormerSlicerLogic: everything the module does, with no Qt, usable from the Python console.
+
+The Logic turns MRML nodes into plain arrays and matrices, runs the ``isegformer`` session on
+a worker thread (through ``isegformer.slicer_support``), and writes results back into
+segments on the calling thread. It imports neither ``qt`` nor ``ctk``: it runs on Slicer's
+own MRML from the ``slicer-core`` wheel as well as in the application. Neither torch nor
+``isegformer`` is imported when this file is loaded: both come in only after the explicit
+dependency step.
+"""
+import logging
+import os
+
+import numpy as np
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from . import _, MODULE_NAME, support
+from . import clicks, geometry, models
+from .finetune import FinetuneActions, editedSlices
+from .jobs import JobQueue
+from .models import DEFAULT_MODEL, STCN_MODEL
+from .parameters import DEVICES, PROPAGATION_METHODS, ModuleParameters
+
+# Names other code and older scripts import from here.
+POSITIVE_NODE_NAME = clicks.POSITIVE_NODE_NAME
+NEGATIVE_NODE_NAME = clicks.NEGATIVE_NODE_NAME
+PLACING_ATTRIBUTE = clicks.PLACING_ATTRIBUTE
+
+
+class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
+    """Everything the module does, usable from the Python console without the widget.
+
+    Synchronous methods (``addClick``, ``propagate``, ``undoLastClick``) run the model in the
+    calling thread; the widget uses the ``submit...`` variants, which run it on the worker
+    thread and apply the result on the GUI thread when ``pollEvents`` sees it finish.
+
+    The source volume, segmentation, segment, click model, device and propagation method live
+    in the module's parameter node (:mod:`parameters`), so they are saved with the scene.
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        #: called before every write so the Segment Editor can undo it (the widget sets it)
+        self.saveStateForUndo = None
+        #: the Segment Editor node whose masking and overwrite settings writes follow
+        self.segmentEditorNode = None
+        self.viewAlignmentToleranceDegrees = 1.0
+        #: the torch device the open session runs on ("cuda:0", "cpu"); None before it opens
+        self.activeDevice = None
+        self.jobs = JobQueue()
+        self._bridge = None
+        self._stale = False  # True: reopen the session (settings changed) before the next job
+        self._opening = False  # True while a job opening the session is queued or running
+        self._generation = 0
+        self._records = []
+        self._order = 0
+        self._written = {}  # segment ID -> (k, j, i) bool mask the module last wrote
+        self._handEdited = {}  # (segment ID, axis) -> slices edited by hand that a propagation adopted
+        self._initFinetune()
+
+    # ---- state (in the parameter node) ---------------------------------------------------------
+    @property
+    def parameters(self):
+        """The module's parameter node, wrapped (created in the scene on first use)."""
+        return ModuleParameters(self.getParameterNode())
+
+    @property
+    def volumeNode(self):
+        return self.parameters.sourceVolume
+
+    @property
+    def segmentationNode(self):
+        return self.parameters.segmentation
+
+    @property
+    def segmentId(self):
+        return self.parameters.segmentId
+
+    @property
+    def model(self):
+        return self.parameters.clickModel
+
+    @property
+    def device(self):
+        return self.parameters.device
+
+    @property
+    def propagation(self):
+        return self.parameters.propagationMethod
+
+    # ---- dependencies -----------------------------------------------------------------------
+    @staticmethod
+    def missingDependencies():
+        """Names of the Python packages that are missing or outside the supported versions."""
+        deps = support().dependencies
+        return [req.name for req, _version in deps.unmet((deps.TORCH, *deps.PIP_REQUIREMENTS))]
+
+    def installDependencies(self, askConfirmation=True):
+        """Install torch (through the PyTorch extension) and the other packages (Slicer's pip).
+
+        Asks first when ``askConfirmation``. Returns True when everything is installed.
+        """
+        deps = support().dependencies
+        torchProblems = deps.unmet((deps.TORCH,))
+        pipProblems = deps.unmet(deps.PIP_REQUIREMENTS)
+        if not torchProblems and not pipProblems:
+            return True
+        if askConfirmation and not slicer.app.testingEnabled():
+            text = _(
+                "iSegFormer needs these Python packages:\n{problems}\n\nPyTorch is installed by the "
+                "PyTorch extension (matching your NVIDIA driver, or the CPU build), the others with "
+                "pip. This downloads up to a few GB and takes minutes. Install now?"
+            ).format(problems=deps.describe(torchProblems + pipProblems))
+            if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("iSegFormer dependencies")):
+                return False
+        if torchProblems:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise RuntimeError(
+                    "The PyTorch extension is not installed: install 'PyTorch' from the Extensions "
+                    "Manager, restart Slicer, and press Install again."
+                )
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            requirement = deps.TORCH.specifier[len("torch"):]
+            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None:
+                return False
+        if pipProblems:
+            slicer.util.pip_install(" ".join(req.specifier for req, _version in pipProblems))
+        return not deps.unmet((deps.TORCH, *deps.PIP_REQUIREMENTS))
+
+    # ---- models -----------------------------------------------------------------------------
+    @staticmethod
+    def clickModelNames():
+        """Click models of the bundled registry, read as JSON (no package import)."""
+        return models.clickModelNames()
+
+    def setModelSettings(self, model=None, device=None, propagation=None):
+        """Choose the click model (registry name or checkpoint path), device and propagation.
+
+        Changed settings reopen the session on its next use, the clicks replayed; with a volume
+        chosen, the new click model is loaded and warmed up in the background at once.
+        """
+        if device and device not in DEVICES:
+            raise ValueError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
+        if propagation and propagation not in PROPAGATION_METHODS:
+            raise ValueError(f"Unknown propagation method {propagation!r}: choose one of {', '.join(PROPAGATION_METHODS)}.")
+        parameters = self.parameters
+        changed = False
+        for name, value in (("clickModel", model), ("device", device), ("propagationMethod", propagation)):
+            if value and getattr(parameters, name) != value:
+                setattr(parameters, name, value)
+                changed = True
+        if changed and (self._bridge is not None or self._opening):
+            self._stale = True  # reopened with the new settings, clicks replayed, on next use
+
+    def _isPath(self, name):
+        return models.isCheckpointPath(name)
+
+    def modelsToDownload(self):
+        """Registry names needed by the current settings that are not in the cache yet."""
+        if self.missingDependencies():
+            return []
+        return models.modelsToDownload(self.model, self.propagation)
+
+    def modelNeedsDownload(self):
+        try:
+            return bool(self.modelsToDownload())
+        except Exception:  # a broken registry is reported by modelStatusText
+            return False
+
+    def modelStatusText(self):
+        if self.missingDependencies():
+            return _("Install the dependencies to use a model.")
+        try:
+            missing = [] if models.isCheckpointPath(self.model) else self.modelsToDownload()
+        except Exception as err:
+            return str(err)
+        return models.statusText(self.model, missing)
+
+    def downloadModels(self, names, progress=None):
+        """Download registry entries into the cache (with progress and cancel). Worker-safe."""
+        return models.downloadModels(names, progress)
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def getSegmentEditorNode(self):
+        """The module's own Segment Editor parameter node (masking and overwrite settings)."""
+        node = slicer.mrmlScene.GetSingletonNode(MODULE_NAME, "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(MODULE_NAME)
+            node = slicer.mrmlScene.AddNode(node)
+        self.segmentEditorNode = node
+        return node
+
+    def setVolume(self, volumeNode):
+        """Use ``volumeNode`` (a scalar volume) as the source; forgets the clicks of the previous one."""
+        if volumeNode is self.volumeNode:
+            return
+        self.parameters.sourceVolume = volumeNode
+        self._closeSession()
+        self._records = []
+        self._written = {}
+        self._handEdited = {}
+        for node in self.getClickNodes(create=False):
+            if node is not None:
+                node.RemoveAllControlPoints()
+
+    def setSegmentation(self, volumeNode=None, segmentationNode=None, segmentId=None):
+        """Use (and create when None) a segmentation and segment; returns (node, segment ID)."""
+        if volumeNode is not None:
+            self.setVolume(volumeNode)
+        if self.volumeNode is None:
+            raise ValueError("Select the source volume first.")
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "iSegFormer segmentation")
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        if not segmentId or segmentation.GetSegment(segmentId) is None:
+            segmentId = segmentation.AddEmptySegment("", "Segment_%d" % (segmentation.GetNumberOfSegments() + 1))
+        parameters = self.parameters
+        parameters.segmentation = segmentationNode
+        parameters.segmentId = segmentId
+        return segmentationNode, segmentId
+
+    @staticmethod
+    def getClickNodes(create=True):
+        """(positive, negative) point lists, created on first use."""
+        return clicks.getClickNodes(create)
+
+    # ---- geometry (GUI thread: reads MRML) --------------------------------------------------
+    def volumeIJKToWorld(self):
+        """The source volume's 4x4 IJK-to-world matrix, its parent transforms applied."""
+        return geometry.volumeIJKToWorld(self.volumeNode)
+
+    def locateClick(self, rasPoint, sliceNode=None, axis=None):
+        """Where a world (RAS) point falls: a SlicePoint (axis, slice index, row, col).
+
+        The axis comes from ``sliceNode``'s normal (sign-aware) unless given; an oblique view
+        raises ObliqueViewError and nothing else happens.
+        """
+        return geometry.locateClick(self.volumeNode, rasPoint, sliceNode, axis, self.viewAlignmentToleranceDegrees)
+
+    # ---- the worker -------------------------------------------------------------------------
+    def submit(self, function, label="", apply=None, onFailure=None):
+        """Run ``function(progress)`` on the worker; ``apply(result)`` runs later on this thread,
+        ``onFailure()`` instead when the job fails or is cancelled."""
+        return self.jobs.submit(function, label, apply, onFailure)
+
+    def pollEvents(self):
+        """Deliver finished jobs: apply their results (MRML writes happen here) and return events."""
+        return self.jobs.poll()
+
+    def isBusy(self):
+        return self.jobs.busy
+
+    def cancelAll(self):
+        self.jobs.cancel()
+
+    def waitForJobs(self, timeout=None):
+        """Block until the worker is idle and apply the results (scripts and tests)."""
+        return self.jobs.wait(timeout)
+
+    def shutdown(self):
+        self.jobs.shutdown()
+        self._stopFinetune()
+
+    def reset(self):
+        """Forget the session and the clicks (scene closed); the parameter node goes with the scene."""
+        self._closeSession()
+        self._records = []
+        self._written = {}
+        self._handEdited = {}
+
+    # ---- the session (worker thread) --------------------------------------------------------
+    def _closeSession(self):
+        """Drop the session (new volume, scene closed): pending work is cancelled."""
+        self._generation += 1
+        self._bridge = None
+        self._stale = False
+        self._opening = False
+        self.jobs.cancel()
+
+    def _openSessionJob(self):
+        """A worker job that opens a session (model loaded and warmed up) and replays the clicks.
+
+        Replaying the recorded clicks lets a new session (other model or device, or STCN weights
+        downloaded since) continue exactly where the previous one was.
+        """
+        from isegformer.slicer_support.session_bridge import ClickSpec
+
+        volume = slicer.util.arrayFromVolume(self.volumeNode).copy()
+        ijkToWorld = self.volumeIJKToWorld()
+        model, device, propagation = self.model, self.device, self.propagation
+        generation = self._generation
+        slices = {}
+        for record in sorted(self._records, key=lambda r: r.order):
+            slices.setdefault(record.sliceKey, []).append(ClickSpec(record.point.row, record.point.col, record.positive))
+
+        def openSession(progress):
+            from isegformer.errors import WeightsError
+            from isegformer.slicer_support.session_bridge import SessionBridge
+            from isegformer.weights.resolve import resolve_model
+
+            progress(0, 0, "Loading the model...")
+            try:
+                checkpoint = resolve_model(model, download=False)
+            except WeightsError as err:
+                raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
+            stcnWeights = None
+            if propagation == "stcn":
+                try:  # clicks work without STCN; Propagate says what is missing
+                    stcnWeights = str(resolve_model(STCN_MODEL, download=False))
+                except WeightsError as err:
+                    logging.warning("iSegFormer: STCN weights not available yet: %s", err)
+            bridge = SessionBridge.open(volume, ijkToWorld, click_model=str(checkpoint), device=device,
+                                        stcn_weights=stcnWeights)
+            bridge.warm_up()
+            for number, ((segmentId, axis, index), clickSpecs) in enumerate(slices.items(), start=1):
+                progress(number, len(slices), "Restoring the clicks...")
+                bridge.replay(segmentId, axis, index, clickSpecs)
+            if generation == self._generation:  # else the volume changed meanwhile
+                self._bridge = bridge
+            predictor = getattr(bridge.session, "predictor", None)
+            return str(getattr(predictor, "device", device))
+
+        return openSession
+
+    def _sessionOpened(self, deviceName):
+        self._opening = False
+        self.activeDevice = deviceName
+        if deviceName == "cpu":
+            logging.warning("iSegFormer runs on the CPU: each click takes seconds. A CUDA GPU is much faster.")
+
+    def _submitOpen(self):
+        self._stale = False
+        self._opening = True
+        generation = self._generation
+
+        def failed():
+            if generation == self._generation:
+                self._opening = False
+
+        return self.submit(self._openSessionJob(), label="open", apply=self._sessionOpened, onFailure=failed)
+
+    def warmUpInBackground(self):
+        """Open the session on the worker thread: the click model loaded and run once, so that
+        the first click costs one click, not an import, a load and a warm-up.
+
+        Returns the job ID, or None when there is nothing to do: no volume, dependencies
+        missing, the click model not downloaded yet, or a session already open (or opening)
+        with the current settings.
+        """
+        if self.volumeNode is None:
+            return None
+        if not self._stale and (self._bridge is not None or self._opening):
+            return None
+        if self.missingDependencies():
+            return None
+        if models.isCheckpointPath(self.model):
+            if not os.path.isfile(self.model):
+                return None
+        elif models.modelsToDownload(self.model, propagation=None):
+            return None
+        return self._submitOpen()
+
+    def _submitWithSession(self, function, label, apply, onFailure=None):
+        """Queue ``function(bridge, progress)``, after opening the session if none is open."""
+        if (self._bridge is None and not self._opening) or self._stale:
+            self._submitOpen()
+
+        def run(progress):
+            bridge = self._bridge
+            if bridge is None:
+                raise RuntimeError(
+                    "No iSegFormer session: the model could not be loaded (see the previous error), "
+                    "or the volume changed meanwhile. Place the point again."
+                )
+            return function(bridge, progress)
+
+        return self.submit(run, label=label, apply=apply, onFailure=onFailure)
+
+    # ---- clicks -----------------------------------------------------------------------------
+    def submitClick(self, pointId, rasPoint, positive, segmentId=None, sliceNode=None, axis=None):
+        """Queue a click at a world point; its slice is written when the result arrives."""
+        from isegformer.slicer_support.session_bridge import SliceUpdate  # noqa: F401 (checks the package)
+
+        segmentId = segmentId or self.segmentId
+        point = self.locateClick(rasPoint, sliceNode, axis)
+        self._order += 1
+        record = clicks.ClickRecord(pointId, bool(positive), segmentId, point, self._order)
+        jobId = self._submitWithSession(  # first: a session opened now replays only earlier clicks
+            lambda bridge, progress: bridge.click(segmentId, point, bool(positive)),
+            label="click", apply=self.applySliceUpdate, onFailure=lambda: self._forgetRecord(record),
+        )
+        self._records.append(record)
+        return jobId
+
+    def _forgetRecord(self, record):
+        """A click that did not reach the session leaves no point behind."""
+        if record in self._records:
+            self._records.remove(record)
+        clicks.removePointById(record.pointId)
+
+    def submitPointsChanged(self, sliceNode=None):
+        """After points moved or were deleted: re-run the clicks of every slice that changed."""
+        current = clicks.currentPositions()
+        affected = set()
+        kept = []
+        for record in self._records:
+            if record.pointId not in current:
+                affected.add(record.sliceKey)  # deleted
+                continue
+            moved = self.locateClick(current[record.pointId], axis=record.point.axis)
+            if (moved.index, round(moved.row, 3), round(moved.col, 3)) != (
+                    record.point.index, round(record.point.row, 3), round(record.point.col, 3)):
+                affected.add(record.sliceKey)  # the slice it left
+                record.point = moved
+                affected.add(record.sliceKey)  # the slice it is on now
+            kept.append(record)
+        self._records = kept
+        return [self._submitReplay(*key) for key in sorted(affected)]
+
+    def _clicksOf(self, segmentId, axis, index):
+        from isegformer.slicer_support.session_bridge import ClickSpec
+
+        records = sorted((r for r in self._records if r.sliceKey == (segmentId, axis, index)), key=lambda r: r.order)
+        return [ClickSpec(r.point.row, r.point.col, r.positive) for r in records]
+
+    def _submitReplay(self, segmentId, axis, index):
+        clickSpecs = self._clicksOf(segmentId, axis, index)
+        return self._submitWithSession(
+            lambda bridge, progress: bridge.replay(segmentId, axis, index, clickSpecs),
+            label="replay", apply=self.applySliceUpdate,
+        )
+
+    def submitUndoLastClick(self):
+        """Take back the most recent point (and its effect on the slice). None if there is none."""
+        if not self._records:
+            return None
+        record = max(self._records, key=lambda r: r.order)
+        self._records.remove(record)
+        clicks.removePointById(record.pointId)
+        segmentId, axis, index = record.sliceKey
+        remaining = self._clicksOf(segmentId, axis, index)
+        return self._submitWithSession(
+            lambda bridge, progress: bridge.undo_click(segmentId, axis, index, remaining),
+            label="undo", apply=self.applySliceUpdate,
+        )
+
+    def hasClicks(self):
+        return bool(self._records)
+
+    def lastClickDescription(self):
+        if not self._records:
+            return ""
+        record = max(self._records, key=lambda r: r.order)
+        axisName = ("k", "j", "i")[record.point.axis]
+        return _("Last point: slice {index} along {axis} (row {row:.0f}, column {col:.0f}), {sign}").format(
+            index=record.point.index, axis=axisName, row=record.point.row, col=record.point.col,
+            sign=_("positive") if record.positive else _("negative"),
+        )
+
+    # ---- propagation ------------------------------------------------------------------------
+    def submitPropagation(self, segmentId=None):
+        """Queue a propagation of a segment along the axis of its latest click."""
+        segmentId = segmentId or self.segmentId
+        records = [r for r in self._records if r.segmentId == segmentId]
+        axis = max(records, key=lambda r: r.order).point.axis if records else None
+        current = self.segmentArray(segmentId)
+        written = self._written.get(segmentId)
+        if axis is not None and written is not None:  # the session adopts these; fine-tuning uses them too
+            self._handEdited.setdefault((segmentId, axis), set()).update(editedSlices(current, written, axis))
+        method = self.propagation
+        if method == "stcn" and self._bridge is not None and not self._bridge.has_stcn_weights \
+                and STCN_MODEL not in self.modelsToDownload():
+            self._stale = True  # STCN weights arrived since the session opened
+
+        def propagate(bridge, progress):
+            if method == "stcn" and not bridge.has_stcn_weights:
+                raise RuntimeError(
+                    "The STCN propagation weights are not downloaded: press Download in the Setup "
+                    "section (then place a point or propagate again), or choose the 'interpolation' method."
+                )
+            if axis is not None:
+                bridge.adopt_edits(segmentId, axis, current, written)
+            return bridge.propagate(segmentId, axis=axis, method=method, progress=progress)
+
+        return self._submitWithSession(propagate, label="propagate", apply=self.applyVolumeUpdate)
+
+    # ---- writing into the segmentation (GUI thread) ------------------------------------------
+    def editRules(self):
+        """The Segment Editor's masking and overwrite settings as EditRules."""
+        sliceWrite = support().slice_write
+        node = self.segmentEditorNode
+        segmentationNode = self.segmentationNode
+        visible = None
+        displayNode = segmentationNode.GetDisplayNode() if segmentationNode else None
+        if displayNode is not None:
+            visible = frozenset(
+                s for s in segmentationNode.GetSegmentation().GetSegmentIDs() if displayNode.GetSegmentVisibility(s)
+            )
+        if node is None:
+            return sliceWrite.EditRules(visible_segments=visible)
+        intensityRange = None
+        intensityOn = node.GetSourceVolumeIntensityMask() if hasattr(node, "GetSourceVolumeIntensityMask") \
+            else node.GetMasterVolumeIntensityMask()
+        if intensityOn:
+            intensityRange = tuple(node.GetSourceVolumeIntensityMaskRange()) \
+                if hasattr(node, "GetSourceVolumeIntensityMaskRange") else tuple(node.GetMasterVolumeIntensityMaskRange())
+        return sliceWrite.EditRules(
+            mask_mode=sliceWrite.MaskMode(node.GetMaskMode()),
+            overwrite_mode=sliceWrite.OverwriteMode(node.GetOverwriteMode()),
+            mask_segment=node.GetMaskSegmentID() or None,
+            intensity_range=intensityRange,
+            visible_segments=visible,
+        )
+
+    def segmentArray(self, segmentId=None):
+        """A segment as a (k, j, i) uint8 array on the source volume's grid (a copy)."""
+        segmentId = segmentId or self.segmentId
+        try:
+            return slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, segmentId, self.volumeNode).copy()
+        except RuntimeError:  # an empty segment has nothing to export
+            return np.zeros(slicer.util.arrayFromVolume(self.volumeNode).shape, np.uint8)
+
+    def _checkSameFrame(self):
+        if self.segmentationNode.GetParentTransformNode() is not self.volumeNode.GetParentTransformNode():
+            raise ValueError(
+                "The segmentation and the source volume are under different transforms: put the "
+                "segmentation under the volume's transform (Data module) and try again."
+            )
+
+    def applySliceUpdate(self, update):
+        """Write one slice of a click result into its segment, following the editor's rules."""
+        self.writeSlicesIntoSegment(update.segment, update.axis, update.index, update.index,
+                                    np.expand_dims(update.mask, update.axis))
+
+    def applyVolumeUpdate(self, update):
+        """Write a propagation result: only the slices that differ are changed."""
+        shape = update.mask.shape
+        self.writeSlicesIntoSegment(update.segment, update.axis, 0, shape[update.axis] - 1, update.mask)
+
+    def writeSlicesIntoSegment(self, segmentId, axis, first, last, masks):
+        """THE write path: slices first..last along ``axis`` of a segment (masks stacked along
+        ``axis``), following the Segment Editor's masking and overwrite rules; one undo state."""
+        helpers = support()
+        self._checkSameFrame()
+        segmentationNode = self.segmentationNode
+        segmentation = segmentationNode.GetSegmentation()
+        if segmentation.GetSegment(segmentId) is None:
+            raise ValueError("The segment was deleted; select or add a segment and click again.")
+        rules = self.editRules()
+        ids = list(segmentation.GetSegmentIDs())
+        arrays = {sid: self.segmentArray(sid) for sid in ids}
+        source = slicer.util.arrayFromVolume(self.volumeNode) if rules.intensity_range else None
+        changedSegments, changedIndices = set(), []
+        for offset, index in enumerate(range(first, last + 1)):
+            mask = helpers.transforms.take_slice(masks, axis, offset)
+            changes = helpers.slice_write.write_slice(mask, segmentId, arrays, axis, index, rules, source)
+            helpers.slice_write.apply_slice_changes(arrays, axis, index, changes)
+            changedSegments.update(changes)
+            if changes:
+                changedIndices.append(index)
+        if changedSegments:
+            if self.saveStateForUndo is not None:
+                self.saveStateForUndo()
+            for sid in sorted(changedSegments):  # only the span of slices that changed is sent
+                self._setSegmentSlab(sid, axis, changedIndices[0], changedIndices[-1], arrays[sid])
+        for sid in changedSegments | {segmentId}:
+            if sid == segmentId or sid in self._written:
+                self._written[sid] = arrays[sid].astype(bool)
+
+    def _setSegmentSlab(self, segmentId, axis, first, last, array):
+        """Replace slices first..last of a segment with those of ``array`` (k, j, i); others untouched."""
+        kji = [slice(None)] * 3
+        kji[axis] = slice(first, last + 1)
+        slab = np.ascontiguousarray(array[tuple(kji)], dtype=np.uint8)
+        extent = [0, array.shape[2] - 1, 0, array.shape[1] - 1, 0, array.shape[0] - 1]  # i, j, k
+        ijkAxis = 2 - axis
+        extent[2 * ijkAxis], extent[2 * ijkAxis + 1] = first, last
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(extent)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        from vtk.util import numpy_support
+
+        scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        scalars[:] = slab.reshape(-1)
+        ijkToRas = vtk.vtkMatrix4x4()
+        self.volumeNode.GetIJKToRASMatrix(ijkToRas)
+        image.SetImageToWorldMatrix(ijkToRas)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        # Remove what the slab no longer has, then add what it has: only this segment's voxels
+        # inside the slab change (Slicer separates shared layers under the modifier first).
+        segmentationNode = self.segmentationNode
+        if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_MERGE_MIN, extent):
+            raise RuntimeError("Slicer refused to update segment %s." % segmentId)
+        if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_MERGE_MASK, extent):
+            raise RuntimeError("Slicer refused to update segment %s." % segmentId)
+
+    # ---- synchronous API for the Python console -----------------------------------------------
+    def addClick(self, rasPoint, positive=True, sliceNode=None, axis=None, segmentId=None):
+        """Click at a world point, wait for the model, write the slice. Returns the SlicePoint."""
+        if self.segmentationNode is None:
+            self.setSegmentation()
+        positiveNode, negativeNode = self.getClickNodes()
+        node = positiveNode if positive else negativeNode
+        index = clicks.addControlPoint(node, rasPoint, positive)
+        try:
+            self.submitClick(node.GetNthControlPointID(index), rasPoint, positive, segmentId, sliceNode, axis)
+        except Exception:
+            clicks.removeControlPoint(node, index)
+            raise
+        self.waitForJobs()
+        return max(self._records, key=lambda r: r.order).point
+
+    def undoLastClick(self):
+        """Take back the last click and wait until its slice is restored."""
+        if self.submitUndoLastClick() is not None:
+            self.waitForJobs()
+
+    def propagate(self, segmentId=None):
+        """Propagate a segment's annotated slices through the volume and wait for it."""
+        self.submitPropagation(segmentId)
+        self.waitForJobs()
