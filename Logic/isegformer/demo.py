@@ -431,6 +431,8 @@ def run_demo(
     out = check_demo_options(out_dir, num_slices, max_clicks, target_iou)
     if files is None:
         files = resolve_demo_files(messages=messages)
+    paths = {kind: out / filename for kind, filename in OUTPUT_NAMES.items()}
+    _guard_demo_outputs(files, paths)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -502,8 +504,8 @@ def run_demo(
     rest = score(gt_frames[others], frames_along_axis(prediction, axis)[others]) if others.any() else whole
 
     step = time.perf_counter()
-    paths = {kind: out / filename for kind, filename in OUTPUT_NAMES.items()}
     out.mkdir(parents=True, exist_ok=True)
+    _guard_demo_outputs(files, paths)  # again: the folder exists only now
     for path in paths.values():
         check_writable(path)
     session.save_segmentation(paths["segmentation"])
@@ -527,6 +529,16 @@ def run_demo(
     )
     _write_json(paths["report"], result.to_json())
     return result
+
+
+def _guard_demo_outputs(files: DemoFiles, paths: dict) -> None:
+    """None of the demo's outputs may replace one of its inputs (e.g. ``--out`` the folder
+    of ``--volume`` with a volume named like an output)."""
+    from .output.paths import guard_outputs
+
+    roles = ("click_model", "stcn", "fusion", "volume", "label")
+    guard_outputs([getattr(files, role) for role in roles], list(paths.values()),
+                  input_names=[f"the {role.replace('_', ' ')} file" for role in roles])
 
 
 def _write_montage(path: Path, session, segment, gt: np.ndarray, axis: int, annotated: Sequence[int]) -> None:

@@ -130,3 +130,15 @@ def test_a_verified_write_keeps_voxels_and_geometry(tmp_path):
     back = sitk.ReadImage(str(path))
     assert np.array_equal(sitk.GetArrayFromImage(back), volume.array)
     assert np.allclose(back.GetSpacing(), (0.5, 0.7, 2.0))
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_detached_header_formats_are_refused_before_anything_is_written(tmp_path, suffix):
+    # The header would be renamed into place while naming the temporary data file beside it.
+    from isegformer.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="nrrd"):
+        write_label_map(tmp_path / f"labels{suffix}", np.ones(SHAPE, np.uint8), _volume())
+    with pytest.raises(InvalidInputError, match="second file"):
+        write_image_verified(_volume().to_sitk(), tmp_path / f"image{suffix}")
+    assert list(tmp_path.iterdir()) == []

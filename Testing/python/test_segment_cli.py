@@ -151,7 +151,8 @@ def test_bad_inputs_fail_clearly_and_write_nothing(case, golden_dir, tmp_path, c
     bad = tmp_path / "bad.mrk.json"
     bad.write_text("{not json")
     assert main(["segment", str(path), "--clicks", str(bad), "--model", model, "--device", "cpu", "--out", str(out)]) == 1
-    assert "not a Slicer markups file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.mrk.json" in err and "markups" in err.lower()
 
     outside = write_clicks(tmp_path / "far.mrk.json", [ClickPoint(ras(volume, 24, 24, 40))])
     assert main(["segment", str(path), "--clicks", str(outside), "--model", model, "--device", "cpu", "--out", str(out)]) == 1

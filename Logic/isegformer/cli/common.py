@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -20,6 +21,27 @@ def parse_axis(text: str) -> int:
     if value is None:
         raise argparse.ArgumentTypeError(f"axis must be 0, 1, 2 (or k, j, i), got {text!r}")
     return value
+
+
+def check_outputs(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str, Any]], *,
+                  writable: bool = True) -> None:
+    """Fail before the slow part: no output (option name, path) may be an input (option name,
+    path or list of paths), lie inside an input folder, or be another output; with
+    ``writable``, each output's folder must exist and be writable now. Options not given are None."""
+    from ..output.atomic import check_writable
+    from ..output.paths import guard_outputs
+
+    def flat(pairs):
+        for name, value in pairs:
+            for item in (value if isinstance(value, (list, tuple)) else [value]):
+                if item is not None:
+                    yield name, item
+
+    ins, outs = list(flat(inputs)), list(flat(outputs))
+    guard_outputs([p for _, p in ins], [p for _, p in outs],
+                  input_names=[n for n, _ in ins], output_names=[n for n, _ in outs])
+    for _, path in outs if writable else ():
+        check_writable(path)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

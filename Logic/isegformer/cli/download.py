@@ -40,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
     names = registry.names() if args.names == ["all"] else args.names
     for name in names:
         registry.get(name)  # unknown names fail before anything is downloaded
+    if args.registry is not None:
+        from ..output.paths import guard_outputs
+        from ..weights.cache import ModelCache
+
+        cache = ModelCache()  # the registry file must not be a file the download writes
+        guard_outputs([args.registry], [cache.record_path] + [
+            cache.model_path(name, registry.get(name).filename) for name in names], input_names=["--registry"])
     options = DownloadOptions(read_timeout=args.timeout, retries=max(args.retries, 0))
     failed = []
     for name in names:

@@ -109,10 +109,16 @@ def run(args) -> int:
     from ..errors import InvalidInputError
     from ..evaluation.noc import evaluate
     from ..evaluation.plot import plot_iou_curve
+    from ..output.atomic import atomic_write
     from ..progress import TqdmProgress
+    from .common import check_outputs
 
     if args.max_clicks < 1:
         raise InvalidInputError("--max-clicks must be at least 1.")
+    outputs = [("--out", args.out / "results.json"), ("--out", args.out / "noc_curve.png")] if args.out else []
+    check_outputs(  # the folder is created at the end
+        [("--model", args.model), ("--images", args.images), ("--masks", args.masks),
+         ("--volume", args.volume), ("--labels", args.labels)], outputs, writable=False)
     device = resolve_device(args.device)
     samples, total = _samples(args)
     model = _load_model(args.model, device)
@@ -148,7 +154,8 @@ def run(args) -> int:
                          "ious": [float(v) for v in r.ious], "seconds": r.seconds}
                         for r in report.results],
         }
-        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+        with atomic_write(args.out / "results.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
         plot_iou_curve(report.metrics["mean_iou_per_click"], args.out / "noc_curve.png",
                        title=f"NoC curve, {report.metrics['samples']} samples")
         print(f"wrote {args.out / 'results.json'} and {args.out / 'noc_curve.png'}")

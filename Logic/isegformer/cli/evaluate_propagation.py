@@ -80,6 +80,7 @@ def run(args) -> int:
     from ..evaluation.propagation import METRICS, evaluate_files, summarize
     from ..evaluation.propagation_montage import montage_slices, write_propagation_montage
     from ..progress import TqdmProgress
+    from .common import check_outputs
 
     if args.slice_choice == "explicit" and not args.slices:
         raise InvalidInputError("--slice-choice explicit needs --slices.")
@@ -87,6 +88,9 @@ def run(args) -> int:
         raise InvalidInputError("--slices only goes with --slice-choice explicit.")
     axis = AXES[args.axis]
     cases = find_cases(args)
+    inputs = [("--cases", args.cases), ("--weights", args.weights), ("--fusion-weights", args.fusion_weights)]
+    inputs += [("a case", path) for case in cases for path in case]
+    check_outputs(inputs, [("--out", args.out / "results.json")], writable=False)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -94,6 +98,7 @@ def run(args) -> int:
 
     counts = [len(set(args.slices))] if args.slice_choice == "explicit" else args.num_slices
     results = []
+    montages: list = []  # each its own file: two cases of one name must not share a montage
     for volume_path, label_path in cases:
         for n in counts:
             progress = TqdmProgress(desc=f"{volume_path.parent.name} n={n}", unit="frame") \
@@ -110,6 +115,8 @@ def run(args) -> int:
 
                 safe = result.name.replace("/", "_")
                 png = args.out / f"montage_{safe}_n{n}.png"
+                montages.append(("a montage", png))
+                check_outputs(inputs, [("--out", args.out / "results.json")] + montages)
                 write_propagation_montage(
                     png, volume, object_mask(label.array, args.label_values), pred, axis,
                     montage_slices(result.object_extent, result.slices), result.slices,
@@ -136,7 +143,10 @@ def run(args) -> int:
         "summary": summary,
     }
     out_json = args.out / "results.json"
-    out_json.write_text(json.dumps(report, indent=2))
+    from ..output.atomic import atomic_write
+
+    with atomic_write(out_json) as tmp:
+        tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"wrote {out_json}")
     return 0
 

@@ -124,6 +124,24 @@ def _out_dir(args) -> Path:
     return finetuned_home() / (args.name or datetime.now().strftime("finetune-%Y%m%d-%H%M%S"))
 
 
+def _guard_run_files(args, out_dir: Path) -> None:
+    """The run's files (model, training state, record) must not replace any input."""
+    from ..finetune.runs import MODEL_FILE, RUN_FILE, STATE_FILE
+    from ..output.paths import guard_outputs
+
+    names = ("volumes", "labels", "images", "masks", "val_volumes", "val_labels", "val_images",
+             "val_masks", "imagenet")
+    inputs = []
+    for n in names:
+        value = getattr(args, n)
+        for p in value if isinstance(value, list) else [value]:
+            inputs.append((f"--{n.replace('_', '-')}", p))
+    if not args.resume:  # resuming continues from the run's own files, by design
+        inputs.append(("--init", args.init))
+    guard_outputs([p for _, p in inputs], [out_dir / f for f in (MODEL_FILE, STATE_FILE, RUN_FILE)],
+                  input_names=[n for n, _ in inputs])
+
+
 def _terminate_as_interrupt(signum, frame):  # SIGTERM (the launcher's cancel) -> clean stop
     raise KeyboardInterrupt
 
@@ -137,8 +155,9 @@ def run(args) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        train, val = _load_slices(args)
         out_dir = _out_dir(args)
+        _guard_run_files(args, out_dir)
+        train, val = _load_slices(args)
         settings = FinetuneSettings(
             init=args.init, variant=args.variant,
             imagenet_checkpoint=str(args.imagenet) if args.imagenet else None,

@@ -5,7 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import add_axis_argument, add_model_arguments, load_propagation_networks, propagate_all, report_segments
+from .common import (add_axis_argument, add_model_arguments, check_outputs, load_propagation_networks, propagate_all,
+                     report_segments)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,12 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidInputError
-    from ..output.atomic import check_writable
     from ..session import Session
 
-    for path in [args.out, args.overlay]:
-        if path is not None:
-            check_writable(path)
+    check_outputs(
+        [("the volume", args.volume), ("--labels", args.labels), ("--stcn", args.stcn), ("--fusion", args.fusion)],
+        [("--out", args.out), ("--overlay", args.overlay)],
+    )
     indices = None
     if args.slices:
         try:

@@ -5,8 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import (add_axis_argument, add_model_arguments, load_propagation_networks, propagate_all,
-                     report_segments, resolve_weights)
+from .common import (add_axis_argument, add_model_arguments, check_outputs, load_propagation_networks,
+                     propagate_all, report_segments, resolve_weights)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,13 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..output.atomic import check_writable
     from ..progress import TqdmProgress
     from ..session import Session
 
-    for path in [args.out, args.overlay, args.session]:
-        if path is not None:
-            check_writable(path)  # fail before the slow part, not after
+    check_outputs(
+        [("the volume", args.volume), ("--clicks", args.clicks), ("--model", args.model),
+         ("--stcn", args.stcn), ("--fusion", args.fusion)],
+        [("--out", args.out), ("--overlay", args.overlay), ("--session", args.session)],
+    )
     started = time.perf_counter()
     from ..click_engine.predictor import ClickPredictor
 

@@ -67,6 +67,10 @@ def atomic_write(path: str | os.PathLike, *, verify: Optional[Callable[[Path], N
         raise OutputPathError(f"Could not write {target}: {err}. Check the disk space and path.") from err
 
 
+#: Formats whose header names a separate data file (written beside it by SimpleITK).
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd", ".hdr")
+
+
 def write_image_verified(image: Any, path: str | os.PathLike, *, compress: bool = True) -> Path:
     """Write a SimpleITK image to ``path`` atomically, and read it back before the rename.
 
@@ -75,6 +79,14 @@ def write_image_verified(image: Any, path: str | os.PathLike, *, compress: bool 
     that reads back as the same voxels on the same grid ever replaces ``path``.
     """
     import SimpleITK as sitk
+
+    from ..errors import InvalidInputError
+
+    if Path(path).name.lower().endswith(DETACHED_HEADER_SUFFIXES):
+        raise InvalidInputError(
+            f"Cannot write {Path(path).name}: a detached header (.nhdr, .mhd) keeps its voxels in "
+            "a second file, which cannot be replaced together with it. Use .nrrd, .mha or .nii.gz."
+        )
 
     def same_image(tmp: Path) -> None:
         try:

@@ -19,7 +19,9 @@ from .seg_nrrd import read_seg_nrrd
 
 log = logging.getLogger(__name__)
 
-LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Single-file formats only: a detached header (.nhdr, .mhd) names its data file, and a header
+#: renamed after an atomic write would point at the temporary data file.
+LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volume) -> Path:
@@ -32,7 +34,8 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volu
     if not name.endswith(LABEL_MAP_SUFFIXES) or name.endswith(".seg.nrrd"):
         raise InvalidInputError(
             f"Cannot write a label map to {path.name}: use .nii.gz, .nii, .nrrd or .mha "
-            "(or save_segmentation for a Slicer .seg.nrrd)."
+            "(or save_segmentation for a Slicer .seg.nrrd); the two-file .nhdr and .mhd are read, "
+            "not written."
         )
     labels = np.asarray(labels)
     if labels.shape != reference.shape:

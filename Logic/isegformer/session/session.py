@@ -82,6 +82,12 @@ class Session:
         # Live propagators, most recently used last:
         # (segment, axis, method) -> (propagator, {index: annotation order consumed}).
         self._propagators: OrderedDict[tuple[Segment, int, str], tuple[Any, dict[int, int]]] = OrderedDict()
+        # Files this session read (what, path): no writer of the session may replace them.
+        self._input_files: list[tuple[str, str]] = []
+        if source is not None:
+            self._input_files.append(("the volume this session was opened from", str(source)))
+        # The .isegsession it was loaded from: save() may update it, the other writers may not.
+        self._session_file: Optional[str] = None
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
@@ -127,7 +133,17 @@ class Session:
         """Save everything (segments, annotated slices with their clicks, propagated results) to
         one file, atomically. Without the volume the file is small, but needs the volume to load.
         The undo history is not saved."""
+        self._guard_output(path, include_session_file=False)
         return storage.save_session(self, path, include_volume)
+
+    def _guard_output(self, path: str | os.PathLike, *, include_session_file: bool = True) -> None:
+        """Refuse to write over a file this session read (its volume, a click or label file)."""
+        from ..output.paths import guard_outputs
+
+        inputs = list(self._input_files)
+        if include_session_file and self._session_file is not None:
+            inputs.append(("the session file this session was loaded from", self._session_file))
+        guard_outputs([p for _, p in inputs], [path], input_names=[w for w, _ in inputs])
 
     # ----------------------------------------------------------------------------- segments
     @property
@@ -381,7 +397,9 @@ class Session:
         if isinstance(labels, (str, os.PathLike)):
             from ..output.labelmap import read_label_map
 
-            return read_label_map(labels, self.volume)
+            array = read_label_map(labels, self.volume)
+            self._input_files.append(("a label map this session read", str(labels)))
+            return array
         if isinstance(labels, Volume):
             self.volume.check_label_map(labels)
             array = labels.array
@@ -600,12 +618,14 @@ class Session:
             for s in self._segments
         ]
         masks = [s.mask(self.volume.shape) for s in self._segments]
+        self._guard_output(path)
         return write_seg_nrrd(path, masks, infos, self.volume.ijk_to_ras)
 
     def save_label_map(self, path: str | os.PathLike) -> Path:
         """Write :meth:`label_map` as NIfTI/NRRD/MHA (by suffix) on the volume's grid."""
         from ..output.labelmap import write_label_map
 
+        self._guard_output(path)
         return write_label_map(path, self.label_map(), self.volume)
 
     def save_clicks(self, path: str | os.PathLike, coordinate_system: str = "LPS") -> Path:
@@ -613,6 +633,7 @@ class Session:
         segment, slice by slice; :meth:`load_clicks` replays them to the same masks."""
         from ..output.markups import write_clicks
 
+        self._guard_output(path)
         return write_clicks(path, self.click_points(), coordinate_system=coordinate_system)
 
     def click_points(self) -> list:
@@ -647,8 +668,7 @@ class Session:
         from ..output.markups import read_clicks
         from ..progress import report
 
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         points = [point for path in paths for point in read_clicks(path)]
         default_axis = self.default_axis if axis is None else slicing.check_axis(axis)
         fallback = None if segment is None else self.segment(segment).name
@@ -668,6 +688,7 @@ class Session:
                 target = self._segment_named_or_new(name)
                 self._click_at_ijk(ijk, positive, target, point_axis, "")
             report(progress, len(planned), len(planned), "clicks")
+        self._input_files += [("a click file this session replayed", str(p)) for p in paths]
         return len(planned)
 
     def _segment_named_or_new(self, name: Optional[str]) -> Segment:
@@ -690,6 +711,7 @@ class Session:
         segments are."""
         from ..output.overlay import OverlayClick, write_overlay
 
+        self._guard_output(path)
         axis = self.default_axis if axis is None else slicing.check_axis(axis)
         masks = [s.mask(self.volume.shape) for s in self._segments]
         if indices is None:

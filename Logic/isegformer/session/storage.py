@@ -152,6 +152,7 @@ def load_session(cls: type, path: str | os.PathLike, volume: Any, options: dict)
         current = manifest.get("current_segment")
         session._current = next((s for s in session._segments if s.name == current), None)
         session._order = int(manifest.get("order", 0))
+        session._session_file = str(path)
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, InvalidInputError):
             raise SessionFileError(f"{path}: {err}") from err
