@@ -505,6 +505,16 @@ def test_bridge_propagation_returns_the_whole_mask_and_annotated_slices():
     assert ("propagate", "interpolation", 0) in session.calls
 
 
+def test_bridge_warm_up_uses_the_sessions_own_warm_up_and_changes_no_state():
+    session = FakeSession()
+    warmed = []
+    session.warm_up_click_model = lambda: warmed.append(True)
+    bridge = SessionBridge(session)
+    bridge.warm_up()
+    assert warmed == [True]
+    assert session.calls == [] and session.labels == [] and not session.annotations
+
+
 def test_bridge_refuses_masks_of_the_wrong_shape():
     session = FakeSession()
     session.click_slice = lambda *args, **kwargs: np.zeros((3, 3), bool)

@@ -97,8 +97,13 @@ class SessionBridge:
         """Load the click model and run it once on a middle slice, without touching the state.
 
         The first network call pays for the model load and (on CUDA) kernel selection; doing it
-        right after opening makes the user's first click as fast as the later ones.
+        right after opening makes the user's first click as fast as the later ones. The session's
+        own warm-up (``Session.warm_up_click_model``) is used where the session has one.
         """
+        warm_up_click_model = getattr(self._session, "warm_up_click_model", None)
+        if callable(warm_up_click_model):
+            warm_up_click_model()
+            return
         from ..click_engine.session import ClickSession
 
         volume = self._session.volume.array
