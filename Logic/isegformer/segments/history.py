@@ -154,8 +154,10 @@ class VolumeDiff:
         changed = np.flatnonzero((old != new).reshape(old.shape[0], -1).any(axis=1))
         self.indices = changed
         self.slice_shape = old.shape[1:]
-        self._old = np.packbits(old[changed].reshape(len(changed), -1), axis=1)
-        self._new = np.packbits(new[changed].reshape(len(changed), -1), axis=1)
+        # An explicit row length: with no changed slice (an empty first result) -1 is ambiguous.
+        row = int(np.prod(self.slice_shape))
+        self._old = np.packbits(old[changed].reshape(len(changed), row), axis=1)
+        self._new = np.packbits(new[changed].reshape(len(changed), row), axis=1)
 
     @property
     def nbytes(self) -> int:

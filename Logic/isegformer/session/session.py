@@ -479,20 +479,19 @@ class Session:
                 f"Segment {target.name!r} has no annotated slice along axis {axis}: click or draw "
                 "at least one slice first."
             )
-        propagator, consumed = self._propagator_for(target, axis, method)
-        pending = sorted(
-            (a for i, a in annotated.items() if consumed.get(i) != a.order),
-            key=lambda a: a.order,
-        )
-        index_of = {id(a): i for i, a in annotated.items()}
-        items = [(index_of[id(a)], a.mask.astype(np.uint8)) for a in pending]
-        # all at once: the propagator skips work that a later annotation overwrites
-        propagator.annotate_many(items, progress=_overall(progress, 0, 1, f"{len(items)} slices"))
-        for annotation in pending:
-            consumed[index_of[id(annotation)]] = annotation.order
-        from ..propagation.base import volume_from_frames
+        from ..propagation.factory import METHODS
 
-        result = np.ascontiguousarray(volume_from_frames(propagator.labels() == 1, axis))
+        if method not in METHODS:
+            raise InvalidInputError(f"Unknown propagation method {method!r}: use one of {', '.join(METHODS)}.")
+        if not any(a.mask.any() for a in annotated.values()):
+            # Every annotated slice says "not here": the object is nowhere. No propagator is
+            # asked (STCN would still paint its guesses from an all-background memory).
+            result = np.zeros(self.volume.shape, bool)
+            step = _overall(progress, 0, 1, "no object on the annotated slices")
+            if step is not None:
+                step(1, 1)
+        else:
+            result = self._propagated_result(target, axis, method, annotated, progress)
         if target.propagation_axis == axis and target.propagated is not None \
                 and np.array_equal(result, target.propagated):
             return target.mask(self.volume.shape)  # nothing changed: no undo step
@@ -512,6 +511,24 @@ class Session:
         self.history.push(Action(f"propagate {target.name!r} ({method}, axis {axis})", undo, redo, diff.nbytes))
         self._current = target
         return target.mask(self.volume.shape)
+
+    def _propagated_result(self, target: Segment, axis: int, method: str, annotated: dict,
+                           progress: Optional[ProgressCallback]) -> np.ndarray:
+        """The (k, j, i) bool result of the segment's live propagator after its pending annotations."""
+        propagator, consumed = self._propagator_for(target, axis, method)
+        pending = sorted(
+            (a for i, a in annotated.items() if consumed.get(i) != a.order),
+            key=lambda a: a.order,
+        )
+        index_of = {id(a): i for i, a in annotated.items()}
+        items = [(index_of[id(a)], a.mask.astype(np.uint8)) for a in pending]
+        # all at once: the propagator skips work that a later annotation overwrites
+        propagator.annotate_many(items, progress=_overall(progress, 0, 1, f"{len(items)} slices"))
+        for annotation in pending:
+            consumed[index_of[id(annotation)]] = annotation.order
+        from ..propagation.base import volume_from_frames
+
+        return np.ascontiguousarray(volume_from_frames(propagator.labels() == 1, axis))
 
     def _propagator_for(self, segment: Segment, axis: int, method: str):
         key = (segment, axis, method)
