@@ -752,3 +752,42 @@ def test_finetune_runs_a_real_tiny_training_process_and_uses_its_checkpoint(fine
     assert [name.rsplit(" ", 1)[1] for name in run["training_slices"]] == ["1", "3", "4", "5"]
     assert all("axis 0" in name for name in run["training_slices"])
     assert "tiny_isegformer.pth" in run["init"] and job.done == job.total == 2
+
+
+@pytest.mark.slow
+@pytest.mark.golden
+def test_with_the_real_tiny_model_the_first_click_finds_the_model_loaded_and_warm(slicer_env, ready_widget, golden_dir):
+    """The real Session and click network: choosing the volume and model opens and warms the
+    session in the background; the first click then reuses that session (nothing is loaded or
+    reopened) and writes its slice."""
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    slicer_standins.enter_module(widget)
+    widget.ui.checkpointPathLineEdit.currentPath = str(golden_dir / "tiny_isegformer.pth")
+    widget.ui.deviceComboBox.currentText = "cpu"
+    widget.ui.propagationComboBox.currentText = "interpolation"
+    rng = np.random.default_rng(0)
+    array = rng.normal(0, 5, (6, 40, 48)).astype(np.float32)
+    array[2:5, 10:30, 12:36] += 100
+    ijk_to_ras = np.diag([0.8, 0.8, 2.0, 1.0])
+    volume = add_volume(slicer, array, ijk_to_ras)
+    red = aligned_matrix(ijk_to_ras, 2)  # looks along k, through slice 3
+    red[:3, 3] = to_world(ijk_to_ras, (0, 0, 3))
+    slice_node(slicer, "Red", red)
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    poll_until_idle(widget, widget.logic, timeout=240)
+    bridge = widget.logic._bridge
+    assert bridge is not None and widget.logic.activeDevice == "cpu"
+    predictor = bridge.session.predictor
+    assert predictor is not None
+
+    positive, _ = widget.logic.getClickNodes()
+    positive.AddControlPointWorld(*to_world(ijk_to_ras, (24, 20, 3)))
+    poll_until_idle(widget, widget.logic, timeout=240)
+    assert widget.logic._bridge is bridge  # the click used the warmed session: nothing reopened
+    assert widget.logic.hasClicks() and widget.ui.statusLabel.text == ""
+    written = segment(slicer, widget.ui.segmentEditorWidget.segmentationNode(),
+                      widget.ui.segmentEditorWidget.currentSegmentID(), volume)
+    np.testing.assert_array_equal(written[3] > 0, bridge.segment_mask(widget.ui.segmentEditorWidget.currentSegmentID())[3])
+    assert not np.delete(written, 3, axis=0).any()  # only that slice
