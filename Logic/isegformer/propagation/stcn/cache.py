@@ -7,9 +7,12 @@ every later pass and correction.
 
 The features live in one preallocated slab per kind, ``capacity`` frames deep, so the cache
 holds exactly its budget and does not fragment the heap with thousands of frame-sized blocks.
-When the stack does not fit, frames that the running pass will not need are dropped first,
-least recently used first (a plain LRU would evict, during a sequential pass, exactly the frames
-the pass needs next); dropped frames are recomputed when needed again: slower, never different.
+When the stack does not fit, the caller's ``upcoming`` reads decide: frames it will not read
+are dropped first, least recently used first, else the one read furthest ahead (Belady's rule;
+a plain LRU would evict, during a sequential pass, exactly the frames the pass needs next).
+The propagator passes every read of the call ahead, so one cached segment between two
+annotated frames serves both passes that cross it. Dropped frames are recomputed when needed
+again: slower, never different.
 
 The returned features are views into the slabs: valid until the next ``get``. Copy what must
 outlive that.

@@ -149,6 +149,12 @@ class STCNNetwork(nn.Module):
         _, _, h, w = query_k16.shape
         affinity = self.memory_affinity(mem_keys, query_k16.reshape(KEY_DIM, h * w))
         readout = read_memory(affinity, mem_values).reshape(mem_values.shape[0], -1, h, w)
+        return self.decode_readout(readout, query_f16_thin, skip8, skip4)
+
+    def decode_readout(self, readout: torch.Tensor, query_f16_thin: torch.Tensor,
+                       skip8: torch.Tensor, skip4: torch.Tensor) -> torch.Tensor:
+        """Object probabilities (K, 1, H, W) from a memory readout (K, 512, h, w) and the
+        query frame's features (as in ``segment``)."""
         qv16 = query_f16_thin.expand(readout.shape[0], -1, -1, -1)
         logits = self.decoder.decode(torch.cat([readout, qv16], dim=1), skip8, skip4)
         return torch.sigmoid(logits)

@@ -37,7 +37,8 @@ from ...progress import ProgressCallback, report
 from ..base import Propagator, frames_along_axis
 from .cache import FeatureCache, FrameFeatures
 from .fusion import FusionNet
-from .network import KEY_DIM, VALUE_DIM, STCNNetwork, soft_aggregate
+from .memory import MemoryBank
+from .network import STCNNetwork, soft_aggregate
 from .schedule import PlannedInteraction, plan_interactions
 from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, volume_to_frames
 
@@ -170,12 +171,15 @@ class STCNPropagator(Propagator):
             report(progress, done[0], total, "propagating")
 
         report(progress, 0, total, "propagating")
+        orders = _pass_orders(plan, next(reversed(self._annotations), None))
+        visits = _Visits([frame for planned, order in zip(plan, orders)
+                          for frame in [planned.index] + [t for frames in order for t in frames]])
         # results and memory go aside and are committed only when all is done: a cancel changes nothing
         written: Dict[int, torch.Tensor] = {}
         certain = OrderedDict(self._certain)
         with torch.inference_mode():
-            for planned, (_, labels) in zip(plan, checked):
-                self._interact(planned, labels, certain, written, step)
+            for planned, order, (_, labels) in zip(plan, orders, checked):
+                self._interact(planned, order, labels, certain, written, visits, step)
             for t, value in written.items():
                 self._prob[:, t] = value
         for index, labels in checked:
@@ -185,65 +189,58 @@ class STCNPropagator(Propagator):
         log.debug("STCN: %d annotations, %d frames decoded", len(checked), total)
         return self.probabilities
 
-    def _interact(self, planned: PlannedInteraction, labels: np.ndarray,
+    def _interact(self, planned: PlannedInteraction, order: Sequence[List[int]], labels: np.ndarray,
                   certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]",
-                  written: Dict[int, torch.Tensor], step) -> None:
-        """MiVOS' ``interact`` for one annotation, limited to its needed frames. ``certain``
-        and ``written`` (frame -> new probabilities) are updated in place."""
+                  written: Dict[int, torch.Tensor], visits: "_Visits", step) -> None:
+        """MiVOS' ``interact`` for one annotation, limited to its needed frames, its passes run
+        in ``order`` (they are independent: both start from the certain memory and write
+        different frames). ``certain`` and ``written`` (frame -> new probabilities) are updated
+        in place; ``visits`` is the whole call's sequence of feature reads, for the cache."""
         index = planned.index
-        forward, backward = planned.forward_prefix, planned.backward_prefix
         mask = self._one_hot(labels)  # (K+1, 1, Hp, Wp) on the device
         previous = self._current(index, written).unsqueeze(1).to(self._device)
         change = mask - previous
         pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
 
-        feats = self._cache.get(index, forward + backward)
+        feats = self._cache.get(index, visits.after(index))
         value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
         index_k16 = feats.k16.clone()  # cache views are only valid until the next get
         certain.pop(index, None)
         certain[index] = (index_k16[0], value[:, :, 0])
 
         fresh: Dict[int, torch.Tensor] = {index: mask[:, 0].cpu()}
-        passes = ((forward, len(planned.forward), planned.upper, backward),
-                  (backward, len(planned.backward), planned.lower, []))
-        for frames, full_length, bound, later in passes:
-            if frames:
-                self._run_pass(planned, frames, full_length, later, bound, certain, index_k16,
-                               pos_change, neg_change, written, fresh, step)
+        for frames in order:
+            forward = frames[0] > index
+            full_length = len(planned.forward if forward else planned.backward)
+            bound = planned.upper if forward else planned.lower
+            self._run_pass(planned, frames, full_length, bound, certain, index_k16,
+                           pos_change, neg_change, written, fresh, visits, step)
         written.update(fresh)
 
-    def _run_pass(self, planned: PlannedInteraction, frames: List[int], full_length: int,
-                  later: List[int], bound: int,
+    def _run_pass(self, planned: PlannedInteraction, frames: List[int], full_length: int, bound: int,
                   certain: Mapping[int, Tuple[torch.Tensor, torch.Tensor]], index_k16: torch.Tensor,
                   pos_change: torch.Tensor, neg_change: torch.Tensor,
-                  written: Mapping[int, torch.Tensor], fresh: Dict[int, torch.Tensor], step) -> None:
+                  written: Mapping[int, torch.Tensor], fresh: Dict[int, torch.Tensor],
+                  visits: "_Visits", step) -> None:
         """One direction of MiVOS' ``interact``: ``frames`` in visiting order (a prefix of the
-        whole pass of ``full_length`` frames), ``later`` the frames the next pass will visit
-        (so that the cache keeps them). Needed frames go to ``fresh``."""
+        whole pass of ``full_length`` frames). Needed frames go to ``fresh``."""
         index = planned.index
         hw = index_k16.shape[-2] * index_k16.shape[-1]
-        n_certain = len(certain)
-        # sized for the whole pass, as the reference does, so that every read sees the same layout
-        capacity = n_certain + (full_length - 1) // self._every + 1
-        keys = torch.empty((KEY_DIM, capacity * hw), device=self._device)
-        values = torch.empty((self._k, VALUE_DIM, capacity * hw), device=self._device)
-        for slot, (k16, value) in enumerate(certain.values()):
-            keys[:, slot * hw:(slot + 1) * hw] = k16.reshape(KEY_DIM, hw)
-            values[:, :, slot * hw:(slot + 1) * hw] = value.reshape(self._k, VALUE_DIM, hw)
-        used = n_certain
+        # sized for the whole pass, as the reference does
+        capacity = len(certain) + (full_length - 1) // self._every + 1
+        memory = MemoryBank(capacity, hw, self._k, self._device, self._net.top_k)
+        for k16, value in certain.values():
+            memory.add(k16, value)
         last_added = index
         end = frames[-1]  # a frame added after the last decoded one would never be read
-        for position, t in enumerate(frames):
-            feats = self._cache.get(t, frames[position + 1:] + later)
-            prob = self._net.segment(keys[:, :used * hw], values[:, :, :used * hw], feats.k16,
-                                     feats.f16_thin, feats.skip8, feats.skip4)
+        for t in frames:
+            feats = self._cache.get(t, visits.after(t))
+            prob = self._net.decode_readout(memory.read(feats.k16), feats.f16_thin,
+                                            feats.skip8, feats.skip4)
             self.frames_decoded += 1
             out = soft_aggregate(prob)  # (K+1, 1, Hp, Wp)
             if t != end and abs(t - last_added) >= self._every:
-                keys[:, used * hw:(used + 1) * hw] = feats.k16.reshape(KEY_DIM, hw)
-                value = self._net.encode_value(self._image(t), feats.f16, out[1:])
-                values[:, :, used * hw:(used + 1) * hw] = value.reshape(self._k, VALUE_DIM, hw)
-                used += 1
+                memory.add(feats.k16, self._net.encode_value(self._image(t), feats.f16, out[1:]))
                 last_added = t
             if t in planned.needed:
                 if 0 <= bound < self.num_frames:
@@ -321,6 +318,45 @@ class STCNPropagator(Propagator):
                 f"propagator tracks objects 1..{self._k} (0 is background)."
             )
         return labels.astype(np.uint8 if self._k < 256 else np.int32, copy=True)
+
+
+class _Visits:
+    """The frames whose features a call reads, in order: the cache keeps those read soonest
+    (evicting the one read furthest ahead, Belady's rule), and encodes the next missing ones
+    in the same batch."""
+
+    #: how far ahead the cache looks; beyond that a frame counts as not needed again
+    LOOKAHEAD = 1024
+
+    def __init__(self, frames: Sequence[int]):
+        self._frames = list(frames)
+        self._next = 0
+
+    def after(self, frame: int) -> List[int]:
+        """The visits after this one, which must be ``frame`` (the propagator reads in plan order)."""
+        assert self._frames[self._next] == frame, "feature reads out of plan order"
+        self._next += 1
+        return self._frames[self._next:self._next + self.LOOKAHEAD]
+
+
+def _pass_orders(plan: Sequence[PlannedInteraction], annotated_last: Optional[int]) -> List[List[List[int]]]:
+    """For each interaction, its non-empty passes (frame lists) in running order: first the
+    pass towards the previous interaction's frame, whose features are still cached, and last
+    the one towards the next interaction's frame, which will need them again."""
+    orders = []
+    for number, planned in enumerate(plan):
+        forward, backward = planned.forward_prefix, planned.backward_prefix
+        previous = plan[number - 1].index if number else annotated_last
+        following = plan[number + 1].index if number + 1 < len(plan) else None
+        if previous is not None and previous != planned.index:
+            backward_first = previous < planned.index
+        elif following is not None and following != planned.index:
+            backward_first = following > planned.index
+        else:
+            backward_first = False
+        passes = [backward, forward] if backward_first else [forward, backward]
+        orders.append([frames for frames in passes if frames])
+    return orders
 
 
 def _validated_frames(frames) -> np.ndarray:
