@@ -171,3 +171,65 @@ def test_binary_file_is_refused(tmp_path):
     path.write_bytes(bytes(range(256)))
     with pytest.raises(FileFormatError, match="not UTF-8 text"):
         read_clicks(path)
+
+
+def test_signs_are_in_every_point_description_and_survive_any_file_or_list_name(tmp_path):
+    """Slicer writes no list name into a .mrk.json, so only the description keeps the sign of a
+    file that is renamed (issue 11, point 6)."""
+    clicks = [ClickPoint((1.0, 2.0, 3.0), False), ClickPoint((4.0, 5.0, 6.0), True)]
+    path = write_clicks(tmp_path / "negative_clicks.mrk.json", clicks, name="neg list")
+    points = json.loads(path.read_text())["markups"][0]["controlPoints"]
+    assert [p["description"] for p in points] == ["negative", "positive"]
+    for new_name in ("positive.mrk.json", "neg.mrk.json", "F.mrk.json"):
+        renamed = tmp_path / new_name
+        renamed.write_bytes(path.read_bytes())
+        assert [c.positive for c in read_clicks(renamed)] == [False, True]
+    document = json.loads(path.read_text())
+    document["markups"][0]["name"] = "negative"  # a list name that says the opposite
+    path.write_text(json.dumps(document))
+    assert [c.positive for c in read_clicks(path)] == [False, True]
+
+
+def test_a_description_starting_with_a_sign_word_gives_the_sign(tmp_path):
+    path = slicer_style_file(tmp_path / "clicks_neg.mrk.json", [(0, 0, 0)] * 4,
+                             descriptions=["Positive: the femur's edge", "neg, background", "", "edge"])
+    # the last two say no sign: the file name (Slicer's list name when it loads it) decides
+    assert [c.positive for c in read_clicks(path)] == [True, False, False, False]
+
+
+def _deep_markups(tmp_path):
+    deep = tmp_path / "deep.mrk.json"
+    deep.write_text('{"@schema": "' + MARKUPS_SCHEMA + '", "markups": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return deep
+
+
+def test_deeply_nested_markups_are_refused_by_the_reader_and_the_session(tmp_path):
+    """100,000 nested lists: json.loads raises RecursionError, the bounded reader refuses them."""
+    from isegformer.session import Session
+
+    deep = _deep_markups(tmp_path)
+    with pytest.raises(FileFormatError, match="nests deeper"):
+        read_clicks(deep)
+    session = Session.open((np.zeros((4, 8, 8), np.int16), np.eye(4)))
+    with pytest.raises(FileFormatError, match="nests deeper"):
+        session.load_clicks(deep)
+    assert session.segments == []
+
+
+@pytest.mark.golden
+@pytest.mark.slow  # the CLI builds the click model before it reads the clicks (~35 s here)
+def test_deeply_nested_markups_are_a_clear_cli_error(tmp_path, golden_dir, capsys):
+    import SimpleITK as sitk
+
+    from isegformer.cli.main import main
+
+    volume = tmp_path / "v.nrrd"
+    sitk.WriteImage(sitk.Image([8, 8, 4], sitk.sitkInt16), str(volume))
+    code = main(["segment", str(volume), "--clicks", str(_deep_markups(tmp_path)),
+                 "--model", str(golden_dir / "tiny_isegformer.pth"), "--device", "cpu",
+                 "--out", str(tmp_path / "o.seg.nrrd")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "nests deeper" in err
+    assert "Traceback" not in err and "RecursionError" not in err
+    assert not (tmp_path / "o.seg.nrrd").exists()

@@ -242,3 +242,114 @@ def test_label_values_above_255_use_16_bit_voxels(tmp_path):
     assert seg["voxels"].dtype.itemsize == 2
     np.testing.assert_array_equal(slicerio_mask_kji(seg, "high"), second)
     np.testing.assert_array_equal(read_seg_nrrd(path).mask("high"), second)
+
+
+# --- hostile or inconsistent files (issue 12, items 5 and 22) ----------------------------------
+def _raw_file(tmp_path, name="x.seg.nrrd"):
+    first, second, _ = blob_masks()
+    return write_seg_nrrd(tmp_path / name, [first, second], [SegmentInfo("a"), SegmentInfo("b", label_value=2)],
+                          np.eye(4), compress=False)
+
+
+def _edit_header(path, old: str, new: str):
+    data = path.read_bytes()
+    end = data.index(b"\n\n")
+    header = data[:end].decode()
+    assert old in header
+    path.write_bytes(header.replace(old, new).encode() + data[end:])
+    return path
+
+
+def test_segment_with_label_value_zero_is_refused(tmp_path):
+    """Value 0 is the background: such a segment would be every voxel outside the others."""
+    path = _edit_header(_raw_file(tmp_path), "Segment0_LabelValue:=1", "Segment0_LabelValue:=0")
+    with pytest.raises(FileFormatError, match="label value 0"):
+        read_seg_nrrd(path)
+
+
+@pytest.mark.parametrize("value", ["-3", "256", "99999999999999999999", "1.5", "one"])
+def test_segment_label_values_outside_the_voxel_type_are_refused(tmp_path, value):
+    path = _edit_header(_raw_file(tmp_path), "Segment1_LabelValue:=2", f"Segment1_LabelValue:={value}")
+    with pytest.raises(FileFormatError, match="label value|LabelValue"):
+        read_seg_nrrd(path)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("dimension: 3", "dimension: three", "dimension"),
+    ("sizes: 11 9 6", "sizes: a b c", "sizes"),
+    ("sizes: 11 9 6", "sizes: 11 9", "sizes"),
+    ("sizes: 11 9 6", "sizes: 11 0 6", "sizes"),
+    ("space origin: (0,0,0)", "space origin: (0,zero,0)", "space origin"),
+    ("space origin: (0,0,0)", "space origin: (0,1e999,0)", "space origin"),
+    ("space directions: (-1.0,0,0) (0,-1.0,0) (0,0,1.0)", "space directions: (-1.0,0,0) (0,-1.0,0)", "space directions"),
+    ("space directions: (-1.0,0,0) (0,-1.0,0) (0,0,1.0)", "space directions: (1,0,0) (1,0,0) (0,0,1)", "degenerate"),
+    ("encoding: raw", "encoding: bzip2", "encoding"),
+    ("type: unsigned char", "type: float", "voxel type"),
+    ("type: unsigned char", "type: unsigned char\ndata file: other.raw", "data file"),
+    ("type: unsigned char", "type: unsigned char\ntype: short", "twice"),
+    ("Segment0_Color:=", "Segment0_Color:=0.5 nan ", "colour"),
+    ("Segment1_Layer:=0", "Segment1_Layer:=7", "layer 7"),
+    ("Segment1_LabelValue:=2", "Segment1_LabelValue:=1", "cannot be told apart"),
+    ("Segment1_ID:=Segment_2", "Segment1_ID:=Segment_1", "unique"),
+])
+def test_every_header_field_is_validated(tmp_path, old, new, message):
+    path = _edit_header(_raw_file(tmp_path), old, new)
+    with pytest.raises(FileFormatError, match=message):
+        read_seg_nrrd(path)
+
+
+def test_a_gzip_bomb_is_not_inflated_beyond_what_the_header_declares(tmp_path):
+    """1 MB of gzip that inflates to 1 GiB, behind a header that declares 594 voxels."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    path = _raw_file(tmp_path)
+    data = path.read_bytes()
+    header = data[: data.index(b"\n\n") + 2].decode().replace("encoding: raw", "encoding: gzip")
+    # One fully flushed deflate block of 1 MiB of zeros, repeated: a valid gzip stream of 1 GiB.
+    chunk = bytes(1 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = packer.compress(chunk) + packer.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(1024):
+        crc = zlib.crc32(chunk, crc)
+    body = (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + block * 1024
+            + zlib.compressobj(9, zlib.DEFLATED, -15).flush() + struct.pack("<II", crc, 0))
+    assert len(body) < 2 * 1024 * 1024
+    assert len(zlib.decompressobj(wbits=31).decompress(body[:4096])) > 1 << 20  # 4 KB inflate to 4 MB
+    path.write_bytes(header.encode() + body)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileFormatError, match="more voxel data than its header declares"):
+            read_seg_nrrd(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024, f"{peak} bytes allocated while reading"
+
+
+def test_a_header_declaring_too_many_voxels_is_refused_before_reading(tmp_path):
+    path = _edit_header(_raw_file(tmp_path), "sizes: 11 9 6", "sizes: 100000 100000 100000")
+    with pytest.raises(FileFormatError, match="declares"):
+        read_seg_nrrd(path)
+
+
+def test_truncated_gzip_body_is_a_clear_error(tmp_path):
+    first, _, _ = blob_masks()
+    path = write_seg_nrrd(tmp_path / "t.seg.nrrd", [first], [SegmentInfo("a")], np.eye(4))
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(FileFormatError, match="truncated|corrupt"):
+        read_seg_nrrd(path)
+
+
+def test_overlapping_segments_do_not_flatten_into_one_label_map(tmp_path):
+    """A label map holds one value per voxel; the earlier segment would lose the overlap."""
+    masks = blob_masks()
+    infos = [SegmentInfo(f"s{n}", label_value=n + 1) for n in range(3)]
+    path = write_seg_nrrd(tmp_path / "overlap.seg.nrrd", masks, infos, np.eye(4))
+    with pytest.raises(InvalidInputError, match="overlap in [0-9]+ voxels"):
+        read_seg_nrrd(path).label_map()
+    disjoint = write_seg_nrrd(tmp_path / "disjoint.seg.nrrd", masks[:2], infos[:2], np.eye(4))
+    labels = read_seg_nrrd(disjoint).label_map()
+    np.testing.assert_array_equal(labels, masks[0] * 1 + masks[1] * 2)

@@ -209,3 +209,136 @@ def test_intensity_window():
 def test_intensity_bad_volumes(array: np.ndarray, word: str):
     with pytest.raises(InvalidInputError, match=word):
         intensity.normalize(array)
+
+
+# --- DICOM series: every slice where its file says it is (issue 12, item 6) -------------------
+def _series_voxels(count=12):
+    return np.random.default_rng(0).integers(0, 1000, (count, 16, 20)).astype(np.int16)
+
+
+def test_dicom_series_loads_each_slice_at_its_position(tmp_path: Path):
+    from dicom_testkit import write_dicom_series
+
+    voxels = _series_voxels()
+    write_dicom_series(tmp_path / "series", voxels, spacing=(0.5, 0.6, 1.5), origin_lps=(10.0, -20.0, 30.0))
+    volume = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(volume.array, voxels)
+    np.testing.assert_allclose(volume.spacing, (0.5, 0.6, 1.5), atol=1e-9)
+    np.testing.assert_allclose(volume.origin_lps, (10.0, -20.0, 30.0), atol=1e-9)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path: Path):
+    """ITK reads the 11 slices left as one volume 1.65 mm apart (only a warning on stderr), so
+    slices 6..11 would sit up to 0.75 mm from their true positions."""
+    from dicom_testkit import write_dicom_series
+
+    files = write_dicom_series(tmp_path / "series", _series_voxels(), spacing=(0.5, 0.6, 1.5))
+    files[5].unlink()
+    with pytest.raises(FileFormatError, match="not evenly spaced") as caught:
+        read_volume(tmp_path / "series")
+    message = str(caught.value)
+    assert "slice004.dcm and slice006.dcm are 3 mm apart" in message
+    assert "1.5 mm apart" in message and "0.75 mm" in message
+
+
+def test_dicom_positions_rounded_in_the_files_still_load(tmp_path: Path):
+    """Scanners write ImagePositionPatient with a few decimals: 0.002 mm off is no gap."""
+    from dicom_testkit import write_dicom_series
+
+    voxels = _series_voxels(8)
+    positions = [(10.0, -20.0, 30.0 + 1.5 * k + (0.002 if k % 2 else 0.0)) for k in range(8)]
+    write_dicom_series(tmp_path / "series", voxels, spacing=(0.5, 0.6, 1.5), positions_lps=positions)
+    np.testing.assert_array_equal(read_volume(tmp_path / "series").array, voxels)
+
+
+# --- label values: checked before any cast (issue 12, item 7) ---------------------------------
+def _grid_volume(shape=(4, 5, 6)) -> Volume:
+    return Volume(np.zeros(shape, np.int16), geometry.ijk_to_ras_matrix((1.0, 2.0, 3.0), (0.5, 0.75, 2.0),
+                                                                       (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+
+
+@pytest.mark.parametrize("value", [2**32 + 1, 2**31, -1])
+def test_label_values_that_do_not_fit_are_refused_by_every_label_reader(tmp_path: Path, value: int):
+    from isegformer.finetune.data import slices_from_volume
+    from isegformer.output.labelmap import read_label_map as read_label_array
+    from isegformer.output.seg_nrrd import read_seg_nrrd
+    from isegformer.session import Session
+
+    volume = _grid_volume()
+    labels = np.zeros(volume.shape, np.int64)
+    labels[1, 1:3, 1:4] = value
+    volume_path = write_volume(volume, tmp_path / "v.nrrd")
+    label_path = write_volume(volume, tmp_path / "l.nrrd", labels)
+    assert sitk.ReadImage(str(label_path)).GetPixelID() == sitk.sitkInt64  # the file holds the value
+    with pytest.raises(InvalidInputError, match="label values"):
+        read_label_map(label_path, volume)
+    with pytest.raises(InvalidInputError, match="label values"):
+        read_label_array(label_path, volume)
+    with pytest.raises(InvalidInputError, match="label values"):
+        slices_from_volume(volume_path, label_path, slices="all", min_area=1)
+    session = Session.open(volume)
+    with pytest.raises(InvalidInputError, match="label values"):
+        session.annotate_from_label_map(labels)
+    with pytest.raises(InvalidInputError, match="label values"):
+        session.annotate_from_label_map(volume.with_array(labels))
+    assert session.segments == []
+    plain = write_volume(volume, tmp_path / "plain.seg.nrrd", labels)  # a label map named .seg.nrrd
+    with pytest.raises(InvalidInputError, match="label values"):
+        read_seg_nrrd(plain)
+
+
+def test_wide_label_types_with_small_values_are_read():
+    from isegformer.volume.labels import as_label_array
+
+    labels = np.array([[[0, 1, 2**31 - 1]]], np.int64)
+    out = as_label_array(labels)
+    assert out.dtype == np.int32 and out.tolist() == labels.tolist()
+    assert as_label_array(np.array([[[0.0, 3.0]]], np.float32)).tolist() == [[[0, 3]]]
+    with pytest.raises(InvalidInputError, match="fractional"):
+        as_label_array(np.array([[[0.5]]]))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        as_label_array(np.array([[[np.nan]]]))
+
+
+# --- the same voxels in another layout (issue 12, item 11) -------------------------------------
+def _world_index_map(source: Volume, reference: Volume) -> dict:
+    """For every source voxel, the reference voxel at the same RAS point (by the matrices alone)."""
+    k, j, i = np.indices(source.shape).reshape(3, -1)
+    ras = source.ijk_to_ras_points(np.stack([i, j, k], axis=1).astype(float))
+    ijk = np.rint(reference.ras_to_ijk_points(ras)).astype(int)
+    return {(a, b, c): (z, y, x) for a, b, c, (x, y, z) in zip(k, j, i, ijk)}
+
+
+@pytest.mark.parametrize("layout", ["k reversed (Slicer's left-handed grid)", "i and j swapped", "all reversed"])
+def test_label_map_in_another_layout_of_the_same_voxels_is_placed_exactly(tmp_path: Path, layout: str):
+    volume = _grid_volume()
+    truth = np.random.default_rng(1).integers(0, 4, volume.shape).astype(np.uint8)
+    matrix = volume.ijk_to_ras.copy()
+    K, J, I = volume.shape
+    if layout.startswith("k reversed"):
+        matrix[:3, 2] *= -1
+        matrix[:3, 3] = volume.ijk_to_ras_points([0, 0, K - 1])
+        stored = truth[::-1]
+    elif layout == "i and j swapped":
+        matrix[:3, [0, 1]] = matrix[:3, [1, 0]]
+        stored = np.transpose(truth, (0, 2, 1))
+    else:
+        matrix[:3, :3] *= -1
+        matrix[:3, 3] = volume.ijk_to_ras_points([I - 1, J - 1, K - 1])
+        stored = truth[::-1, ::-1, ::-1]
+    label = Volume(np.ascontiguousarray(stored), matrix)
+    # the layouts are the same voxels: every stored voxel has the truth's value at its RAS point
+    for source, target in _world_index_map(label, volume).items():
+        assert label.array[source] == truth[target]
+    path = write_volume(label, tmp_path / "l.nrrd")
+    np.testing.assert_array_equal(read_label_map(path, volume).array, truth)
+    np.testing.assert_array_equal(volume.label_on_grid(label).array, truth)
+    with pytest.raises(InvalidInputError, match="another layout"):
+        volume.check_label_map(label)  # its array alone would be read wrongly
+
+
+def test_label_map_covering_part_of_the_volume_is_refused(tmp_path: Path):
+    volume = _grid_volume()
+    part = Volume(np.ones((2, 5, 6), np.uint8), volume.ijk_to_ras)
+    with pytest.raises(InvalidInputError, match="covers only part"):
+        read_label_map(write_volume(part, tmp_path / "part.nrrd"), volume)

@@ -161,8 +161,8 @@ def _check_slice_positions(image, reader, files, folder: Path) -> None:
         f"apart, but {Path(files[worst]).name} and {Path(files[worst + 1]).name} are "
         f"{gaps[worst]:.4g} mm apart (a missing slice?). Read as one volume, slices would be up "
         f"to {float(error.max()):.3g} mm from their true positions. Add the missing files, or "
-        "load the series in Slicer's DICOM module (which corrects uneven spacing) and save it as "
-        "NRRD or NIfTI."
+        "load the series with Slicer's DICOM module, which detects uneven spacing and can "
+        "regularize it (acquisition geometry regularization), and save it as NRRD or NIfTI."
     )
 
 
