@@ -94,6 +94,9 @@ class iSegFormerSlicerSelfTestTest(ScriptedLoadableModuleTest):
         pointK = logic.addClick(ras(*centre), positive=True, axis=0)
         afterK = logic.segmentArray(segmentId)
         self._assertOnlySliceChanged(before, afterK, 0, pointK.index)
+        positiveNode, _negativeNode = logic.getClickNodes()
+        self.assertEqual(positiveNode.GetNthControlPointDescription(0), "positive")  # the sign is saved with it
+        self.assertIs(logic.parameters.sourceVolume, volumeNode)  # the state lives in the parameter node
         expected = logic._bridge.segment_mask(segmentId)
         np.testing.assert_array_equal(afterK[pointK.index] > 0, expected[pointK.index])
 

@@ -261,6 +261,16 @@ def test_propagation_writes_the_volume_and_adopts_hand_edits(env):
     assert ("propagate", "interpolation", 0) in env.session.calls
 
 
+def test_a_deleted_segment_is_named_not_read_as_empty(env):
+    """Slicer's own export of a missing segment fails with an AttributeError deep in slicer.util."""
+    assert not env.array().any()  # an empty segment reads as zeros
+    env.segmentation.GetSegmentation().RemoveSegment(env.segment_id)
+    with pytest.raises(ValueError, match="segment was deleted"):
+        env.logic.segmentArray()
+    with pytest.raises(ValueError, match="segment was deleted"):
+        env.logic.writeSlicesIntoSegment(env.segment_id, 0, 1, 1, np.ones((1, 8, 10), bool))
+
+
 def test_stcn_without_weights_says_what_to_do(env, monkeypatch):
     env.logic.addClick(to_world(env.world, (4, 4, 1)), axis=0)
     monkeypatch.setattr(env.logic, "modelsToDownload", lambda: ["stcn"])

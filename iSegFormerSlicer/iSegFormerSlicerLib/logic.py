@@ -523,9 +523,13 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
     def segmentArray(self, segmentId=None):
         """A segment as a (k, j, i) uint8 array on the source volume's grid (a copy)."""
         segmentId = segmentId or self.segmentId
+        segmentationNode = self.segmentationNode
+        if segmentationNode is None or not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+            # Slicer's export of a missing segment fails deep inside with an AttributeError
+            raise ValueError("The segment was deleted; select or add a segment and try again.")
         try:
-            return slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, segmentId, self.volumeNode).copy()
-        except RuntimeError:  # an empty segment has nothing to export
+            return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, self.volumeNode).copy()
+        except RuntimeError:  # an empty segment: Slicer 5.13 exports zeros, earlier versions may refuse
             return np.zeros(slicer.util.arrayFromVolume(self.volumeNode).shape, np.uint8)
 
     def _checkSameFrame(self):
