@@ -16,6 +16,24 @@ import os
 # before vtk creates its first window: go straight to EGL (offscreen) instead of trying X11
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
+
+def _loadTritonBeforeMesa():
+    """Import torch's triton (through torch._dynamo) before the first window exists.
+
+    Mesa's EGL driver loads its own libLLVM into the global symbol namespace. libtriton links
+    another LLVM statically; loaded after Mesa's, its static initialisers resolve to Mesa's
+    globals and crash (SIGSEGV in llvm::DebugCounter, seen with torch 2.x + Mesa here). torch
+    imports triton the first time a function it wraps for dynamo runs, i.e. on the first click;
+    loading it first avoids the clash. Without torch there is nothing to do.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch._dynamo  # noqa: F401
+
+
+_loadTritonBeforeMesa()
+
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
@@ -39,40 +57,53 @@ SLICE_DISPLAYABLE_MANAGERS = (
 
 
 def registerModuleLogics(scene, applicationLogic):
-    """The module logics the views and the module rely on, registered as the application does.
+    """The module logics the views rely on, by module name: those the application logic already
+    has (``slicer.modules``' own, when the scene comes from slicer_standins), else new ones
+    registered as the application does.
 
-    Returns them by module name. The markups displayable manager finds its logic (which adds the
-    control point of a click) through ``applicationLogic.GetModuleLogic("Markups")``.
+    The markups displayable manager finds the logic that adds a click's control point through
+    ``applicationLogic.GetModuleLogic("Markups")``; the volumes logic colours a new volume with
+    the "Colors" logic.
     """
-    logics = {
-        "Colors": applicationLogic.GetColorLogic(),
-        "Markups": slicer.vtkSlicerMarkupsLogic(),
-        "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(),
-        "Volumes": slicer.vtkSlicerVolumesLogic(),
+    makers = {
+        "Colors": applicationLogic.GetColorLogic,
+        "Markups": slicer.vtkSlicerMarkupsLogic,
+        "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic,
+        "Volumes": slicer.vtkSlicerVolumesLogic,
     }
-    for name, logic in logics.items():
-        if name == "Colors":  # already on the scene, with its default color tables
+    logics = {}
+    for name, make in makers.items():
+        logic = applicationLogic.GetModuleLogic(name)
+        if logic is None:
+            logic = make()
+            if name != "Colors":  # the application logic's own colour logic is on the scene already
+                logic.SetMRMLScene(scene)
+                logic.SetMRMLApplicationLogic(applicationLogic)
             applicationLogic.SetModuleLogic(name, logic)
-            continue
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(applicationLogic)
-        applicationLogic.SetModuleLogic(name, logic)
+        logics[name] = logic
     return logics
 
 
-def newApplicationLogic(scene):
-    """A vtkSlicerApplicationLogic on ``scene``, set up as qSlicerCoreApplication does."""
+def prepareApplicationLogic(scene, applicationLogic=None):
+    """A vtkSlicerApplicationLogic on ``scene`` (a new one when None) with what the views need
+    and qSlicerCoreApplication sets up: the default crosshair, the slice logic collection, the
+    colour tables and the slice orientation presets."""
     if scene.GetFirstNodeByClass("vtkMRMLCrosshairNode") is None:
         crosshair = slicer.vtkMRMLCrosshairNode()
         crosshair.SetCrosshairName("default")
         scene.AddNode(crosshair)
-    applicationLogic = slicer.vtkSlicerApplicationLogic()
-    applicationLogic.SetMRMLScene(scene)  # creates the selection and interaction singletons
-    applicationLogic.GetColorLogic().SetMRMLScene(scene)
-    applicationLogic.GetColorLogic().AddDefaultColorNodes()
-    applicationLogic.SetSliceLogics(vtk.vtkCollection())
-    applicationLogic.SetViewLogics(vtk.vtkCollection())
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
+    if applicationLogic is None:
+        applicationLogic = slicer.vtkSlicerApplicationLogic()
+        applicationLogic.SetMRMLScene(scene)  # creates the selection and interaction singletons
+        applicationLogic.GetColorLogic().SetMRMLScene(scene)
+        applicationLogic.GetColorLogic().AddDefaultColorNodes()
+    if applicationLogic.GetSliceLogics() is None:
+        applicationLogic.SetSliceLogics(vtk.vtkCollection())
+    if applicationLogic.GetViewLogics() is None:
+        applicationLogic.SetViewLogics(vtk.vtkCollection())
+    defaultSliceNode = scene.GetDefaultNodeByClass("vtkMRMLSliceNode")
+    if defaultSliceNode is None or not defaultSliceNode.HasSliceOrientationPreset("Axial"):
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
     return applicationLogic
 
 
@@ -210,7 +241,7 @@ class SliceViews:
 
     def __init__(self, scene, width=256, height=256, applicationLogic=None):
         self.scene = scene
-        self.applicationLogic = applicationLogic or newApplicationLogic(scene)
+        self.applicationLogic = prepareApplicationLogic(scene, applicationLogic)
         self.moduleLogics = registerModuleLogics(scene, self.applicationLogic)
         self.views = {name: SliceView(scene, self.applicationLogic, name, width, height) for name in VIEW_NAMES}
 
