@@ -9,11 +9,14 @@ The Segment Editor has two settings that every edit must honour (its "Masking" s
 
 The rules follow Slicer's own ``vtkMRMLSegmentationNode::GenerateEditMask`` and the "set" mode of
 the segment editor logic: inside-modes include the edited segment itself, outside-modes exclude
-it; the intensity range is inclusive at both ends; other segments are erased only where the
-edited segment is set after the edit. The numbers of the enums are Slicer's constants
+it; the intensity range is inclusive at both ends and its bounds are first converted to the source
+volume's voxel type as ``vtkImageThreshold`` does (on an int16 volume 58.5 becomes 58: truncation
+toward zero, clamped to the type's range); other segments are erased only where the edited
+segment is set after the edit. The numbers of the enums are Slicer's constants
 (``vtkMRMLSegmentationNode.EditAllowed*``, ``vtkMRMLSegmentEditorNode.Overwrite*``).
 
 Only the one slice is read and written: the result is a dict of the slices that changed.
+:func:`compose_block` applies the same rules to blocks of any shape (a slab of slices at once).
 """
 from __future__ import annotations
 
@@ -65,11 +68,35 @@ class EditRules:
         return self.visible_segments is None or segment_id in self.visible_segments
 
 
-def _binary(value: np.ndarray, what: str) -> np.ndarray:
+def _binary(value: np.ndarray, what: str, ndim: Optional[int] = 2) -> np.ndarray:
     arr = np.asarray(value)
-    if arr.ndim != 2:
-        raise InvalidInputError(f"{what} must be a 2D array, got shape {arr.shape}.")
-    return arr != 0
+    if ndim is not None and arr.ndim != ndim:
+        raise InvalidInputError(f"{what} must be a {ndim}D array, got shape {arr.shape}.")
+    return arr if arr.dtype == bool else arr != 0
+
+
+def intensity_bounds(dtype, low: float, high: float) -> Tuple[np.generic, np.generic]:
+    """``(low, high)`` as Slicer's ``vtkImageThreshold`` uses them on a volume of ``dtype``.
+
+    It casts each bound to the voxel type: integer types clamp to the type's range and truncate
+    toward zero (58.5 -> 58, -3.5 -> -3), float types round to the type's precision. Comparing
+    in the voxel type with these bounds gives the same editable voxels as the Segment Editor.
+    """
+    kind = np.dtype(dtype)
+    if np.issubdtype(kind, np.integer):
+        info = np.iinfo(kind)
+
+        def cast(value: float):
+            if value < info.min:
+                return kind.type(info.min)
+            if value > info.max:
+                return kind.type(info.max)
+            return kind.type(int(value))  # int() truncates toward zero, as a C cast does
+
+        return cast(float(low)), cast(float(high))
+    if np.issubdtype(kind, np.floating):
+        return kind.type(low), kind.type(high)
+    raise InvalidInputError(f"The source volume's voxel type {kind} is not a number type.")
 
 
 def editable_area(
@@ -77,8 +104,10 @@ def editable_area(
     slices: Mapping[str, np.ndarray],
     rules: EditRules,
     source_slice: Optional[np.ndarray] = None,
+    ndim: Optional[int] = 2,
 ) -> np.ndarray:
-    """The boolean 2D area of one slice where the edited segment ``target`` may change."""
+    """The boolean area of one slice (of any block when ``ndim`` is None) where the edited
+    segment ``target`` may change."""
     if target not in slices:
         raise InvalidInputError(f"Segment {target!r} is not among the segments {sorted(slices)}.")
     shape = np.shape(slices[target])
@@ -111,19 +140,19 @@ def editable_area(
             members = [s for s in members if s != target]
         covered = np.zeros(shape, dtype=bool)
         for segment_id in members:
-            covered |= _binary(slices[segment_id], f"Segment {segment_id!r}")
+            covered |= _binary(slices[segment_id], f"Segment {segment_id!r}", ndim)
         area = covered if inside else ~covered
     if rules.intensity_range is not None:
         if source_slice is None:
             raise InvalidInputError(
                 "An intensity range is set for editing, but no source image was given."
             )
-        low, high = sorted(float(v) for v in rules.intensity_range)
         source = np.asarray(source_slice)
         if source.shape != shape:
             raise InvalidInputError(
                 f"The source slice has shape {source.shape}, the segments {shape}."
             )
+        low, high = intensity_bounds(source.dtype, *sorted(float(v) for v in rules.intensity_range))
         area &= (source >= low) & (source <= high)
     return area
 
@@ -141,10 +170,29 @@ def compose_slice(
     slice (0 outside, non-zero inside). The inputs are not modified; each returned array has the
     dtype of the segment's input slice and holds 0/1.
     """
+    return _compose(new_mask, target, slices, rules, source_slice, ndim=2)
+
+
+def compose_block(
+    new_mask: np.ndarray,
+    target: str,
+    blocks: Mapping[str, np.ndarray],
+    rules: EditRules = EditRules(),
+    source_block: Optional[np.ndarray] = None,
+) -> dict[str, np.ndarray]:
+    """:func:`compose_slice` on blocks of any (equal) shape, e.g. a slab of consecutive slices.
+
+    Every rule is per voxel, so a slab gives the same result as its slices one by one. Returned
+    arrays have the dtype of the inputs (bool in, bool out).
+    """
+    return _compose(new_mask, target, blocks, rules, source_block, ndim=None)
+
+
+def _compose(new_mask, target, slices, rules, source_slice, ndim):
     if target not in slices:
         raise InvalidInputError(f"Segment {target!r} is not among the segments {sorted(slices)}.")
-    old_target = _binary(slices[target], f"Segment {target!r}")
-    mask = _binary(new_mask, "The new mask")
+    old_target = _binary(slices[target], f"Segment {target!r}", ndim)
+    mask = _binary(new_mask, "The new mask", ndim)
     if mask.shape != old_target.shape:
         raise InvalidInputError(
             f"The new mask has shape {mask.shape}, but the slice has shape {old_target.shape}."
@@ -154,7 +202,7 @@ def compose_slice(
             raise InvalidInputError(
                 f"Segment {segment_id!r}'s slice has shape {np.shape(value)}, expected {old_target.shape}."
             )
-    area = editable_area(target, slices, rules, source_slice)
+    area = editable_area(target, slices, rules, source_slice, ndim)
     new_target = np.where(area, mask, old_target)
 
     changed: dict[str, np.ndarray] = {}
@@ -168,7 +216,7 @@ def compose_slice(
                 continue
             if overwrite == OverwriteMode.VISIBLE_SEGMENTS and not rules.is_visible(segment_id):
                 continue
-            old = _binary(value, f"Segment {segment_id!r}")
+            old = _binary(value, f"Segment {segment_id!r}", ndim)
             new = old & ~new_target
             if not np.array_equal(new, old):
                 changed[segment_id] = new.astype(np.asarray(value).dtype)

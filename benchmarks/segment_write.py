@@ -1,0 +1,197 @@
+"""Time writing a click's slice and a propagation into a real MRML segmentation (slicer-core).
+
+Run: OMP_NUM_THREADS=1 PYTHONPATH=Logic .venv/bin/python benchmarks/segment_write.py [--repeats 5]
+
+The paper's volume size, 160 x 384 x 384 (k, j, i), int16, with 1, 3 and 6 segments (each an
+ellipsoid in its own labelmap layer, cropped to its extent as Slicer keeps them), the Segment
+Editor's default settings (edit everywhere, overwrite all segments). Measured, in one run:
+
+- BEFORE: the write path of the module before issue 11 (``_writeSlices`` + ``_setSegmentSlab``
+  of ``iSegFormerSlicer.py`` at commit 8e7d2e8, with ``slice_write.write_slice``), reproduced
+  here as it was: export every segment with ``slicer.util.arrayFromSegmentBinaryLabelmap``,
+  compose the slices, write each changed segment's slab with Slicer's
+  ``SetBinaryLabelmapToSegment`` (MERGE_MIN then MERGE_MASK);
+- AFTER: ``iSegFormerSlicerLib.segment_writer.SegmentWriter.write``, without and with saving the
+  undo state in Slicer's segmentation history first (what each click does in the module).
+
+Each figure is the median of ``--repeats`` timed writes after two warm-up writes; consecutive
+writes alternate between two different masks so that every write changes voxels. Prints the
+machine, threads and the load average at the start of each timed block (the machine may be
+shared).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "Testing" / "python"))  # slicer_standins: slicer.mrmlScene, slicer.modules
+sys.path.insert(0, str(ROOT / "iSegFormerSlicer"))
+
+import slicer_standins  # noqa: E402
+
+SHAPE = (160, 384, 384)
+PROPAGATED = range(20, 140)  # ~120 slices change in a propagation
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def ellipsoid(center, radii):
+    k, j, i = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    return ((k - center[0]) / radii[0]) ** 2 + ((j - center[1]) / radii[1]) ** 2 + ((i - center[2]) / radii[2]) ** 2 <= 1
+
+
+def build_scene(slicer, segments: int):
+    import vtk
+    from vtk.util import numpy_support
+
+    scene = slicer_standins.new_scene()
+    rng = np.random.default_rng(0)
+    ijk_to_ras = np.array([[0.36, 0, 0, -70], [0, 0.36, 0, -70], [0, 0, 0.7, -56], [0, 0, 0, 1.0]])
+    volume = slicer.util.addVolumeFromArray(rng.integers(0, 800, SHAPE).astype(np.int16), ijk_to_ras, name="knee")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segmentation")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    segmentation = node.GetSegmentation()
+    for n in range(segments):
+        mask = ellipsoid((80, 150 + 15 * n, 190 - 10 * n), (60, 80, 70))
+        k, j, i = (np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3))
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(i[0], i[-1], j[0], j[-1], k[0], k[-1])
+        image.SetImageToWorldMatrix(matrix)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = \
+            mask[k[0]:k[-1] + 1, j[0]:j[-1] + 1, i[0]:i[-1] + 1].astype(np.uint8).reshape(-1)
+        segment = slicer.vtkSegment()
+        segment.SetName(f"structure {n}")
+        segment.AddRepresentation("Binary labelmap", image)
+        segmentation.AddSegment(segment, f"segment{n}")
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+    editor.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
+    return scene, volume, node, editor
+
+
+# ---- BEFORE: the module's write path before issue 11, as it was ---------------------------------
+def legacy_write(slicer, volume, node, editor, segment_id, axis, first, last, masks):
+    import vtk
+    from vtk.util import numpy_support
+
+    from isegformer.slicer_support import slice_write, transforms
+    from iSegFormerSlicerLib.segment_writer import editRulesFromNodes
+
+    rules = editRulesFromNodes(node, editor)
+    ids = list(node.GetSegmentation().GetSegmentIDs())
+    arrays = {sid: slicer.util.arrayFromSegmentBinaryLabelmap(node, sid, volume).copy() for sid in ids}
+    source = slicer.util.arrayFromVolume(volume) if rules.intensity_range else None
+    changed_segments, changed_indices = set(), []
+    for offset, index in enumerate(range(first, last + 1)):
+        mask = transforms.take_slice(masks, axis, offset)
+        changes = slice_write.write_slice(mask, segment_id, arrays, axis, index, rules, source)
+        slice_write.apply_slice_changes(arrays, axis, index, changes)
+        changed_segments.update(changes)
+        if changes:
+            changed_indices.append(index)
+    for sid in sorted(changed_segments):
+        array = arrays[sid]
+        lo, hi = changed_indices[0], changed_indices[-1]
+        kji = [slice(None)] * 3
+        kji[axis] = slice(lo, hi + 1)
+        slab = np.ascontiguousarray(array[tuple(kji)], dtype=np.uint8)
+        extent = [0, array.shape[2] - 1, 0, array.shape[1] - 1, 0, array.shape[0] - 1]
+        ijk_axis = 2 - axis
+        extent[2 * ijk_axis], extent[2 * ijk_axis + 1] = lo, hi
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(extent)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = slab.reshape(-1)
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        image.SetImageToWorldMatrix(matrix)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        logic.SetBinaryLabelmapToSegment(image, node, sid, logic.MODE_MERGE_MIN, extent)
+        logic.SetBinaryLabelmapToSegment(image, node, sid, logic.MODE_MERGE_MASK, extent)
+
+
+def median_seconds(function, repeats: int, warmup: int = 2) -> float:
+    for n in range(warmup):
+        function(n)
+    times = []
+    for n in range(repeats):
+        start = time.perf_counter()
+        function(warmup + n)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--segments", default="1,3,6")
+    parser.add_argument("--skip-before", action="store_true", help="time only the new writer")
+    args = parser.parse_args()
+    slicer = slicer_standins.install()
+    from iSegFormerSlicerLib.segment_writer import SegmentWriter
+
+    import vtk
+
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"machine: {platform.machine()} {platform.processor() or ''} | cpus: {os.cpu_count()} | "
+          f"OMP_NUM_THREADS={threads} | python {platform.python_version()} | vtk {vtk.vtkVersion.GetVTKVersion()} | "
+          f"slicer-core | device: cpu | volume {SHAPE} int16 | median of {args.repeats} after 2 warm-ups")
+    rng = np.random.default_rng(1)
+    click_masks = [ellipsoid((80, 200, 200), (1, 60 + 10 * n, 50))[80] for n in range(2)]
+    propagation_masks = [ellipsoid((80, 200 + 4 * n, 200), (60, 70, 60 + 5 * n))[PROPAGATED.start:PROPAGATED.stop]
+                         for n in range(2)]
+    del rng
+    for count in (int(c) for c in args.segments.split(",")):
+        scene, volume, node, editor = build_scene(slicer, count)
+        writer = SegmentWriter(node, volume, editor)
+        history = slicer.vtkSlicerSegmentEditorLogic()
+        history.SetMRMLScene(scene)
+        history.SetSegmentEditorNode(editor)
+        history.SetSegmentationNode(node)
+        history.SetMaximumNumberOfUndoStates(10)
+
+        def click_after(n):
+            writer.write("segment0", 0, 80, click_masks[n % 2][None])
+
+        def click_after_undo(n):
+            writer.write("segment0", 0, 80, click_masks[n % 2][None], beforeWrite=history.SaveStateForUndo)
+
+        def click_before(n):
+            legacy_write(slicer, volume, node, editor, "segment0", 0, 80, 80, click_masks[n % 2][None])
+
+        def propagate_after(n):
+            writer.write("segment0", 0, PROPAGATED.start, propagation_masks[n % 2], beforeWrite=history.SaveStateForUndo)
+
+        def propagate_before(n):
+            legacy_write(slicer, volume, node, editor, "segment0", 0, PROPAGATED.start, PROPAGATED.stop - 1,
+                         propagation_masks[n % 2])
+
+        rows = [("click (1 slice)", "AFTER", click_after), ("click (1 slice)", "AFTER + undo state", click_after_undo),
+                ("propagation (120 slices)", "AFTER + undo state", propagate_after)]
+        if not args.skip_before:
+            rows = [("click (1 slice)", "BEFORE", click_before)] + rows[:2] + \
+                   [("propagation (120 slices)", "BEFORE", propagate_before)] + rows[2:]
+        for what, which, function in rows:
+            at_start = load()
+            seconds = median_seconds(function, args.repeats)
+            print(f"{count} segment(s) | {what:<24} | {which:<18} | {seconds * 1000:8.1f} ms | {at_start}", flush=True)
+        nodes = scene.GetNumberOfNodes()
+        scene.Clear(1)
+        print(f"{count} segment(s) | scene had {nodes} nodes after the timed writes")
+
+
+if __name__ == "__main__":
+    main()
