@@ -445,6 +445,46 @@ def test_widget_wires_a_placed_point_to_a_written_slice_and_undo(slicer_env, rea
     assert ui.segmentEditorWidget.segmentEditorLogic().CanUndo()
 
 
+def test_widget_recomputes_a_slice_when_a_drag_of_its_point_ends(slicer_env, ready_widget):
+    """Slicer ends a drag with PointEndInteractionEvent and no call data (the markups widget's
+    own sequence is checked with real mouse events in test_slicer_click_path.py)."""
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    volume = add_volume(slicer, np.zeros(SHAPE, np.int16))
+    red = aligned_matrix(IJK_TO_RAS, 2)
+    red[:3, 3] = to_world(IJK_TO_RAS, (0, 0, 2))
+    slice_node(slicer, "Red", red)
+    slicer_standins.enter_module(widget)
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    widget.logic._bridge = SessionBridge(FakeSession(SHAPE))
+    positive, _ = widget.logic.getClickNodes()
+    positive.AddControlPointWorld(*to_world(IJK_TO_RAS, (2, 2, 2)))
+    poll_until_idle(widget, widget.logic)
+    segmentation = widget.ui.segmentEditorWidget.segmentationNode()
+    segment_id = widget.ui.segmentEditorWidget.currentSegmentID()
+    assert segment(slicer, segmentation, segment_id, volume)[2, 2, 2]
+    positive.SetNthControlPointPositionWorld(0, *to_world(IJK_TO_RAS, (7, 5, 2)))  # moved by the drag
+    positive.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # the drag ends
+    poll_until_idle(widget, widget.logic)
+    written = segment(slicer, segmentation, segment_id, volume)
+    assert written[2, 5, 7] and not written[2, 2, 2] and written.sum() == 9
+    assert widget.ui.statusLabel.text == ""
+
+
+def test_closing_the_scene_keeps_the_users_settings_in_the_new_parameter_node(slicer_env, ready_widget):
+    import slicer_standins
+
+    widget = ready_widget
+    slicer_standins.enter_module(widget)
+    widget.ui.deviceComboBox.currentText = "cpu"
+    widget.ui.propagationComboBox.currentText = "interpolation"
+    assert widget.logic.device == "cpu"
+    slicer_env.scene.Clear(0)  # File > Close scene: Slicer resets the singleton parameter node
+    assert (widget.logic.device, widget.logic.propagation) == ("cpu", "interpolation")
+    assert widget.logic.volumeNode is None
+
+
 def test_widget_refuses_a_point_from_an_oblique_view_and_says_why(slicer_env, ready_widget):
     import slicer_standins
 

@@ -141,6 +141,8 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observePointLists(None, None)
 
     def onSceneEndClose(self, caller, event):
+        # Closing the scene resets the parameter node; the settings the GUI shows stay the user's.
+        self.onModelSettingsChanged()
         if self.parent.isEntered:
             self._usePointLists()
 
@@ -317,7 +319,8 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateStatus()
 
     @vtk.calldata_type(vtk.VTK_INT)
-    def onPointMoved(self, caller, event, index):
+    def onPointMoved(self, caller, event, index=None):
+        """A drag ended. Slicer sends PointEndInteractionEvent without call data (index None)."""
         if self._muted or clicks.isPlacingProgrammatically(caller):
             return
         try:
