@@ -50,12 +50,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     stcn, fusion = load_propagation_networks(args)
     session = Session.open(args.volume, stcn_weights=stcn, fusion_weights=fusion, device=args.device, axis=args.axis)
-    if args.labels.name.lower().endswith(".seg.nrrd"):
-        from ..output.seg_nrrd import read_seg_nrrd
-
-        # Keep the drawn segments' names and colours (read_label_map numbers them 1, 2, ...).
-        for number, info in enumerate(read_seg_nrrd(args.labels).segments, start=1):
-            session.add_segment(info.name, color=info.color, label_value=number)
+    # A .seg.nrrd's segments are taken one by one, with their names, colours and overlaps.
     annotated = session.annotate_from_label_map(args.labels, axis=args.axis, indices=indices)
     print(f"{len(session.segments)} label(s) on {len(annotated)} annotated slice(s) along axis "
           f"{args.axis}: {', '.join(str(i) for i in annotated)}")

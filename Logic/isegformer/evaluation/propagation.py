@@ -25,7 +25,7 @@ from ..errors import InvalidInputError
 from ..progress import ProgressCallback
 from ..propagation.base import frames_along_axis, volume_from_frames
 from ..propagation.factory import create_propagator
-from ..volume import Volume, read_volume
+from ..volume import Volume, read_label_map, read_volume
 from ..volume.slicing import check_axis, slice_spacing
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,8 @@ def evaluate_case(
 def evaluate_files(volume_path: str | Path, label_path: str | Path, **kwargs) -> tuple[CaseResult, Volume, Volume, np.ndarray]:
     """:func:`evaluate_case` on files; also returns the volume, label and prediction (for montages)."""
     volume = read_volume(volume_path)
-    label = read_volume(label_path)
     try:
-        volume.check_label_map(label)
+        label = read_label_map(label_path, volume)  # values checked, Slicer's flipped/cropped grids placed
     except InvalidInputError as err:
         raise InvalidInputError(f"{Path(label_path).name} vs {Path(volume_path).name}: {err}") from err
     kwargs.setdefault("name", Path(volume_path).parent.name + "/" + _stem(Path(volume_path)))

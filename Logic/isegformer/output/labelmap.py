@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError, InvalidInputError
+from ..errors import InvalidInputError
 from ..volume import Volume
 from ..volume.image_io import read_label_map as _read_on_grid
 from .atomic import write_image_verified
-from .seg_nrrd import read_seg_nrrd
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +55,13 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volu
 
 
 def read_label_map(path: str | os.PathLike, reference: Volume) -> np.ndarray:
-    """Read a label map (any SimpleITK format, or a ``.seg.nrrd``) that lies on ``reference``'s grid.
+    """Read a label map (any SimpleITK format, or a ``.seg.nrrd``) onto ``reference``'s grid.
 
-    Returns a (k, j, i) integer array. A ``.seg.nrrd`` gives segment ``n`` (file order) the
-    value ``n + 1``. A file on another grid raises InvalidInputError.
+    Returns a (k, j, i) integer array. This is :func:`isegformer.volume.read_label_map` (the one
+    label reader: values checked, Slicer's flipped or cropped grids placed exactly, another grid
+    refused), without the geometry.
     """
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"No such label file: {path}.")
-    if path.name.lower().endswith(".seg.nrrd"):
-        segmentation = read_seg_nrrd(path)
-        on_grid = Volume(segmentation.label_map(), segmentation.ijk_to_ras)
-        try:
-            reference.check_label_map(on_grid)
-        except InvalidInputError as err:
-            raise InvalidInputError(f"{path.name}: {err}") from err
-        return on_grid.array
-    label = _read_on_grid(path, reference)
-    array = label.array
-    if not np.issubdtype(array.dtype, np.integer):
-        # Label maps are sometimes stored as floats (BraTS does): accept whole numbers only.
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise FileFormatError(
-                f"{path.name} holds fractional values; a label map holds whole numbers 0, 1, 2, ..."
-            )
-        array = rounded.astype(np.int32)
-    return array
+    return _read_on_grid(path, reference).array

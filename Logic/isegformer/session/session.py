@@ -362,6 +362,8 @@ class Session:
         another grid is refused. Returns the slice indices annotated.
         """
         axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        if isinstance(labels, (str, os.PathLike)) and str(labels).lower().endswith(".seg.nrrd"):
+            return self._annotate_from_segmentation(labels, axis, indices, names)
         array = self._label_array(labels)
         if indices is None:
             other = tuple(a for a in range(3) if a != axis)
@@ -378,6 +380,34 @@ class Session:
                 target = self._segment_for_label(value, names.get(value))
                 for index in indices:
                     self.set_slice_mask(axis, index, slicing.extract_slice(array, axis, index) == value, target)
+        return indices
+
+    def _annotate_from_segmentation(self, path, axis: int, indices, names) -> list[int]:
+        """annotate_from_label_map for a ``.seg.nrrd``: each segment on its own, so overlapping
+        segments keep their overlap; names and colours come from the file (``names[n]`` renames
+        the n-th segment, counting from 1); Slicer's flipped or cropped grids are placed exactly."""
+        from ..output.seg_nrrd import read_seg_nrrd
+
+        segmentation = read_seg_nrrd(path).on_grid(self.volume, what=f"segmentation {Path(path).name}")
+        self._input_files.append(("a label map this session read", str(path)))
+        if indices is None:
+            other = tuple(a for a in range(3) if a != axis)
+            present = np.zeros(self.volume.shape[axis], bool)
+            for mask in segmentation.masks:
+                present |= mask.any(axis=other)
+            indices = [int(i) for i in np.flatnonzero(present)]
+            if not indices:
+                raise InvalidInputError(f"The segmentation {Path(path).name} is empty: draw at least one slice.")
+        indices = [slicing.check_index(self.volume.shape, axis, int(i)) for i in indices]
+        names = dict(names or {})
+        with self.history.transaction(f"annotate {len(indices)} slices from a segmentation"):
+            for number, (info, mask) in enumerate(zip(segmentation.segments, segmentation.masks), start=1):
+                name = names.get(number, info.name)
+                target = next((s for s in self._segments if s.name == name), None)
+                if target is None:
+                    target = self.add_segment(name, color=info.color)
+                for index in indices:
+                    self.set_slice_mask(axis, index, slicing.extract_slice(mask, axis, index), target)
         return indices
 
     def _segment_for_label(self, value: int, name: Optional[str]) -> Segment:
@@ -401,8 +431,7 @@ class Session:
             self._input_files.append(("a label map this session read", str(labels)))
             return array
         if isinstance(labels, Volume):
-            self.volume.check_label_map(labels)
-            array = labels.array
+            array = self.volume.label_on_grid(labels).array
         else:
             array = np.asarray(labels)
             if array.shape != self.volume.shape:
@@ -410,10 +439,9 @@ class Session:
                     f"The label map has shape {array.shape} but the volume {self.volume.shape}: "
                     "it was drawn on another grid."
                 )
-        if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
-            if not np.array_equal(np.rint(array), array):
-                raise InvalidInputError("A label map holds whole numbers 0, 1, 2, ...")
-        return array.astype(np.int32)
+        from ..volume.labels import as_label_array
+
+        return as_label_array(array)  # checked before any cast: int64 2**32 + 1 must not become 1
 
     def clear_slice(self, axis: int, index: int, segment: SegmentRef = None) -> None:
         """Remove a slice's annotation (its clicks and mask); the propagated result shows again."""
