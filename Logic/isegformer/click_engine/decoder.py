@@ -42,13 +42,27 @@ class MLPDecoder(nn.Module):
         # coarse map is fused at its own resolution before it is resized: 4-64x fewer
         # multiply-adds for stages 1-3, no full-size concatenation, half the decoder's time on
         # CPU. It equals the reference's order of operations up to float rounding (~2e-7).
-        weight = self.fusion_conv.conv.weight
+        # The backbone's maps are channels-last in memory, so each 1x1 conv is a matrix
+        # product over the channel axis (F.linear on an NHWC view, no copy); as a convolution
+        # with a weight slice it took PyTorch's slow im2col path on CPU.
+        weight = self.fusion_conv.conv.weight.flatten(1)
         blocks = weight.split(weight.shape[1] // len(self.convs), dim=1)
+        inference = not torch.is_grad_enabled()
         fused = None
         for conv, feature, block in zip(self.convs, features, blocks):
-            y = F.conv2d(conv(feature), block)
+            projected = F.linear(feature.permute(0, 2, 3, 1), conv.conv.weight.flatten(1),
+                                 conv.conv.bias)
+            projected = projected.relu_() if inference else F.relu(projected)
+            y = F.linear(projected, block).permute(0, 3, 1, 2)
             if y.shape[2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            fused = y if fused is None else fused + y
-        fused = F.relu(fused + self.fusion_conv.conv.bias.view(1, -1, 1, 1))
-        return self.conv_seg(self.dropout(fused))
+            if fused is None:
+                fused = y
+            else:
+                fused = fused.add_(y) if inference else fused + y
+        bias = self.fusion_conv.conv.bias.view(1, -1, 1, 1)
+        fused = fused.add_(bias).relu_() if inference else F.relu(fused + bias)
+        fused = self.dropout(fused)
+        logits = F.linear(fused.permute(0, 2, 3, 1), self.conv_seg.weight.flatten(1),
+                          self.conv_seg.bias)
+        return logits.permute(0, 3, 1, 2)

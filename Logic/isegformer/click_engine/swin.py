@@ -101,6 +101,12 @@ def window_token_order(h: int, w: int, window: int, shift: int,
     return gather.to(device), scatter.to(device)
 
 
+def linear_bias(linear: nn.Module) -> torch.Tensor:
+    """The bias of a float ``nn.Linear`` or of its int8 replacement (where ``bias`` is a method)."""
+    bias = linear.bias
+    return bias() if callable(bias) else bias
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops a sample's residual branch in training (identity in eval)."""
 
@@ -237,7 +243,8 @@ class SwinBlock(nn.Module):
         if hp * wp != tokens:
             # A zero padding token projects to exactly the qkv bias, so the projection runs on
             # the real tokens only and the padding positions all read this one bias token.
-            qkv = torch.cat([qkv, self.attn.qkv.bias.to(qkv.dtype).expand(b, 1, -1)], dim=1)
+            qkv = torch.cat([qkv, linear_bias(self.attn.qkv).to(qkv.dtype).expand(b, 1, -1)],
+                            dim=1)
         windows = qkv.index_select(1, gather).view(-1, win * win, 3 * c)
         y = self.attn.attend(windows, b, mask if self.shift else None)
         y = self.attn.proj(y.view(b, hp * wp, c).index_select(1, scatter))
