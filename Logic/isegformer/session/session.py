@@ -509,7 +509,7 @@ class Session:
             )
         from ..propagation.factory import METHODS
 
-        if method not in METHODS:
+        if method not in METHODS and self._propagator_factory is None:  # a factory names its own
             raise InvalidInputError(f"Unknown propagation method {method!r}: use one of {', '.join(METHODS)}.")
         if not any(a.mask.any() for a in annotated.values()):
             # Every annotated slice says "not here": the object is nowhere. No propagator is

@@ -10,7 +10,10 @@ The manifest (entry ``manifest``, a JSON string) says what the arrays are:
   ``segN_propagated``, bit-packed), and their annotated slices with clicks (entries ``segN_annM``,
   bit-packed masks).
 
-Only numpy arrays and plain JSON are stored, so loading never unpickles anything.
+Only numpy arrays and plain JSON are stored, so loading never unpickles anything. Loading reads
+the manifest through the bounded JSON reader, checks all of it (:mod:`.manifest`), and reads
+only the array entries it names, each after its ``.npy`` header matched the shape and dtype
+the manifest implies: nothing is allocated that the volume's own size does not justify.
 """
 from __future__ import annotations
 
@@ -19,24 +22,27 @@ import json
 import logging
 import os
 import zipfile
+import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from .. import __version__
 from ..errors import InvalidInputError, SessionFileError
+from ..json_io import loads_bounded
 from ..output.atomic import atomic_write
 from ..segments.segment import Segment, SliceAnnotation, SliceClick
 from ..volume import Volume
+from .manifest import FORMAT_NAME, FORMAT_VERSION, ArraySpec, Manifest, SegmentEntry, VolumeEntry, check_manifest
 
 if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "isegformer-session"
-FORMAT_VERSION = 1
+#: The manifest is a few kB per segment; 16 M characters is far beyond any real one.
+MAX_MANIFEST_CHARS = 16 * 1024 * 1024
 
 
 def volume_digest(array: np.ndarray) -> str:
@@ -129,99 +135,140 @@ def load_session(cls: type, path: str | os.PathLike, volume: Any, options: dict)
     if not path.is_file():
         raise SessionFileError(f"No session file at {path}.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "manifest" not in data.files:
-                raise SessionFileError(
-                    f"{path} is not an isegformer session (no manifest). Open sessions saved with Session.save."
-                )
-            manifest = _read_manifest(data["manifest"], path)
-            arrays = {key: data[key] for key in data.files if key != "manifest"}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            manifest = _read_manifest(archive, members, path)
+            arrays = {spec.key: _read_entry(archive, members, spec, path) for spec in manifest.array_specs()}
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise SessionFileError(
             f"{path} cannot be read as an isegformer session ({err}). It may be damaged or of another kind."
         ) from err
 
+    session_volume = _session_volume(manifest.volume, arrays, volume, path)
+    options.setdefault("axis", manifest.default_axis)
+    if manifest.window is not None:
+        options.setdefault("window", manifest.window)
     try:
-        session_volume = _session_volume(manifest["volume"], arrays, volume, path)
-        options.setdefault("axis", int(manifest.get("default_axis", 0)))
-        if manifest.get("window") is not None:
-            options.setdefault("window", tuple(manifest["window"]))
-        session = cls(session_volume, source=manifest["volume"].get("source"), **options)
-        for entry in manifest["segments"]:
-            session._segments.append(_segment(entry, arrays, session_volume.shape, path))
-        current = manifest.get("current_segment")
-        session._current = next((s for s in session._segments if s.name == current), None)
-        session._order = int(manifest.get("order", 0))
-        session._session_file = str(path)
-    except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, InvalidInputError):
-            raise SessionFileError(f"{path}: {err}") from err
-        raise SessionFileError(f"{path} is damaged: {type(err).__name__} {err}.") from err
+        session = cls(session_volume, source=manifest.volume.source, **options)
+        for entry in manifest.segments:
+            session._segments.append(_segment(entry, arrays, session_volume.shape))
+    except InvalidInputError as err:
+        raise SessionFileError(f"{path}: {err}") from err
+    session._current = next((s for s in session._segments if s.name == manifest.current_segment), None)
+    session._order = manifest.order
+    session._session_file = str(path)
     log.info("Loaded a session (%d segments) from %s", len(session._segments), path)
     return session
 
 
-def _read_manifest(raw: np.ndarray, path: Path) -> dict:
-    try:
-        manifest = json.loads(str(raw))
-    except json.JSONDecodeError as err:
-        raise SessionFileError(f"{path}: the session manifest is not valid JSON ({err}).") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise SessionFileError(f"{path} is not an isegformer session file.")
-    version = manifest.get("version")
-    if not isinstance(version, int):
-        raise SessionFileError(f"{path}: the session format version is missing.")
-    if version > FORMAT_VERSION:
+def _member(members: dict, key: str, path: Path) -> zipfile.ZipInfo:
+    info = members.get(f"{key}.npy")
+    if info is None:
+        raise SessionFileError(f"{path} is damaged: the entry {key!r} that its manifest names is missing.")
+    return info
+
+
+def _read_manifest(archive: zipfile.ZipFile, members: dict, path: Path) -> Manifest:
+    if "manifest.npy" not in members:
         raise SessionFileError(
-            f"{path} was saved by a newer isegformer (session format {version}, isegformer "
-            f"{manifest.get('isegformer_version', '?')}); this is isegformer {__version__}, which "
-            f"reads format {FORMAT_VERSION} and older. Update isegformer to open it."
+            f"{path} is not an isegformer session (no manifest). Open sessions saved with Session.save."
         )
-    return manifest
+    info = members["manifest.npy"]
+    # A unicode .npy stores 4 bytes per character, plus its header.
+    if info.file_size > 4 * MAX_MANIFEST_CHARS + 4096:
+        raise SessionFileError(f"{path}: the session manifest is {info.file_size} bytes, far more than any session's.")
+    with archive.open(info) as stream:
+        shape, dtype = _npy_header(stream, path, "manifest")
+        if shape != () or dtype.kind != "U":
+            raise SessionFileError(f"{path}: the session manifest is not a text entry.")
+        data = _read_exact(stream, dtype.itemsize, path, "manifest")
+    text = np.frombuffer(data, dtype=dtype)[0]
+    document = loads_bounded(str(text), f"the manifest of {path}", max_bytes=MAX_MANIFEST_CHARS,
+                             error=SessionFileError, advice="The session file is damaged.")
+    return check_manifest(document, path)
 
 
-def _session_volume(info: dict, arrays: dict, given: Any, path: Path) -> Volume:
-    matrix = np.asarray(info["ijk_to_ras"], dtype=np.float64)
-    shape = tuple(int(v) for v in info["shape"])
+def _npy_header(stream: BinaryIO, path: Path, key: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of a ``.npy`` stream, refusing Fortran order and pickled object arrays."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise SessionFileError(f"{path}: the entry {key!r} has an unknown array format {version}.")
+    if fortran or dtype.hasobject:
+        raise SessionFileError(f"{path}: the entry {key!r} is not an array this package writes.")
+    return tuple(shape), dtype
+
+
+def _read_exact(stream: BinaryIO, nbytes: int, path: Path, key: str) -> bytearray:
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    done = 0
+    while done < nbytes:
+        count = stream.readinto(view[done:])
+        if not count:
+            raise SessionFileError(f"{path} is truncated: the entry {key!r} ends early.")
+        done += count
+    if stream.read(1):  # also reaches the end, where the zip checks the entry's CRC
+        raise SessionFileError(f"{path}: the entry {key!r} is longer than its header says.")
+    return buffer
+
+
+def _read_entry(archive: zipfile.ZipFile, members: dict, spec: ArraySpec, path: Path) -> np.ndarray:
+    info = _member(members, spec.key, path)
+    nbytes = int(np.prod(spec.shape, dtype=np.int64)) * spec.dtype.itemsize
+    if info.file_size < nbytes:
+        raise SessionFileError(f"{path} is truncated: the entry {spec.key!r} is too short.")
+    with archive.open(info) as stream:
+        shape, dtype = _npy_header(stream, path, spec.key)
+        if shape != spec.shape or dtype != spec.dtype:
+            raise SessionFileError(
+                f"{path} is damaged: the entry {spec.key!r} holds {dtype} {list(shape)}, but its manifest "
+                f"implies {spec.dtype} {list(spec.shape)}."
+            )
+        buffer = _read_exact(stream, nbytes, path, spec.key)
+    return np.frombuffer(buffer, dtype=spec.dtype).reshape(spec.shape)
+
+
+def _session_volume(info: VolumeEntry, arrays: dict, given: Any, path: Path) -> Volume:
     if given is not None:
         from .session import Session
 
         candidate = Session.open(given).volume if not isinstance(given, Volume) else given
         where = "the volume given"
-    elif info.get("included") and "volume" in arrays:
-        candidate = Volume(arrays["volume"], matrix)
+    elif info.included:
+        candidate = Volume(arrays["volume"], info.ijk_to_ras)
         where = "the volume in the file"
-    elif info.get("source") and Path(info["source"]).exists():
+    elif info.source and (Path(info.source).is_file() or Path(info.source).is_dir()):
         from ..volume import read_volume
 
-        candidate = read_volume(info["source"])
-        where = f"the volume at {info['source']}"
+        candidate = read_volume(info.source)
+        where = f"the volume at {info.source}"
     else:
         raise SessionFileError(
-            f"{path} was saved without its volume, and the original ({info.get('source')}) is not "
+            f"{path} was saved without its volume, and the original ({info.source}) is not "
             "there: pass it with Session.load(path, volume=...)."
         )
-    if candidate.shape != shape or volume_digest(candidate.array) != info["sha256"]:
+    if candidate.shape != info.shape or volume_digest(candidate.array) != info.sha256:
         raise SessionFileError(
             f"{where} is not the one this session was made on (shape {candidate.shape}, expected "
-            f"{shape}, or other voxel values). Give the original volume."
+            f"{info.shape}, or other voxel values). Give the original volume."
         )
-    if not np.allclose(candidate.ijk_to_ras, matrix, atol=1e-6):
+    if not np.allclose(candidate.ijk_to_ras, info.ijk_to_ras, atol=1e-6):
         log.warning("The volume's geometry differs from the saved one; using the saved geometry.")
-        candidate = Volume(candidate.array, matrix)
+        candidate = Volume(candidate.array, info.ijk_to_ras)
     return candidate
 
 
-def _segment(entry: dict, arrays: dict, shape: tuple[int, int, int], path: Path) -> Segment:
-    segment = Segment(
-        name=entry["name"], color=tuple(entry["color"]), label_value=int(entry["label_value"])
-    )
-    for item in entry["annotations"]:
-        mask = _unpack(arrays[item["array"]], tuple(item["shape"]))
-        clicks = tuple(SliceClick(float(r), float(c), bool(p)) for r, c, p in item["clicks"])
-        segment.set_annotation(int(item["axis"]), int(item["index"]),
-                               SliceAnnotation(mask, clicks, int(item["order"])))
-    if entry.get("propagated"):
-        segment.propagated = _unpack(arrays[entry["propagated"]], shape)
-        segment.propagation_axis = entry.get("propagation_axis")
+def _segment(entry: SegmentEntry, arrays: dict, shape: tuple[int, int, int]) -> Segment:
+    segment = Segment(name=entry.name, color=entry.color, label_value=entry.label_value)
+    for item in entry.annotations:
+        mask = _unpack(arrays[item.packed.key], item.mask_shape)
+        clicks = tuple(SliceClick(row, col, positive) for row, col, positive in item.clicks)
+        segment.set_annotation(item.axis, item.index, SliceAnnotation(mask, clicks, item.order))
+    if entry.propagated is not None:
+        segment.propagated = _unpack(arrays[entry.propagated.key], shape)
+        segment.propagation_axis = entry.propagation_axis
     return segment
