@@ -841,3 +841,39 @@ def test_with_the_real_tiny_model_the_first_click_finds_the_model_loaded_and_war
                       widget.ui.segmentEditorWidget.currentSegmentID(), volume)
     np.testing.assert_array_equal(written[3] > 0, bridge.segment_mask(widget.ui.segmentEditorWidget.currentSegmentID())[3])
     assert not np.delete(written, 3, axis=0).any()  # only that slice
+
+
+@pytest.mark.data
+def test_a_left_handed_volume_read_by_slicer_is_clicked_on_the_slice_under_the_point(slicer_env, data_dir):
+    """Slicer's volume reader flips K of left-handed images (ForceRightHandedIJKCoordinateSystem,
+    Slicer 5.8+): its k index counts the other way from the file's. The slice written is the
+    one under the clicked world point, whichever way k counts."""
+    from isegformer.volume import read_volume
+
+    slicer = slicer_env.slicer
+    path = data_dir / "radiomics_brain" / "brain1_image.nrrd"
+    volume = slicer.util.loadVolume(str(path))
+    from_file = read_volume(path)  # the package's reader keeps the file's (left-handed) order
+    slicer_ijk_to_ras = slicer.util.arrayFromVTKMatrix(_matrix(volume))
+    assert np.linalg.det(slicer_ijk_to_ras[:3, :3]) > 0 > np.linalg.det(from_file.ijk_to_ras[:3, :3])
+    logic = slicer_env.module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    segmentation, segment_id = logic.setSegmentation()
+    logic._bridge = SessionBridge(FakeSession(slicer.util.arrayFromVolume(volume).shape))
+    file_k = 20  # the file's slice 20 ...
+    ras = (from_file.ijk_to_ras @ np.array([128, 100, file_k, 1.0]))[:3]
+    point = logic.addClick(ras, axis=0)
+    depth = from_file.array.shape[0]
+    assert point.index == depth - 1 - file_k  # ... is Slicer's slice 4 of 25
+    written = segment(slicer, segmentation, segment_id, volume)
+    assert written[point.index].sum() == 9 and written.sum() == 9
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume)[point.index], from_file.array[file_k])
+    logic.shutdown()
+
+
+def _matrix(volume):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix
