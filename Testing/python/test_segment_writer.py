@@ -339,17 +339,17 @@ def test_undo_restores_every_segment_and_redo_reapplies():
     scene.configure(MASK_MODES["everywhere"], OVERWRITE_MODES["all"], None)
     history = EditorLogicHistory(scene.scene, scene.editor)
     history.bind(scene.node, scene.volume)
-    actions = ActionStates(history)
+    actions = ActionStates(history.saveState)
     writer = SegmentWriter(scene.node, scene.volume, scene.editor)
     states = [scene.arrays()]
     full = np.ones(SHAPE[1:], bool)
-    actions.begin()
-    writer.write("target", 0, 2, full[None], beforeWrite=actions.beforeWrite)
+    first, second = actions.newAction(), actions.newAction()  # queued back to back
+    writer.write("target", 0, 2, full[None], beforeWrite=actions.hook(first))
     states.append(scene.arrays())
     assert not states[1]["overlap"][2].any() and states[0]["overlap"][2].any()  # erased by the write
-    actions.begin()  # one action, two slices
-    writer.write("target", 0, 4, full[None], beforeWrite=actions.beforeWrite)
-    writer.write("target", 0, 5, np.zeros((1,) + SHAPE[1:]), beforeWrite=actions.beforeWrite)
+    # one action, two slices (a point moved from one slice to another)
+    writer.write("target", 0, 4, full[None], beforeWrite=actions.hook(second))
+    writer.write("target", 0, 5, np.zeros((1,) + SHAPE[1:]), beforeWrite=actions.hook(second))
     states.append(scene.arrays())
 
     def assert_state(expected):
@@ -370,8 +370,7 @@ def test_undo_restores_every_segment_and_redo_reapplies():
     history.undo()
     assert_state(states[1])
     # a new write after an undo drops the redo branch, as in the Segment Editor
-    actions.begin()
-    writer.write("shared", 1, 3, np.ones((SHAPE[0], 1, SHAPE[2]), bool), beforeWrite=actions.beforeWrite)
+    writer.write("shared", 1, 3, np.ones((SHAPE[0], 1, SHAPE[2]), bool), beforeWrite=actions.hook())
     assert not history.canRedo()
     history.undo()
     assert_state(states[1])

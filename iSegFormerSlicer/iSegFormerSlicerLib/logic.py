@@ -11,7 +11,6 @@ import logging
 import os
 
 import numpy as np
-import vtk
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -22,6 +21,7 @@ from .finetune import FinetuneActions, editedSlices
 from .jobs import JobQueue
 from .models import DEFAULT_MODEL, STCN_MODEL
 from .parameters import DEVICES, PROPAGATION_METHODS, ModuleParameters
+from .segment_history import ActionStates, EditorLogicHistory
 
 # Names other code and older scripts import from here.
 POSITIVE_NODE_NAME = clicks.POSITIVE_NODE_NAME
@@ -42,8 +42,12 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        #: called before every write so the Segment Editor can undo it (the widget sets it)
+        #: saves a state in Slicer's segmentation history before an action's first write; the
+        #: widget sets it to its Segment Editor's ``saveStateForUndo`` (the editor's Undo/Redo
+        #: buttons), None: the Logic's own history (:meth:`undo`, :meth:`redo` from the console)
         self.saveStateForUndo = None
+        self._history = None  # segment_history.EditorLogicHistory, made on first use
+        self._actions = ActionStates(self._saveState)
         #: the Segment Editor node whose masking and overwrite settings writes follow
         self.segmentEditorNode = None
         self.viewAlignmentToleranceDegrees = 1.0
@@ -272,6 +276,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
     def reset(self):
         """Forget the session and the clicks (scene closed); the parameter node goes with the scene."""
         self._closeSession()
+        self._history = None  # its nodes went with the scene
         self._records = []
         self._written = {}
         self._handEdited = {}
@@ -393,9 +398,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         point = self.locateClick(rasPoint, sliceNode, axis)
         self._order += 1
         record = clicks.ClickRecord(pointId, bool(positive), segmentId, point, self._order)
+        action = self._actions.newAction()  # one undo state for this click
         jobId = self._submitWithSession(  # first: a session opened now replays only earlier clicks
             lambda bridge, progress: bridge.click(segmentId, point, bool(positive)),
-            label="click", apply=self.applySliceUpdate, onFailure=lambda: self._forgetRecord(record),
+            label="click", apply=lambda update: self.applySliceUpdate(update, action),
+            onFailure=lambda: self._forgetRecord(record),
         )
         self._records.append(record)
         return jobId
@@ -423,7 +430,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
                 affected.add(record.sliceKey)  # the slice it is on now
             kept.append(record)
         self._records = kept
-        return [self._submitReplay(*key) for key in sorted(affected)]
+        action = self._actions.newAction()  # the slices a move or a deletion recomputes: one undo state
+        return [self._submitReplay(*key, action=action) for key in sorted(affected)]
 
     def _clicksOf(self, segmentId, axis, index):
         from isegformer.slicer_support.session_bridge import ClickSpec
@@ -431,11 +439,12 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         records = sorted((r for r in self._records if r.sliceKey == (segmentId, axis, index)), key=lambda r: r.order)
         return [ClickSpec(r.point.row, r.point.col, r.positive) for r in records]
 
-    def _submitReplay(self, segmentId, axis, index):
+    def _submitReplay(self, segmentId, axis, index, action=None):
         clickSpecs = self._clicksOf(segmentId, axis, index)
+        action = self._actions.newAction() if action is None else action
         return self._submitWithSession(
             lambda bridge, progress: bridge.replay(segmentId, axis, index, clickSpecs),
-            label="replay", apply=self.applySliceUpdate,
+            label="replay", apply=lambda update: self.applySliceUpdate(update, action),
         )
 
     def submitUndoLastClick(self):
@@ -490,35 +499,49 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
                 bridge.adopt_edits(segmentId, axis, current, written)
             return bridge.propagate(segmentId, axis=axis, method=method, progress=progress)
 
-        return self._submitWithSession(propagate, label="propagate", apply=self.applyVolumeUpdate)
+        action = self._actions.newAction()  # a whole propagation: one undo state
+        return self._submitWithSession(propagate, label="propagate",
+                                       apply=lambda update: self.applyVolumeUpdate(update, action))
 
     # ---- writing into the segmentation (GUI thread) ------------------------------------------
     def editRules(self):
         """The Segment Editor's masking and overwrite settings as EditRules."""
-        sliceWrite = support().slice_write
-        node = self.segmentEditorNode
-        segmentationNode = self.segmentationNode
-        visible = None
-        displayNode = segmentationNode.GetDisplayNode() if segmentationNode else None
-        if displayNode is not None:
-            visible = frozenset(
-                s for s in segmentationNode.GetSegmentation().GetSegmentIDs() if displayNode.GetSegmentVisibility(s)
-            )
-        if node is None:
-            return sliceWrite.EditRules(visible_segments=visible)
-        intensityRange = None
-        intensityOn = node.GetSourceVolumeIntensityMask() if hasattr(node, "GetSourceVolumeIntensityMask") \
-            else node.GetMasterVolumeIntensityMask()
-        if intensityOn:
-            intensityRange = tuple(node.GetSourceVolumeIntensityMaskRange()) \
-                if hasattr(node, "GetSourceVolumeIntensityMaskRange") else tuple(node.GetMasterVolumeIntensityMaskRange())
-        return sliceWrite.EditRules(
-            mask_mode=sliceWrite.MaskMode(node.GetMaskMode()),
-            overwrite_mode=sliceWrite.OverwriteMode(node.GetOverwriteMode()),
-            mask_segment=node.GetMaskSegmentID() or None,
-            intensity_range=intensityRange,
-            visible_segments=visible,
-        )
+        from .segment_writer import editRulesFromNodes
+
+        return editRulesFromNodes(self.segmentationNode, self.segmentEditorNode)
+
+    def segmentWriter(self):
+        """Reads and writes the segmentation's segments on the source volume's grid, as the
+        Segment Editor would (see segment_writer.py)."""
+        from .segment_writer import SegmentWriter
+
+        return SegmentWriter(self.segmentationNode, self.volumeNode, self.segmentEditorNode)
+
+    # ---- undo (Slicer's segmentation history) ------------------------------------------------
+    @property
+    def history(self):
+        """The Logic's own segmentation history (console use; the widget uses its editor's)."""
+        if self._history is None:
+            self._history = EditorLogicHistory(slicer.mrmlScene, self.getSegmentEditorNode())
+        return self._history
+
+    def _saveState(self):
+        if self.saveStateForUndo is not None:
+            self.saveStateForUndo()
+            return
+        self.history.bind(self.segmentationNode, self.volumeNode)
+        self.history.saveState()
+
+    def undo(self):
+        """Undo the last edit in the segmentation history (a click, a point moved or deleted, a
+        propagation; Segment Editor edits made from the console's history too)."""
+        self.history.bind(self.segmentationNode, self.volumeNode)
+        self.history.undo()
+
+    def redo(self):
+        """Redo what :meth:`undo` took back."""
+        self.history.bind(self.segmentationNode, self.volumeNode)
+        self.history.redo()
 
     def segmentArray(self, segmentId=None):
         """A segment as a (k, j, i) uint8 array on the source volume's grid (a copy)."""
@@ -527,10 +550,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         if segmentationNode is None or not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
             # Slicer's export of a missing segment fails deep inside with an AttributeError
             raise ValueError("The segment was deleted; select or add a segment and try again.")
-        try:
-            return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, self.volumeNode).copy()
-        except RuntimeError:  # an empty segment: Slicer 5.13 exports zeros, earlier versions may refuse
-            return np.zeros(slicer.util.arrayFromVolume(self.volumeNode).shape, np.uint8)
+        # Read straight from the segment's labelmap layer: no temporary node, no whole export.
+        return self.segmentWriter().read(segmentId).astype(np.uint8)
 
     def _checkSameFrame(self):
         if self.segmentationNode.GetParentTransformNode() is not self.volumeNode.GetParentTransformNode():
@@ -539,72 +560,37 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
                 "segmentation under the volume's transform (Data module) and try again."
             )
 
-    def applySliceUpdate(self, update):
+    def applySliceUpdate(self, update, action=None):
         """Write one slice of a click result into its segment, following the editor's rules."""
         self.writeSlicesIntoSegment(update.segment, update.axis, update.index, update.index,
-                                    np.expand_dims(update.mask, update.axis))
+                                    np.expand_dims(update.mask, update.axis), action)
 
-    def applyVolumeUpdate(self, update):
+    def applyVolumeUpdate(self, update, action=None):
         """Write a propagation result: only the slices that differ are changed."""
         shape = update.mask.shape
-        self.writeSlicesIntoSegment(update.segment, update.axis, 0, shape[update.axis] - 1, update.mask)
+        self.writeSlicesIntoSegment(update.segment, update.axis, 0, shape[update.axis] - 1, update.mask, action)
 
-    def writeSlicesIntoSegment(self, segmentId, axis, first, last, masks):
+    def writeSlicesIntoSegment(self, segmentId, axis, first, last, masks, action=None):
         """THE write path: slices first..last along ``axis`` of a segment (masks stacked along
-        ``axis``), following the Segment Editor's masking and overwrite rules; one undo state."""
-        helpers = support()
+        ``axis``), following the Segment Editor's masking and overwrite rules (segment_writer.py).
+        The first write of an ``action`` saves one undo state (None: this write is an action)."""
         self._checkSameFrame()
         segmentationNode = self.segmentationNode
-        segmentation = segmentationNode.GetSegmentation()
-        if segmentation.GetSegment(segmentId) is None:
+        if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
             raise ValueError("The segment was deleted; select or add a segment and click again.")
-        rules = self.editRules()
-        ids = list(segmentation.GetSegmentIDs())
-        arrays = {sid: self.segmentArray(sid) for sid in ids}
-        source = slicer.util.arrayFromVolume(self.volumeNode) if rules.intensity_range else None
-        changedSegments, changedIndices = set(), []
-        for offset, index in enumerate(range(first, last + 1)):
-            mask = helpers.transforms.take_slice(masks, axis, offset)
-            changes = helpers.slice_write.write_slice(mask, segmentId, arrays, axis, index, rules, source)
-            helpers.slice_write.apply_slice_changes(arrays, axis, index, changes)
-            changedSegments.update(changes)
-            if changes:
-                changedIndices.append(index)
-        if changedSegments:
-            if self.saveStateForUndo is not None:
-                self.saveStateForUndo()
-            for sid in sorted(changedSegments):  # only the span of slices that changed is sent
-                self._setSegmentSlab(sid, axis, changedIndices[0], changedIndices[-1], arrays[sid])
-        for sid in changedSegments | {segmentId}:
-            if sid == segmentId or sid in self._written:
-                self._written[sid] = arrays[sid].astype(bool)
-
-    def _setSegmentSlab(self, segmentId, axis, first, last, array):
-        """Replace slices first..last of a segment with those of ``array`` (k, j, i); others untouched."""
-        kji = [slice(None)] * 3
-        kji[axis] = slice(first, last + 1)
-        slab = np.ascontiguousarray(array[tuple(kji)], dtype=np.uint8)
-        extent = [0, array.shape[2] - 1, 0, array.shape[1] - 1, 0, array.shape[0] - 1]  # i, j, k
-        ijkAxis = 2 - axis
-        extent[2 * ijkAxis], extent[2 * ijkAxis + 1] = first, last
-        image = slicer.vtkOrientedImageData()
-        image.SetExtent(extent)
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        from vtk.util import numpy_support
-
-        scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-        scalars[:] = slab.reshape(-1)
-        ijkToRas = vtk.vtkMatrix4x4()
-        self.volumeNode.GetIJKToRASMatrix(ijkToRas)
-        image.SetImageToWorldMatrix(ijkToRas)
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        # Remove what the slab no longer has, then add what it has: only this segment's voxels
-        # inside the slab change (Slicer separates shared layers under the modifier first).
-        segmentationNode = self.segmentationNode
-        if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_MERGE_MIN, extent):
-            raise RuntimeError("Slicer refused to update segment %s." % segmentId)
-        if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_MERGE_MASK, extent):
-            raise RuntimeError("Slicer refused to update segment %s." % segmentId)
+        writer = self.segmentWriter()
+        report = writer.write(segmentId, axis, first, masks, beforeWrite=self._actions.hook(action))
+        for sid in set(report.segments) | {segmentId}:  # what the module last wrote, to tell hand edits
+            if sid not in self._written:
+                if sid == segmentId:
+                    self._written[sid] = writer.read(sid)
+                continue
+            if report.indices:
+                lo, hi = report.indices[0], report.indices[-1]
+                kji = [slice(None)] * 3
+                kji[axis] = slice(lo, hi + 1)
+                self._written[sid][tuple(kji)] = writer.read(sid, axis, lo, hi)
+        return report
 
     # ---- synchronous API for the Python console -----------------------------------------------
     def addClick(self, rasPoint, positive=True, sliceNode=None, axis=None, segmentId=None):

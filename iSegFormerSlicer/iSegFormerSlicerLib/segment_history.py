@@ -7,7 +7,7 @@ unchanged since the previous state are shared, not copied), so an undo restores 
 exactly, including voxels a write erased from other segments.
 
 The module saves one state per user action (a click, a point moved or deleted, a propagation),
-just before the first voxel of that action changes:
+just before the first voxel of that action changes (:class:`ActionStates`):
 
 - in the application, into the Segment Editor widget's own history (:class:`WidgetHistory`), so
   the editor's Undo/Redo buttons and Ctrl+Z in the editor take back the module's edits too;
@@ -84,23 +84,27 @@ class WidgetHistory:
 class ActionStates:
     """Saves one history state per user action, however many writes the action makes.
 
-    ``begin()`` starts an action (a click, a point moved or deleted, a propagation);
-    ``beforeWrite`` is the writer's hook: it saves the state at the action's first write only.
+    Each action (a click, a point moved or deleted, a propagation) takes a number from
+    :meth:`newAction` when it is queued; its results may arrive later and in several writes.
+    ``beforeWrite(action)`` is the writer's hook: it saves a state at the first write of each
+    action only, so actions queued back to back still get a state each.
     """
 
-    def __init__(self, history):
-        self.history = history
-        self._saved = False  # the first write saves a state even if no action was begun
+    def __init__(self, saveState):
+        self._saveState = saveState
+        self._counter = 0
+        self._lastSaved = None
 
-    def begin(self):
-        self._saved = False
+    def newAction(self) -> int:
+        self._counter += 1
+        return self._counter
 
-    def beforeWrite(self):
-        if not self._saved:
-            self.history.saveState()
-            self._saved = True
+    def beforeWrite(self, action=None):
+        """The hook for ``SegmentWriter.write``; ``action`` None: a write that is its own action."""
+        action = self.newAction() if action is None else action
+        if action != self._lastSaved:
+            self._saveState()
+            self._lastSaved = action
 
-    def single(self):
-        """The hook for a write that is an action of its own."""
-        self.begin()
-        return self.beforeWrite
+    def hook(self, action=None):
+        return lambda: self.beforeWrite(action)
