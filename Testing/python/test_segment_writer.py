@@ -391,3 +391,65 @@ def test_hundred_writes_add_no_node_to_the_scene():
         writer.write(("target", "shared", "overlap")[n % 3], axis, n % SHAPE[axis], blob(rng, shape))
         writer.read("hidden")
     assert scene.scene.GetNumberOfNodes() == nodes
+
+
+def test_console_logic_saves_one_undo_state_per_action(slicer_env):
+    """From the Python console (no widget): a click, a point moved, a point deleted and a
+    propagation are one state each in Slicer's segmentation history; logic.undo() walks back
+    through them restoring every segment (the voxels a click erased from another segment too),
+    logic.redo() walks forward again. The scene does not grow."""
+    from session_fakes import FakeSession
+
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    shape = (6, 8, 10)
+    ijk_to_ras = np.array([[0, 0, 1.5, 10.0], [-0.8, 0, 0, -20.0], [0, 1.1, 0, 5.0], [0, 0, 0, 1]])
+    volume = slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), ijk_to_ras, name="volume")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    node, target = logic.setSegmentation()
+    other = node.GetSegmentation().AddEmptySegment("", "other")
+    SegmentWriter(node, volume).write(other, 0, 2, np.ones((1,) + shape[1:], bool))  # before any state
+    logic.getSegmentEditorNode().SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
+    logic.setModelSettings(propagation="interpolation")
+    logic._bridge = SessionBridge(FakeSession(shape))
+    logic._stale = False
+    reader = SegmentWriter(node, volume)
+
+    def world(k, j, i):
+        return (ijk_to_ras @ np.array([i, j, k, 1.0]))[:3]
+
+    def snapshot():
+        return {sid: reader.read(sid) for sid in (target, other)}
+
+    states = [snapshot()]
+    logic.addClick(world(2, 3, 4), axis=0)
+    states.append(snapshot())
+    assert not states[1][other][2, 2:5, 3:6].any()  # the click erased the other segment there
+    logic.addClick(world(4, 5, 6), axis=0)
+    states.append(snapshot())
+    nodes = slicer_env.scene.GetNumberOfNodes()
+    positive, _ = logic.getClickNodes()
+    positive.SetNthControlPointPositionWorld(0, *world(2, 6, 7))  # moved within slice 2
+    logic.waitForJobs(), logic.submitPointsChanged(), logic.waitForJobs()
+    states.append(snapshot())
+    positive.RemoveNthControlPoint(1)  # deleted: slice 4 recomputed (emptied)
+    logic.submitPointsChanged()
+    logic.waitForJobs()
+    states.append(snapshot())
+    logic.propagate()
+    states.append(snapshot())
+    assert all(not np.array_equal(a[target], b[target]) for a, b in zip(states, states[1:]))
+    assert slicer_env.scene.GetNumberOfNodes() == nodes  # no node per write, none per read
+
+    for expected in reversed(states[:-1]):
+        logic.undo()
+        for sid, array in snapshot().items():
+            assert np.array_equal(array, expected[sid]), sid
+    assert not logic.history.canUndo()
+    for expected in states[1:]:
+        logic.redo()
+        for sid, array in snapshot().items():
+            assert np.array_equal(array, expected[sid]), sid
+    logic.shutdown()
