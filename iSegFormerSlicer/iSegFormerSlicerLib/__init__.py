@@ -73,3 +73,8 @@ def support():
     helpers.views = views
     helpers.worker = worker
     return helpers
+
+
+# Find (not import) the package now, so that a file of this package that names a light
+# isegformer module at its top works in a source checkout too (Logic/ beside the module).
+ensureIsegformerImportable()
