@@ -877,3 +877,26 @@ def _matrix(volume):
     matrix = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(matrix)
     return matrix
+
+
+def test_loading_a_saved_scene_brings_its_settings_back_into_the_widget(slicer_env, ready_widget, tmp_path):
+    """File > Load scene into the open scene (Slicer's Connect): the saved parameter node wins
+    over what the widget showed, and the widget shows it."""
+    import slicer_standins
+
+    slicer, widget = slicer_env.slicer, ready_widget
+    ui = widget.ui
+    slicer_standins.enter_module(widget)
+    volume = add_volume(slicer, np.zeros(SHAPE, np.int16), name="saved volume")
+    ui.inputVolumeSelector.setCurrentNode(volume)
+    ui.deviceComboBox.currentText = "cpu"
+    ui.propagationComboBox.currentText = "interpolation"
+    assert slicer.util.saveScene(str(tmp_path / "scene"))
+
+    ui.deviceComboBox.currentText = "cuda"
+    ui.propagationComboBox.currentText = "stcn"
+    slicer.util.loadScene(str(tmp_path / "scene" / "scene.mrml"), {"clear": True})
+    assert (ui.deviceComboBox.currentText, ui.propagationComboBox.currentText) == ("cpu", "interpolation")
+    assert (widget.logic.device, widget.logic.propagation) == ("cpu", "interpolation")
+    loaded = ui.inputVolumeSelector.currentNode()
+    assert loaded is not None and loaded.GetName() == "saved volume" and loaded is widget.logic.volumeNode
