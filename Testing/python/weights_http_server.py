@@ -8,6 +8,7 @@ environment variables are honoured without anything leaving 127.0.0.1.
 """
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ _BLOCK = 64 * 1024
 @dataclass
 class Route:
     body: bytes
-    # ok | drop | status | slow | stall | drive | drive_quota | gate
+    # ok | drop | status | slow | stall | drive | drive_quota | gate | empty | trickle | redirect
     mode: str = "ok"
     times: int = ALWAYS  # how many requests misbehave before the route serves normally
     status: int = 500
@@ -33,6 +34,21 @@ class Route:
     gate: threading.Event = field(default_factory=threading.Event)
     throttle: float = 0.0  # seconds between 64 KiB blocks
     hits: int = 0
+    # The file's version: a strong ETag (from the body's hash) and a Last-Modified date.
+    validators: str = "both"  # both | etag | last-modified | none
+    if_range_ok: bool = True  # False: a server that ignores If-Range and always honours Range
+    next_body: Optional[bytes] = None  # replaces body once `switch_after` requests were served
+    switch_after: int = ALWAYS
+    location: str = ""  # the Location header of mode "redirect"
+    trickle_bytes: int = ALWAYS  # mode "trickle": bytes sent one at a time, `delay` apart
+
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
+
+    def last_modified(self) -> str:
+        # A different date for each version, derived from the body.
+        day = 1 + int(hashlib.sha256(self.body).hexdigest()[:4], 16) % 28
+        return f"Mon, {day:02d} Jan 2024 10:00:00 GMT"
 
 
 @dataclass
@@ -42,6 +58,7 @@ class Seen:
     range: Optional[str]
     absolute: bool  # the request line carried a full URL: it came through us as a proxy
     host: str
+    if_range: Optional[str] = None
 
 
 class FaultyServer:
@@ -96,13 +113,26 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         self.owner._record(Seen(parts.path, query, self.headers.get("Range"),
-                                self.path.startswith("http"), parts.netloc))
+                                self.path.startswith("http"), parts.netloc,
+                                self.headers.get("If-Range")))
         route = self.owner.routes.get(parts.path)
         if route is None:
             return self._plain(404, b"not found")
         route.hits += 1
+        if route.next_body is not None and route.hits > route.switch_after:
+            route.body, route.next_body = route.next_body, None  # the file is replaced upstream
         misbehave = route.hits <= route.times
         mode = route.mode if misbehave else "ok"
+        if mode == "empty":
+            return self._plain(200, b"", content_type="application/octet-stream")
+        if mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", route.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mode == "trickle":
+            return self._serve(route, trickle=True)
         if mode == "status":
             return self._plain(route.status, b"server says no")
         if mode == "slow":
@@ -124,10 +154,15 @@ class _Handler(BaseHTTPRequestHandler):
     # -- responses -------------------------------------------------------------------------
 
     def _serve(self, route: Route, *, stop_after: Optional[float] = None,
-               stall_after: Optional[float] = None, gate_after: Optional[float] = None) -> None:
+               stall_after: Optional[float] = None, gate_after: Optional[float] = None,
+               trickle: bool = False) -> None:
         body = route.body
         start = 0
         header = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if header and if_range is not None and route.if_range_ok \
+                and if_range not in (route.etag(), route.last_modified()):
+            header = None  # RFC 9110: a changed file is sent whole, with 200
         if header and route.range_ok:
             start = int(header.split("=", 1)[1].split("-", 1)[0])
             if start >= len(body):
@@ -144,7 +179,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Accept-Ranges", "bytes" if route.range_ok else "none")
+        if route.validators in ("both", "etag"):
+            self.send_header("ETag", route.etag())
+        if route.validators in ("both", "last-modified"):
+            self.send_header("Last-Modified", route.last_modified())
         self.end_headers()
+        if trickle:
+            try:
+                for offset in range(min(len(payload), route.trickle_bytes)):
+                    self.wfile.write(payload[offset:offset + 1])
+                    self.wfile.flush()
+                    if self.owner.stopping.wait(route.delay):
+                        break
+                self.close_connection = True
+            except OSError:
+                self.close_connection = True
+            return
         cut = None
         for fraction in (stop_after, stall_after, gate_after):
             if fraction is not None:
@@ -208,9 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _plain(self, status: int, body: bytes) -> None:
+    def _plain(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -24,7 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="download again and forget the recorded hash (for a file that was "
                              "legitimately replaced upstream)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="longest silence from the server before retrying (default 60)")
+                        help="longest silence from the server before retrying (default 60); also "
+                             "the window over which --min-rate is measured")
+    parser.add_argument("--min-rate", type=float, default=1024.0, metavar="BYTES_PER_S",
+                        help="an attempt slower than this over --timeout seconds is ended and "
+                             "retried once; two in a row give up (default 1024; 0: no minimum)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                        help="give up on a URL after this long in all, retries included "
+                             "(default: no deadline)")
     parser.add_argument("--retries", type=int, default=5,
                         help="retries after a failure that made no progress (default 5)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,7 +54,14 @@ def run(args: argparse.Namespace) -> int:
         cache = ModelCache()  # the registry file must not be a file the download writes
         guard_outputs([args.registry], [cache.record_path] + [
             cache.model_path(name, registry.get(name).filename) for name in names], input_names=["--registry"])
-    options = DownloadOptions(read_timeout=args.timeout, retries=max(args.retries, 0))
+    from ..errors import InvalidInputError
+
+    if not (args.timeout > 0 and args.min_rate >= 0 and (args.deadline is None
+                                                         or args.deadline > 0)):
+        raise InvalidInputError("--timeout and --deadline must be positive and --min-rate at "
+                                "least 0 (seconds, seconds, bytes per second).")
+    options = DownloadOptions(read_timeout=args.timeout, retries=max(args.retries, 0),
+                              min_rate=args.min_rate, deadline=args.deadline)
     failed = []
     for name in names:
         bar = None if args.no_progress else TqdmProgress(desc=name, unit="B", unit_scale=True)

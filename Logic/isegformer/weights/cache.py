@@ -11,30 +11,46 @@ Trust on first use: where the registry gives no SHA256, the hash of the first co
 (or of a file put in place by hand) is written to ``cache.json``; every later use hashes the file
 again and must match it. Local files given by path are recorded the same way, keyed by their
 absolute path; a file whose size or modification time changed is a new file and is trusted anew,
-while different content under the same path, size and time is refused as corrupt.
+while different content under the same path, size and time is refused as corrupt. An empty file
+is never recorded.
+
+``cache.json`` is read by one schema-checking reader (:meth:`ModelCache._read`, on
+:func:`isegformer.json_io.loads_bounded`): a record that is not a valid document is set aside
+(``cache.json.corrupt-<time>``) and a fresh one started; an entry that is malformed is ignored.
+Writing it failing (a full disk, a read-only folder) raises :class:`CacheWriteError` and leaves
+the previous record exactly as it was. A read-only cache stays usable: its verified files are
+used without writing anything (see :mod:`isegformer.weights.resolve`).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ..atomic import atomic_replace
 from ..errors import WeightsError
+from ..json_io import JSONDocumentError, loads_bounded
 
 log = logging.getLogger(__name__)
 
 HOME_ENV = "ISEGFORMER_HOME"
 RECORD_VERSION = 1
 _HASH_BLOCK = 1 << 20
+_MAX_RECORD_BYTES = 16 << 20
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# What a folder that may not be written answers (a read-only mount, another user's cache).
+_READ_ONLY_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM))
 
 
 def cache_home() -> Path:
@@ -52,12 +68,41 @@ def cache_home() -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    """The SHA256 of a file's bytes, as 64 lower-case hex digits."""
+    """The SHA256 of a file's bytes, as 64 lower-case hex digits (WeightsError if unreadable)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(_HASH_BLOCK), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise WeightsError(f"cannot read {path}: {err.strerror or err}. Check the file's "
+                           "permissions and the disk.") from None
     return digest.hexdigest()
+
+
+class CacheWriteError(WeightsError):
+    """The cache folder could not be written. ``read_only``: the folder may not be written at
+    all (a read-only mount, no permission), as opposed to a full disk or a failing device."""
+
+    def __init__(self, message: str, *, read_only: bool) -> None:
+        super().__init__(message)
+        self.read_only = read_only
+
+
+def cache_write_error(action: str, err: OSError) -> CacheWriteError:
+    """The error for an ``OSError`` raised while ``action`` ("create the lock file x")."""
+    read_only = err.errno in _READ_ONLY_ERRNOS
+    if read_only:
+        advice = (f"The cache is read-only: files already verified there are used as they are; "
+                  f"to download or record anything, set {HOME_ENV} to a writable folder.")
+    elif err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        advice = f"The disk is full: free some space, or set {HOME_ENV} to a folder on another disk."
+    else:
+        advice = f"Check the disk, or set {HOME_ENV} to another folder."
+    return CacheWriteError(f"cannot {action}: {err.strerror or err}. {advice}",
+                           read_only=read_only)
 
 
 def utc_now() -> str:
@@ -87,8 +132,11 @@ class FileLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise cache_write_error(f"create the lock file {self.path}", err) from None
         start = time.monotonic()
         try:
             while not _try_lock(fd):
@@ -164,6 +212,15 @@ class DownloadRecord:
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def problem(self) -> Optional[str]:
+        from .registry import filename_problem
+
+        if filename_problem(self.filename):
+            return f"filename {self.filename!r} {filename_problem(self.filename)}"
+        if self.trust not in ("registry", "first-use"):
+            return f"trust {self.trust!r} is neither 'registry' nor 'first-use'"
+        return None
+
 
 @dataclass(frozen=True)
 class LocalRecord:
@@ -212,6 +269,8 @@ class ModelCache:
         return _parse(LocalRecord, raw)
 
     def remember_download(self, name: str, record: DownloadRecord) -> None:
+        if record.size <= 0 or record.sha256 == EMPTY_SHA256:
+            raise WeightsError(f"refusing to record an empty file as {name}")
         with self._editing() as data:
             data.setdefault("models", {})[name] = record.to_json()
 
@@ -220,6 +279,8 @@ class ModelCache:
             data.setdefault("models", {}).pop(name, None)
 
     def remember_local(self, path: Path, record: LocalRecord) -> None:
+        if record.size <= 0 or record.sha256 == EMPTY_SHA256:
+            raise WeightsError(f"refusing to record the empty file {path}")
         with self._editing() as data:
             data.setdefault("local_files", {})[str(Path(path).resolve())] = record.to_json()
 
@@ -228,45 +289,97 @@ class ModelCache:
             data.setdefault("local_files", {}).pop(str(Path(path).resolve()), None)
 
     def _read(self) -> dict[str, Any]:
+        """The record, checked: a dict whose "models" and "local_files" are dicts of entries.
+
+        Entries themselves are checked when used (:func:`_parse`), so that one bad entry costs
+        only itself. A document that fails the check is set aside and a fresh one returned.
+        """
         try:
-            text = self.record_path.read_text(encoding="utf-8")
+            with open(self.record_path, "rb") as stream:
+                raw = stream.read(_MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             return {"version": RECORD_VERSION}
         except OSError as err:
-            raise WeightsError(f"cannot read the cache record {self.record_path}: {err}. Check "
-                               f"the folder's permissions, or set {HOME_ENV} to another folder.")
+            raise WeightsError(f"cannot read the cache record {self.record_path}: "
+                               f"{err.strerror or err}. Check the folder's permissions, or set "
+                               f"{HOME_ENV} to another folder.") from None
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:
-            # Keep the damaged record for inspection; starting afresh only costs re-hashing.
-            backup = self.record_path.with_name(f"cache.json.corrupt-{int(time.time())}")
-            with contextlib.suppress(OSError):
-                os.replace(self.record_path, backup)
-            log.warning("the cache record %s was unreadable; moved it to %s and started a new one",
-                        self.record_path, backup)
-            return {"version": RECORD_VERSION}
-        return data
+            data = loads_bounded(raw, f"the cache record {self.record_path}",
+                                 max_bytes=_MAX_RECORD_BYTES)
+            problem = _record_problem(data)
+        except JSONDocumentError as err:
+            problem = str(err)
+        if problem is None:
+            return data
+        # Keep the damaged record for inspection; starting afresh only costs re-hashing.
+        backup = self.record_path.with_name(f"cache.json.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.record_path, backup)
+            where = f"moved it to {backup}"
+        except OSError:
+            where = "left it in place (the folder is not writable)"
+        log.warning("the cache record %s was unreadable (%s); %s and started a new one",
+                    self.record_path, problem, where)
+        return {"version": RECORD_VERSION}
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write of cache.json under its own lock, replaced atomically."""
+        """Read-modify-write of cache.json under its own lock, replaced atomically.
+
+        Raises :class:`CacheWriteError` when the record cannot be written; the previous record
+        is then left exactly as it was.
+        """
         with FileLock(self.home / "locks" / "cache.json.lock"):
             data = self._read()
             data["version"] = RECORD_VERSION
             yield data
-            self.home.mkdir(parents=True, exist_ok=True)
-            with atomic_replace(self.record_path) as tmp, open(tmp, "w", encoding="utf-8") as stream:
-                json.dump(data, stream, indent=2, sort_keys=True)
-                stream.write("\n")
+            try:
+                self.home.mkdir(parents=True, exist_ok=True)
+                with atomic_replace(self.record_path) as tmp, \
+                        open(tmp, "w", encoding="utf-8") as stream:
+                    json.dump(data, stream, indent=2, sort_keys=True)
+                    stream.write("\n")
+            except OSError as err:
+                raise cache_write_error(f"write the cache record {self.record_path} (it was "
+                                        "left as it was)", err) from None
+
+
+def _record_problem(data: Any) -> Optional[str]:
+    if not isinstance(data, dict):
+        return f"it holds a {type(data).__name__}, not an object"
+    for key in ("models", "local_files"):
+        if key in data and not isinstance(data[key], dict):
+            return f"its {key!r} is a {type(data[key]).__name__}, not an object"
+    if "version" in data and (type(data["version"]) is not int or data["version"] > RECORD_VERSION):
+        return f"its version is {data['version']!r:.40}, this isegformer writes {RECORD_VERSION}"
+    return None
 
 
 def _parse(cls, raw: Any):
-    if not isinstance(raw, dict):
+    """A record entry, or None (with a warning) when it is not exactly a valid one."""
+    if raw is None:
         return None
-    try:
-        return cls(**raw)
-    except TypeError:
-        log.warning("ignoring a malformed cache record entry: %r", raw)
-        return None
+    expected = {f.name: f.type for f in fields(cls)}
+    problem = None
+    if not isinstance(raw, dict) or set(raw) != set(expected):
+        problem = "its fields are not " + ", ".join(expected)
+    else:
+        for name, kind in expected.items():
+            value = raw[name]
+            if kind == "int" and (type(value) is not int or (value < 0 and name != "mtime_ns")):
+                problem = f"{name} is {value!r:.40}, not a non-negative integer"
+            elif kind == "str" and (not isinstance(value, str) or not value.isprintable()):
+                problem = f"{name} is {value!r:.40}, not a line of text"
+            if problem:
+                break
+        if problem is None and not _SHA256.fullmatch(raw["sha256"]):
+            problem = "its sha256 is not 64 lower-case hexadecimal digits"
+        if problem is None and (raw["size"] == 0 or raw["sha256"] == EMPTY_SHA256):
+            problem = "it records an empty file"
+        if problem is None:
+            record = cls(**raw)
+            problem = record.problem() if hasattr(record, "problem") else None
+            if problem is None:
+                return record
+    log.warning("ignoring a malformed cache record entry (%s): %.200r", problem, raw)
+    return None

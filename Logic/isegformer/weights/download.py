@@ -8,9 +8,18 @@ progress through the package's callback convention. Proxies come from the usual 
 variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``): requests honours them because the
 session keeps ``trust_env``.
 
-On success the ``.part`` file holds the complete body and its SHA256 is returned. On any failure
-or cancellation the ``.part`` file is removed before the error propagates: a later run starts
-again from zero rather than trusting bytes of unknown origin.
+A resumed request carries ``If-Range`` with the first response's strong ETag (else its
+Last-Modified date), and a partial answer whose validator differs starts the file over: a file
+replaced on the server between two attempts is never spliced from two versions. A server that
+sends neither validator is not resumed (the download starts over), for the same reason.
+
+Slow servers: ``read_timeout`` bounds the silence between two blocks; ``min_rate`` (bytes/s over
+windows of ``read_timeout`` seconds) ends an attempt that trickles, and a second such attempt in
+a row gives up; ``deadline`` bounds one URL's whole download, retries and waits included.
+
+On success the ``.part`` file holds the complete body and its SHA256 is returned; an empty body
+is refused. On any failure or cancellation the ``.part`` file is removed before the error
+propagates: a later run starts again from zero rather than trusting bytes of unknown origin.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import contextlib
 import errno
 import hashlib
 import html
+import http.client
 import logging
 import re
 import shutil
@@ -28,6 +38,7 @@ from typing import BinaryIO, Optional
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 
 from .. import __version__
 from ..errors import CancelledError, DownloadError
@@ -51,6 +62,8 @@ class DownloadOptions:
     backoff_max: float = 30.0
     max_attempts: int = 50  # hard cap per URL, even when every attempt makes some progress
     chunk_size: int = 1 << 18
+    min_rate: float = 1024.0  # bytes/s over each read_timeout window; 0 turns the check off
+    deadline: Optional[float] = None  # seconds for one URL, retries and waits included
 
 
 class DiskFullError(DownloadError):
@@ -61,7 +74,8 @@ class DownloadFailure(DownloadError):
     """A download from one URL failed; ``reason`` says how.
 
     ``reason`` is one of ``offline``, ``timeout``, ``not_found``, ``http_error``,
-    ``server_error``, ``interrupted``, ``bad_content``, ``tls`` or ``write_error``.
+    ``server_error``, ``interrupted``, ``bad_content``, ``wrong_size`` (not the registry's size),
+    ``tls`` or ``write_error``.
     """
 
     def __init__(self, message: str, *, reason: str, url: str, status: Optional[int] = None):
@@ -75,6 +89,7 @@ class _Retryable(Exception):
     def __init__(self, failure: DownloadFailure):
         super().__init__(str(failure))
         self.failure = failure
+        self.too_slow = False
 
 
 class _Restart(Exception):
@@ -148,13 +163,23 @@ class _Transfer:
         self.total: Optional[int] = expected_size
         self.hasher = hashlib.sha256()
         self.pages_followed = 0
+        self.validator: Optional[str] = None  # the file version the bytes on disk belong to
+        self.deadline: Optional[float] = None
 
     def run(self) -> tuple[str, int]:
-        self.part_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.part_path, "wb") as stream:
+        self.deadline = (None if self.options.deadline is None
+                         else time.monotonic() + self.options.deadline)
+        try:
+            self.part_path.parent.mkdir(parents=True, exist_ok=True)
+            stream = open(self.part_path, "wb")
+        except OSError as err:
+            raise self._write_error(err) from err
+        with stream:
             failures = 0
+            slow_in_a_row = 0
             for attempt in range(1, self.options.max_attempts + 1):
                 furthest = self.furthest
+                self._check_deadline()
                 try:
                     self._attempt(stream)
                     break
@@ -166,11 +191,19 @@ class _Transfer:
                     self._truncate(stream)
                     continue
                 except _Retryable as err:
-                    # Only an attempt that got further than any before earns a fresh set of
-                    # retries; a server that always breaks at the same byte runs out of them.
-                    failures = 0 if self.furthest > furthest else failures + 1
-                    if failures > self.options.retries or attempt == self.options.max_attempts:
+                    slow_in_a_row = slow_in_a_row + 1 if err.too_slow else 0
+                    # Only an attempt that got clearly further than any before earns a fresh set
+                    # of retries; a server that always breaks at the same byte, or trickles a few
+                    # bytes each time, runs out of them.
+                    failures = (0 if self.furthest >= furthest + self._real_progress()
+                                else failures + 1)
+                    if (failures > self.options.retries or attempt == self.options.max_attempts
+                            or slow_in_a_row > 1):
                         raise self._give_up(err.failure, attempt) from None
+                    if self.done and self.validator is None:
+                        log.info("%s: the server names no version of the file (no ETag or "
+                                 "Last-Modified), so it is not resumed; starting over", self.label)
+                        self._truncate(stream)
                     delay = min(self.options.backoff * 2 ** max(failures - 1, 0),
                                 self.options.backoff_max)
                     log.info("%s: %s; attempt %d failed, retrying in %.1f s", self.label,
@@ -179,25 +212,50 @@ class _Transfer:
             else:
                 raise self._failure("interrupted", f"{_host(self.url)} never delivered the whole "
                                     f"file in {self.options.max_attempts} attempts")
-            stream.flush()
+            try:
+                stream.flush()
+            except OSError as err:
+                raise self._write_error(err) from err
+        if self.done == 0:
+            raise self._failure("bad_content", f"{_host(self.url)} sent an empty file (0 bytes) "
+                                "instead of the model")
         return self.hasher.hexdigest(), self.done
+
+    def _real_progress(self) -> int:
+        """Bytes an attempt must add to count as progress: one window at the minimum rate."""
+        return max(1, int(self.options.min_rate * self._rate_window()))
+
+    def _rate_window(self) -> float:
+        return max(self.options.read_timeout, 0.1)
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise self._failure("timeout", f"the download from {_host(self.url)} did not finish "
+                                f"within its {self.options.deadline:g} s deadline ({self.done} "
+                                "bytes received)")
+
+    def _timeouts(self) -> tuple[float, float]:
+        connect, read = self.options.connect_timeout, self.options.read_timeout
+        if self.deadline is not None:
+            left = max(self.deadline - time.monotonic(), 0.05)
+            connect, read = min(connect, left), min(read, left)
+        return connect, read
 
     # -- one HTTP request ---------------------------------------------------------------------
 
     def _attempt(self, stream: BinaryIO) -> None:
-        headers = {"Range": f"bytes={self.done}-"} if self.done else {}
-        timeout = (self.options.connect_timeout, self.options.read_timeout)
+        headers = {}
+        if self.done and self.validator is not None:  # run() never resumes without one
+            headers = {"Range": f"bytes={self.done}-", "If-Range": self.validator}
         try:
-            with self.session.get(self.url, headers=headers, stream=True, timeout=timeout,
-                                  allow_redirects=True) as response:
+            with self.session.get(self.url, headers=headers, stream=True,
+                                  timeout=self._timeouts(), allow_redirects=True) as response:
                 self._check_status(response)
                 if _is_web_page(response):
                     raise _FollowPage(self._confirmation_url(response))
                 self._position(response, stream)
                 self._check_space()
-                for chunk in response.iter_content(chunk_size=self.options.chunk_size):
-                    if chunk:
-                        self._write(stream, chunk)
+                self._receive(response, stream)
         except (_Retryable, _Restart, _FollowPage, CancelledError, DownloadError):
             raise
         except requests.exceptions.ConnectTimeout as err:
@@ -222,14 +280,45 @@ class _Transfer:
                 raise self._retryable("interrupted", f"the connection to {_host(self.url)} "
                                       f"broke after {self.done} bytes") from err
             raise self._retryable("offline", f"cannot connect to {_host(self.url)}") from err
+        except requests.exceptions.TooManyRedirects as err:
+            raise self._failure("http_error", f"{_host(self.url)} redirects in a loop "
+                                f"({err})") from err
         except requests.exceptions.RequestException as err:
             raise self._failure("http_error", f"the request to {self.url} failed: {err}") from err
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+            # Raised by urllib3 or http.client below requests' own wrapping: the connection or
+            # the server's framing broke. Worth another attempt.
+            raise self._retryable("interrupted", f"the connection to {_host(self.url)} broke "
+                                  f"after {self.done} bytes ({type(err).__name__}: {err})") from err
+        except Exception as err:  # noqa: BLE001 - e.g. ValueError for `Location: http://[::1`
+            raise self._failure("http_error", f"{_host(self.url)} gave an answer that cannot be "
+                                f"followed ({type(err).__name__}: {err})") from err
         if self.total is not None and self.done < self.total:
             raise self._retryable("interrupted", f"the connection to {_host(self.url)} closed "
                                   f"after {self.done} of {self.total} bytes")
         if self.total is not None and self.done > self.total:
             raise self._failure("bad_content", f"{_host(self.url)} sent {self.done} bytes, more "
                                 f"than the announced {self.total}")
+
+    def _receive(self, response: requests.Response, stream: BinaryIO) -> None:
+        """Write the body as it arrives, ending attempts that trickle or pass the deadline."""
+        window = self._rate_window()
+        window_start, window_done = time.monotonic(), self.done
+        for chunk in _arriving_chunks(response, self.options.chunk_size):
+            if chunk:
+                self._write(stream, chunk)
+            now = time.monotonic()
+            self._check_deadline()
+            if now - window_start >= window:
+                received = self.done - window_done
+                if self.options.min_rate > 0 and received < self.options.min_rate * window:
+                    retry = self._retryable(
+                        "timeout", f"{_host(self.url)} sent only {received} bytes in "
+                        f"{now - window_start:.1f} s, slower than the minimum of "
+                        f"{self.options.min_rate:g} bytes/s")
+                    retry.too_slow = True
+                    raise retry
+                window_start, window_done = now, self.done
 
     def _check_status(self, response: requests.Response) -> None:
         status = response.status_code
@@ -255,14 +344,27 @@ class _Transfer:
                 log.info("%s: asked for byte %d, got a range from %s; starting over",
                          self.label, self.done, start)
                 raise _Restart()
+            if not self.done:
+                self.validator = _validator(response)
+            elif _validator(response) != self.validator:
+                # The server ignored If-Range: the bytes on disk are of another version.
+                log.info("%s: the file changed on the server since the first attempt; starting "
+                         "over", self.label)
+                raise _Restart()
             self.total = total if total is not None else (
                 self.done + length if length is not None else self.total)
-            return
-        if self.done:
-            log.info("%s: the server does not resume downloads; starting over", self.label)
-            self._truncate(stream)
-        if length is not None:
-            self.total = length
+        else:
+            if self.done:
+                log.info("%s: the server sent the whole file again (it changed, or it does not "
+                         "resume downloads); starting over", self.label)
+                self._truncate(stream)
+            self.validator = _validator(response)
+            if length is not None:
+                self.total = length
+        if (self.expected_size is not None and self.total is not None
+                and self.total != self.expected_size):
+            raise self._failure("wrong_size", f"{_host(self.url)} announces a file of "
+                                f"{self.total} bytes, the registry expects {self.expected_size}")
 
     def _confirmation_url(self, response: requests.Response) -> str:
         """The URL behind a Google Drive style "download anyway" page, or a clear failure."""
@@ -292,9 +394,13 @@ class _Transfer:
         report(self.progress, self.done, self.total or 0, f"downloading {self.label}")
 
     def _truncate(self, stream: BinaryIO) -> None:
-        stream.seek(0)
-        stream.truncate()
+        try:
+            stream.seek(0)
+            stream.truncate()
+        except OSError as err:
+            raise self._write_error(err) from err
         self.done = 0
+        self.validator = None
         self.total = self.expected_size
         self.hasher = hashlib.sha256()
 
@@ -326,6 +432,8 @@ class _Transfer:
 
     def _sleep(self, seconds: float, message: str) -> None:
         deadline = time.monotonic() + seconds
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline)
         while True:
             report(self.progress, self.done, self.total or 0, f"{self.label}: {message}")
             left = deadline - time.monotonic()
@@ -417,8 +525,41 @@ def _is_read_timeout(err: Exception) -> bool:
     return False
 
 
+def _arriving_chunks(response: requests.Response, size: int):
+    """The body in blocks of at most ``size`` bytes, each as soon as it arrives.
+
+    ``iter_content`` waits until a whole block is there, so a server sending a byte at a time
+    would never let the caller look at the clock. The exceptions are wrapped as requests wraps
+    them, so that one set of handlers serves both.
+    """
+    raw = response.raw
+    while True:
+        try:
+            chunk = raw.read1(size, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as err:
+            raise requests.exceptions.ConnectionError(err) from err
+        except urllib3.exceptions.SSLError as err:
+            raise requests.exceptions.SSLError(err) from err
+        except urllib3.exceptions.DecodeError as err:
+            raise requests.exceptions.ContentDecodingError(err) from err
+        except urllib3.exceptions.ProtocolError as err:
+            raise requests.exceptions.ChunkedEncodingError(err) from err
+        if not chunk:
+            return
+        yield chunk
+
+
+def _validator(response: requests.Response) -> Optional[str]:
+    """What names this version of the file for ``If-Range``: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag", "").strip()
+    if etag and not etag.startswith("W/") and etag.isprintable():
+        return etag
+    modified = response.headers.get("Last-Modified", "").strip()
+    return modified if modified and modified.isprintable() else None
+
+
 def _content_range(value: str) -> tuple[Optional[int], Optional[int]]:
-    match = re.match(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)", value)
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value)
     if not match:
         return None, None
     total = None if match.group(3) == "*" else int(match.group(3))
@@ -426,10 +567,8 @@ def _content_range(value: str) -> tuple[Optional[int], Optional[int]]:
 
 
 def _int_header(response: requests.Response, name: str) -> Optional[int]:
-    try:
-        return int(response.headers[name])
-    except (KeyError, ValueError):
-        return None
+    value = response.headers.get(name, "").strip()
+    return int(value) if re.fullmatch(r"\d{1,19}", value) else None
 
 
 def _host(url: str) -> str:

@@ -19,21 +19,27 @@ verifies every later use against the hash it recorded (see :mod:`isegformer.weig
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
+from urllib.parse import urlsplit
 
 from ..errors import WeightsError
+from ..json_io import read_json_bounded
 
 REGISTRY_ENV = "ISEGFORMER_REGISTRY"
 SCHEMA_VERSION = 1
 KINDS = ("click_model", "propagation", "fusion", "sample_volume", "sample_label", "dataset")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Every validator matches the whole string (fullmatch): "$" would accept a trailing newline.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_FILENAME_BYTES = 200  # leaves room for ".part" and the temporary names within 255
+_WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
+_FORBIDDEN_IN_FILENAMES = set('/\\<>:"|?*')
+_MAX_SIZE = 1 << 44  # 16 TiB: larger than any model or dataset file
 _REQUIRED = ("name", "kind", "version", "filename", "url")
 _OPTIONAL_TEXT = ("license", "paper", "citation", "description")
 _KNOWN_KEYS = set(_REQUIRED) | set(_OPTIONAL_TEXT) | {"mirrors", "size", "sha256"}
@@ -132,17 +138,12 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
     """Read and validate a registry file (default: :func:`registry_path`)."""
     source = Path(path).expanduser() if path is not None else registry_path()
     try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as err:
-        raise RegistryError(f"cannot read the model registry {source}: {err.strerror or err}. "
-                            "Check the path and its permissions.") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RegistryError(
-            f"the model registry {source} is not valid JSON (line {err.lineno}, column "
-            f"{err.colno}: {err.msg}). Fix the file or use the bundled registry."
-        ) from err
+        data = read_json_bounded(source, f"the model registry {source}", error=RegistryError,
+                                 max_bytes=8 << 20,
+                                 advice="Fix the file, or use the bundled registry.")
+    except FileNotFoundError:
+        raise RegistryError(f"the model registry {source} does not exist. Check the path, or use "
+                            "the bundled registry.") from None
     return Registry(parse_registry(data, source), source)
 
 
@@ -186,27 +187,31 @@ def _parse_entry(raw: Any, where: str) -> ModelEntry:
         if key in raw and not isinstance(raw[key], str):
             raise RegistryError(f"{label}: {key!r} must be a string.")
     name, kind, filename = raw["name"], raw["kind"], raw["filename"]
-    if not _NAME.match(name):
-        raise RegistryError(f"{label}: name {name!r} must be lower-case letters, digits, '_', '.' "
-                            "or '-' (it becomes a folder name in the cache).")
+    if not _NAME.fullmatch(name):
+        raise RegistryError(f"{label}: name {name!r} must be 1 to 100 lower-case letters, digits, "
+                            "'_', '.' or '-', starting with a letter or digit (it becomes a folder "
+                            "name in the cache).")
     if kind not in KINDS:
         raise RegistryError(f"{label}: kind {kind!r} is not one of {', '.join(KINDS)}.")
-    if (not filename or filename in (".", "..") or "/" in filename or "\\" in filename
-            or filename.endswith((".part", ".lock"))):
-        raise RegistryError(f"{label}: filename {filename!r} must be a plain file name (no folders, "
-                            "not ending in .part or .lock).")
+    problem = filename_problem(filename)
+    if problem:
+        raise RegistryError(f"{label}: filename {filename!r} {problem}.")
+    if not raw["version"] or not raw["version"].isprintable():
+        raise RegistryError(f"{label}: 'version' must be a non-empty line of text.")
     mirrors = raw.get("mirrors", [])
     if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
         raise RegistryError(f"{label}: 'mirrors' must be a list of URL strings.")
     for url in (raw["url"], *mirrors):
-        if not url.startswith(("http://", "https://")):
-            raise RegistryError(f"{label}: URL {url!r} must start with http:// or https://.")
+        problem = url_problem(url)
+        if problem:
+            raise RegistryError(f"{label}: URL {url!r} {problem}.")
     size = raw.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not 0 < size <= _MAX_SIZE):
         raise RegistryError(f"{label}: 'size' must be a positive integer (bytes) or null.")
     sha256 = raw.get("sha256")
     if sha256 is not None:
-        if not isinstance(sha256, str) or not _SHA256.match(sha256.lower()):
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
             raise RegistryError(f"{label}: 'sha256' must be 64 hexadecimal digits or null.")
         sha256 = sha256.lower()
     return ModelEntry(
@@ -214,3 +219,44 @@ def _parse_entry(raw: Any, where: str) -> ModelEntry:
         mirrors=tuple(mirrors), size=size, sha256=sha256,
         **{key: raw.get(key, "") for key in _OPTIONAL_TEXT},
     )
+
+
+def filename_problem(filename: str) -> Optional[str]:
+    """Why ``filename`` cannot be a file in the cache folder, or None when it can.
+
+    It must stay inside its model's folder on every platform: no separators, no ``..``, no NUL
+    or other control characters, none of the characters or device names Windows reserves, and
+    not one of the names the cache uses for itself (``.part``, ``.lock``, hidden temporaries).
+    """
+    if not filename:
+        return "is empty"
+    if any(char in _FORBIDDEN_IN_FILENAMES or not char.isprintable() for char in filename):
+        return ("must be a plain file name: no folder separators, control characters (such as "
+                "NUL or a newline) or any of < > : \" | ? *")
+    if filename in (".", "..") or filename.startswith("."):
+        return "must not start with '.' (hidden files and '..' are not model files)"
+    if filename.endswith((" ", ".")):
+        return "must not end with a space or a dot (Windows drops them)"
+    if _WINDOWS_RESERVED.fullmatch(filename):
+        return "is a device name on Windows"
+    if filename.endswith((".part", ".lock", ".tmp")):
+        return "must not end in .part, .lock or .tmp (the cache's own working files)"
+    if len(filename.encode("utf-8")) > _MAX_FILENAME_BYTES:
+        return f"is longer than {_MAX_FILENAME_BYTES} bytes"
+    return None
+
+
+def url_problem(url: str) -> Optional[str]:
+    """Why ``url`` cannot be downloaded from, or None when it is a well-formed http(s) URL."""
+    if not url.isprintable() or any(char.isspace() for char in url):
+        return "contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port raises for a malformed one)
+    except ValueError as err:
+        return f"is malformed ({err})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "names no host"
+    return None

@@ -3,7 +3,13 @@
 A checkpoint is a pickle, so no file reaches a loader before its SHA256 is checked: against the
 registry's hash where it has one, else against the hash recorded the first time the file was
 seen (trust on first use). A cached file that fails the check is deleted and reported; a local
-file given by path is refused but never deleted.
+file given by path is refused but never deleted. Empty files are refused, never recorded.
+
+A cached file whose check passes is used without writing anything and without the lock, so a
+read-only cache (a shared, mounted one) serves its verified files. Only when something must be
+written (a download, a first-use hash, removing a damaged file) is the model's lock taken; if
+the cache cannot be written, a cached file is still verified (its first-use hash is then not
+recorded) and anything else fails with a clear error.
 """
 from __future__ import annotations
 
@@ -16,7 +22,15 @@ from typing import Optional, Union
 
 from ..errors import CancelledError, ChecksumMismatchError, WeightsError
 from ..progress import ProgressCallback, report
-from .cache import DownloadRecord, LocalRecord, ModelCache, sha256_file, utc_now
+from .cache import (
+    EMPTY_SHA256,
+    CacheWriteError,
+    DownloadRecord,
+    LocalRecord,
+    ModelCache,
+    sha256_file,
+    utc_now,
+)
 from .download import DownloadFailure, DownloadOptions, download_file, new_session
 from .registry import ModelEntry, Registry, RegistryError, load_registry
 
@@ -100,6 +114,9 @@ def verify_local_file(
         raise WeightsError(f"no file at {file}. Check the path, or give a model name instead "
                            "(`isegformer models` lists them).")
     stat = file.stat()
+    if stat.st_size == 0:
+        raise WeightsError(f"{file} is empty (0 bytes): it is not a weights file. An interrupted "
+                           "copy or download leaves such files; copy or download it again.")
     actual = sha256_file(file)
     if model is not None:
         entry = _registry(registry).get(model)
@@ -131,8 +148,13 @@ def verify_local_file(
                      record.first_seen)
         else:
             log.info("first use of %s: recording SHA256 %s", file, actual)
-        cache.remember_local(file, LocalRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                                               sha256=actual, first_seen=utc_now()))
+        try:
+            cache.remember_local(file, LocalRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                                                   sha256=actual, first_seen=utc_now()))
+        except CacheWriteError as err:
+            if not err.read_only:
+                raise
+            log.warning("%s: not recorded for trust on first use (%s)", file, err)
     return file
 
 
@@ -157,11 +179,20 @@ def model_status(entry: ModelEntry, *, home: HomeLike = None, verify: bool = Tru
 def _fetch(entry: ModelEntry, cache: ModelCache, *, download: bool, force: bool,
            progress: Optional[ProgressCallback], options: DownloadOptions) -> Path:
     final = cache.model_path(entry.name, entry.filename)
+    if not force and _verified_as_is(entry, cache, final):
+        return final
 
     def waiting() -> None:
         report(progress, 0, 0, f"waiting for another download of {entry.name}")
 
-    with cache.lock(entry.name, on_wait=waiting):
+    lock = cache.lock(entry.name, on_wait=waiting)
+    try:
+        lock.acquire()
+    except CacheWriteError as err:
+        if not err.read_only:
+            raise
+        return _use_read_only_cache(entry, cache, final, err, force=force)
+    try:
         if force:
             with contextlib.suppress(FileNotFoundError):
                 final.unlink()
@@ -175,12 +206,67 @@ def _fetch(entry: ModelEntry, cache: ModelCache, *, download: bool, force: bool,
                 "at that path, or pass a local weights file instead of the name."
             )
         return _download(entry, cache, final, progress, options)
+    except OSError as err:  # removing or replacing a file of the cache
+        raise cache_write_error_for(entry, err) from None
+    finally:
+        lock.release()
+
+
+def cache_write_error_for(entry: ModelEntry, err: OSError) -> CacheWriteError:
+    from .cache import cache_write_error
+
+    return cache_write_error(f"update the cache for {entry.name} ({err.filename or ''})", err)
+
+
+def _verified_as_is(entry: ModelEntry, cache: ModelCache, final: Path) -> bool:
+    """True when the cached file passes its check against a known hash: nothing to write."""
+    try:
+        size = final.stat().st_size
+        expected, _source = _expected_hash(entry, cache)
+        if expected is None or size == 0 or (entry.size is not None and size != entry.size):
+            return False
+        return sha256_file(final) == expected
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _use_read_only_cache(entry: ModelEntry, cache: ModelCache, final: Path,
+                         err: CacheWriteError, *, force: bool) -> Path:
+    """The cache cannot be written: verify a cached file without recording, or say why not."""
+    if force or not final.is_file():
+        what = "downloaded again" if force else f"downloaded ({final} does not exist)"
+        raise WeightsError(
+            f"{entry.name} cannot be {what}: the cache {cache.home} cannot be written ({err}) "
+            f"{_manual_hint(entry, final)}"
+        )
+    size = final.stat().st_size
+    actual = sha256_file(final)
+    expected, source = _expected_hash(entry, cache)
+    wrong_size = size == 0 or (entry.size is not None and size != entry.size)
+    if wrong_size or (expected is not None and actual != expected):
+        reason = (f"it has {size} bytes, the registry expects {entry.size}" if wrong_size
+                  else f"its SHA256 is {actual}, {'the registry' if source == 'registry' else 'the recorded first-use hash'} is {expected}")
+        raise ChecksumMismatchError(
+            f"{final} is damaged or was altered ({reason}); it was not loaded, and not deleted "
+            f"because the cache is read-only. Ask whoever maintains {cache.home} to replace it, "
+            f"or set ISEGFORMER_HOME to a writable folder and download it there."
+        )
+    if expected is None:
+        log.warning("%s is in a read-only cache without a recorded hash; trusting it on first "
+                    "use without recording it (SHA256 %s)", final, actual)
+    return final
 
 
 def _check_cached(entry: ModelEntry, cache: ModelCache, final: Path) -> Path:
     actual = sha256_file(final)
     size = final.stat().st_size
     expected, source = _expected_hash(entry, cache)
+    if size == 0:
+        _discard(cache, entry, final)
+        raise ChecksumMismatchError(
+            f"{final} is empty (0 bytes); it was deleted and not loaded. Run `isegformer "
+            f"download {entry.name}` to fetch it again. {_manual_hint(entry, final)}"
+        )
     if expected is None:
         if entry.size is not None and size != entry.size:
             _discard(cache, entry, final)
@@ -190,9 +276,14 @@ def _check_cached(entry: ModelEntry, cache: ModelCache, final: Path) -> Path:
             )
         log.warning("%s was put in the cache by hand; trusting it on first use (SHA256 %s)",
                     final, actual)
-        cache.remember_download(entry.name, DownloadRecord(
-            filename=entry.filename, url="(placed by hand)", downloaded_at=utc_now(),
-            size=size, sha256=actual, trust="first-use"))
+        try:
+            cache.remember_download(entry.name, DownloadRecord(
+                filename=entry.filename, url="(placed by hand)", downloaded_at=utc_now(),
+                size=size, sha256=actual, trust="first-use"))
+        except CacheWriteError as err:
+            if not err.read_only:
+                raise
+            log.warning("%s: its first-use hash was not recorded (%s)", final, err)
         return final
     if actual != expected or (entry.size is not None and size != entry.size):
         _discard(cache, entry, final)
@@ -225,7 +316,8 @@ def _download(entry: ModelEntry, cache: ModelCache, final: Path,
                                              options=options, session=session)
             except DownloadFailure as err:
                 log.warning("%s: %s", entry.name, err)
-                failures.append(err)
+                (mismatches if err.reason == "wrong_size" else failures).append(
+                    str(err) if err.reason == "wrong_size" else err)
                 continue
             except CancelledError as err:
                 raise CancelledError(
@@ -233,22 +325,28 @@ def _download(entry: ModelEntry, cache: ModelCache, final: Path,
                     f"file in {final.parent}). Start it again to download from the beginning."
                 ) from err
             problem = None
-            if entry.size is not None and size != entry.size:
+            if size == 0 or sha256 == EMPTY_SHA256:
+                problem = f"{url} sent an empty file"
+            elif entry.size is not None and size != entry.size:
                 problem = f"{url} gave {size} bytes, the registry expects {entry.size}"
             elif trusted is not None and sha256 != trusted:
                 problem = (f"{url} gave a file with SHA256 {sha256}, expected {trusted}"
                            + ("" if entry.sha256 else " (recorded at its first download)"))
             if problem:
                 log.warning("%s: %s", entry.name, problem)
-                part.unlink()
+                with contextlib.suppress(OSError):
+                    part.unlink()
                 mismatches.append(problem)
                 continue
             try:
                 os.replace(part, final)
-            except OSError:
+            except OSError as err:
                 with contextlib.suppress(OSError):
                     part.unlink()
-                raise
+                raise DownloadFailure(
+                    f"{entry.name} was downloaded but could not be put in place at {final}: "
+                    f"{err.strerror or err}. Check the cache folder, or set ISEGFORMER_HOME to a "
+                    "writable folder.", reason="write_error", url=url) from None
             cache.remember_download(entry.name, DownloadRecord(
                 filename=entry.filename, url=url, downloaded_at=utc_now(), size=size,
                 sha256=sha256, trust="registry" if entry.sha256 else "first-use"))
@@ -270,8 +368,8 @@ def _download(entry: ModelEntry, cache: ModelCache, final: Path,
 _ADVICE = {
     "offline": "This computer seems to be offline, or a firewall blocks the connection; if your "
                "site uses a proxy, set HTTPS_PROXY (and HTTP_PROXY).",
-    "timeout": "The server or the network is too slow right now; try again later, or raise the "
-               "timeouts (`isegformer download --timeout`).",
+    "timeout": "The server or the network is too slow right now; try again later, or relax the "
+               "limits (`isegformer download --timeout`, `--min-rate`, `--deadline`).",
     "interrupted": "The connection kept breaking; try again later.",
     "server_error": "The server is failing (HTTP 5xx or 429); try again later.",
     "not_found": "The file is no longer at that address; look for a newer isegformer release "
@@ -301,9 +399,19 @@ def _manual_hint(entry: ModelEntry, final: Path) -> str:
 
 
 def _discard(cache: ModelCache, entry: ModelEntry, final: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:
         final.unlink()
-    cache.forget_download(entry.name)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise ChecksumMismatchError(
+            f"{final} failed its check and could not be deleted ({err.strerror or err}); it was "
+            f"not loaded. Delete it by hand, then run `isegformer download {entry.name}`."
+        ) from None
+    try:
+        cache.forget_download(entry.name)
+    except CacheWriteError as err:
+        log.warning("%s: its record could not be updated (%s)", entry.name, err)
 
 
 def _expected_hash(entry: ModelEntry, cache: ModelCache) -> tuple[Optional[str], str]:
