@@ -95,6 +95,12 @@ def _read_pickled(path: Path, advice: str) -> Any:
         ) from None
 
 
+def read_torch_object(path: str | os.PathLike, *, advice: str | None = None) -> Any:
+    """Whatever a ``torch.save`` file holds (e.g. a training state), read by the same bounded,
+    code-free reader as checkpoints; every failure is a CheckpointError."""
+    return _read_pickled(Path(path).expanduser(), advice or DEFAULT_ADVICE)
+
+
 def _plain(value: Any) -> Any:
     """The config with placeholders replaced by {'placeholder': 'isegm.x.Y'}: data only."""
     if isinstance(value, _InertPlaceholder):
@@ -215,17 +221,52 @@ def save_checkpoint(
         )
     _check_plain(config)
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": collections.OrderedDict(
             (k, v.detach().to("cpu", copy=False).contiguous()) for k, v in state_dict.items()
         ),
         "config": config,
     }
-    with atomic_replace(path, fsync=True) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
+    write_torch_file(path, payload, "the checkpoint")
     log.info("Saved checkpoint %s (%d tensors).", path, len(state_dict))
     return path
+
+
+def write_torch_file(path: Path, payload: Any, what: str) -> None:
+    """``torch.save`` into ``path`` atomically, checked, with the package's error on failure.
+
+    torch reports a full disk as a ``RuntimeError`` ("file write failed"); both it and an
+    ``OSError`` become :class:`~isegformer.output.atomic.OutputPathError`. The written zip is
+    CRC-checked before it replaces ``path``, so a short write never does; the previous file
+    stays as it was.
+    """
+    from .output.atomic import OutputPathError
+
+    def complete(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(tmp) as archive:
+                damaged = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as err:
+            raise OSError(f"the written file does not read back ({err})") from None
+        if damaged is not None:
+            raise OSError(f"the written file's record {damaged} does not read back")
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_replace(path, fsync=True, verify=complete) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, OutputPathError):
+            raise
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+        else:  # torch's own: "PytorchStreamWriter failed writing file data/0: file write failed"
+            lines = str(err).strip().splitlines()
+            reason = lines[-1] if lines else type(err).__name__
+        raise OutputPathError(
+            f"Could not write {what} {path}: {reason}. The previous file, if any, is unchanged. "
+            "Free some disk space or choose another folder, then retry."
+        ) from None
 
 
 def describe_keys(keys: Sequence[str], limit: int = 8) -> str:

@@ -183,7 +183,7 @@ def validate_click_config(config: ClickModelConfig, source: str = "This network 
             problems.append(f"{field_name} is {value!r} (must be in [0, 1))")
     if problems:
         raise CheckpointError(
-            f"{source} do not describe a usable iSegFormer: {'; '.join(problems)}. The file is "
+            f"Not a usable iSegFormer shape ({source}): {'; '.join(problems)}. The file is "
             "damaged or was crafted; use the official checkpoint or one saved by this package."
         )
 

@@ -228,6 +228,46 @@ def _image_to_unit_rgb(array: np.ndarray, what: str) -> np.ndarray:
     return normalize(array)  # 16-bit and other ranges: the robust window of the image itself
 
 
+#: Larger than any slice of a medical volume; PIL's own bomb limit is ~179 megapixels.
+MAX_PNG_PIXELS = 64 * 1024 * 1024
+
+
+def read_png(path: Path, what: str) -> np.ndarray:
+    """The pixels of a PNG file, or InvalidInputError saying which file is unusable and why.
+
+    A damaged or truncated file makes the image libraries raise SyntaxError, OSError,
+    ValueError or a decompression-bomb warning turned error; all of them mean the same to the
+    user.
+    """
+    from PIL import Image
+    from skimage.io import imread
+
+    try:
+        with Image.open(path) as image:  # reads the header only: the size before the pixels
+            width, height = image.size
+        if width < 1 or height < 1 or width * height > MAX_PNG_PIXELS:
+            raise InvalidInputError(
+                f"{what} {path.name} is {width}x{height} pixels; slices must have between 1 "
+                f"and {MAX_PNG_PIXELS} pixels."
+            )
+        array = np.asarray(imread(path))
+    except InvalidInputError:
+        raise
+    except MemoryError:
+        raise InvalidInputError(f"{what} {path.name} is too large to load.") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises SyntaxError, OSError, ValueError, ...
+        raise InvalidInputError(
+            f"{what} {path} cannot be read as a PNG image ({type(err).__name__}: {err}). It is "
+            "damaged or not a PNG: replace it, or remove it from the folder."
+        ) from None
+    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"{what} {path.name} has pixels of shape {array.shape} and type {array.dtype}; "
+            "expected a gray or RGB(A) image."
+        )
+    return array
+
+
 def slices_from_png_folders(
     images_dir: str | os.PathLike,
     masks_dir: str | os.PathLike,
@@ -238,14 +278,17 @@ def slices_from_png_folders(
 
     Masks are label images (0 background); for a colour mask the first channel is used.
     """
-    from skimage.io import imread
-
     images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
     for folder, flag in ((images_dir, "--images"), (masks_dir, "--masks")):
         if not folder.is_dir():
             raise InvalidInputError(f"{flag} {folder} is not a folder. Give the folder of PNG files.")
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in PNG_SUFFIXES)
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in PNG_SUFFIXES}
+    try:
+        images = sorted(p for p in images_dir.iterdir()
+                        if p.suffix.lower() in PNG_SUFFIXES and p.is_file())
+        masks = {p.stem: p for p in masks_dir.iterdir()
+                 if p.suffix.lower() in PNG_SUFFIXES and p.is_file()}
+    except OSError as err:
+        raise InvalidInputError(f"Cannot list the PNG folders: {err.strerror or err}.") from None
     if not images:
         raise InvalidInputError(f"{images_dir} holds no .png image.")
     missing = [p.name for p in images if p.stem not in masks]
@@ -257,8 +300,8 @@ def slices_from_png_folders(
     result, skipped = [], []
     values_seen: set[int] = set()
     for path in images:
-        image = _image_to_unit_rgb(np.asarray(imread(path)), path.name)
-        raw = np.asarray(imread(masks[path.stem]))
+        image = _image_to_unit_rgb(read_png(path, "The image"), path.name)
+        raw = read_png(masks[path.stem], "The mask")
         if raw.ndim == 3:
             raw = raw[..., 0]
         labels = _integer_labels(raw, f"The mask {masks[path.stem].name}")

@@ -19,7 +19,6 @@ stays intact and the run can be resumed (``--resume``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import CancelledError, ISegFormerError
+from ..json_io import JSONDocumentError, loads_bounded
 from ..progress import ProgressCallback
 from .runs import MODEL_FILE
 
@@ -177,8 +177,9 @@ class FinetuneProcess:
             if not line.startswith("{"):
                 continue
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = loads_bounded(line, "a progress line of the fine-tuning process",
+                                      max_bytes=1 << 20)
+            except JSONDocumentError:
                 continue
             if isinstance(event, dict) and "event" in event:
                 self._events.put(event)
@@ -197,7 +198,11 @@ class FinetuneProcess:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return events
-            self._apply(event)
+            try:
+                self._apply(event)
+            except (KeyError, TypeError, ValueError):
+                log.warning("Ignoring a malformed progress event: %.200r", event)
+                continue
             events.append(event)
 
     def _apply(self, event: dict) -> None:

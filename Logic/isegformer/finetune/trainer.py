@@ -33,8 +33,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..atomic import atomic_replace
-from ..checkpoint import save_checkpoint
+from ..atomic import atomic_replace, remove_stale_temporaries
+from ..checkpoint import check_finite, read_torch_object, save_checkpoint, write_torch_file
+from ..click_engine.build import validate_click_config
 from ..click_engine.model import ClickModelConfig, ISegFormer
 from ..device import resolve_device
 from ..errors import CancelledError, CheckpointError, InvalidInputError
@@ -49,6 +50,8 @@ from .runs import MODEL_FILE, RUN_FILE, STATE_FILE
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+_STATE_ADVICE = ("Delete it to start over from model.pth with --init, or restore it from a "
+                 "backup.")
 #: The reference drops the learning rate at epoch 49 of 55; we keep that proportion.
 LR_DROP_FRACTION = 49 / 55
 
@@ -123,11 +126,13 @@ class FinetuneSettings:
 
 
 def config_from_plain(params: dict[str, Any]) -> ClickModelConfig:
-    """The inverse of ``ClickModelConfig.to_plain()["params"]``."""
+    """The inverse of ``ClickModelConfig.to_plain()["params"]``; the shape is validated."""
     known = {f.name for f in fields(ClickModelConfig)}
     values = {k: v for k, v in params.items() if k in known}
     values["depths"], values["num_heads"] = tuple(values["depths"]), tuple(values["num_heads"])
-    return ClickModelConfig(**values)
+    config = ClickModelConfig(**values)
+    validate_click_config(config)
+    return config
 
 
 @dataclass
@@ -245,13 +250,58 @@ def _prediction_quality(logits: torch.Tensor, targets: torch.Tensor) -> tuple[fl
 
 # --- files -------------------------------------------------------------------------------------------
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_replace(path, fsync=True) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    write_torch_file(path, obj, "the training state")
 
 
 def _write_json(path: Path, data: dict) -> None:
-    with atomic_replace(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1))
+    from ..output.atomic import OutputPathError
+
+    try:
+        with atomic_replace(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
+    except OSError as err:
+        if isinstance(err, OutputPathError):
+            raise
+        raise OutputPathError(
+            f"Could not write the run record {path}: {err.strerror or err}. The previous record, "
+            "if any, is unchanged. Free some disk space or choose another folder, then retry."
+        ) from None
+
+
+def _state_problem(state: Any) -> Optional[str]:
+    """What makes a loaded training state unusable, or None (the schema this module writes)."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a training state"
+    if state.get("format") != STATE_FORMAT:
+        return f"its format is {state.get('format')!r:.40}, this version writes {STATE_FORMAT}"
+    if type(state.get("epoch")) is not int or state["epoch"] < 0:
+        return f"its epoch is {state.get('epoch')!r:.40}, not a non-negative integer"
+    for key in ("model", "model_config", "optimizer", "scheduler", "settings"):
+        if not isinstance(state.get(key), dict):
+            return f"its {key!r} is missing or not a mapping"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        return "its 'model' is not a state dict of tensors"
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(_is_epoch_record(r) for r in history):
+        return "its 'history' is not a list of epoch records"
+    return None
+
+
+def _is_epoch_record(record: Any) -> bool:
+    if not isinstance(record, dict):
+        return False
+    kinds = {f.name: f.type for f in fields(EpochRecord)}
+    if not set(record) <= set(kinds) or not {"epoch", "loss", "lr", "seconds"} <= set(record):
+        return False
+    for key, value in record.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kinds[key] == "int" and type(value) is not int:
+            return False
+        if kinds[key] == "float" and not number:
+            return False
+        if kinds[key].startswith("Optional") and value is not None and not number:
+            return False
+    return True
 
 
 def _cpu_state(module_state: dict) -> dict:
@@ -265,6 +315,10 @@ class _Run:
             raise InvalidInputError("No training slice was given: there is nothing to fine-tune on.")
         self.slices = list(slices)
         self.out_dir = Path(out_dir).expanduser()
+        if self.out_dir.is_dir():
+            # A run killed while writing its checkpoint left a temporary file; remove it now,
+            # not only at the next epoch's write (which a cancelled resume may never reach).
+            remove_stale_temporaries(self.out_dir)
         self.state_path = self.out_dir / STATE_FILE
         self.fingerprint = data_fingerprint(self.slices)
         self.history: list[EpochRecord] = []
@@ -272,10 +326,12 @@ class _Run:
         state = self._previous_state(resume)
         if state is not None:
             requested = settings
-            settings = FinetuneSettings.from_plain(state["settings"])
+            settings = self._stored(lambda: FinetuneSettings.from_plain(state["settings"]),
+                                    "its settings")
             # The schedule and the data stay as they were; only these may change on resume.
             settings.epochs = max(requested.epochs, int(state["epoch"]))
             settings.device, settings.num_workers = requested.device, requested.num_workers
+            self._stored(settings.validate, "its settings")
         settings.validate()
         self.settings = settings
         self.device = resolve_device(settings.device)
@@ -283,12 +339,18 @@ class _Run:
         if state is not None:
             # Rebuilt from the stored config, not from the tensors' shapes: drop-path and dropout
             # rates leave no trace in the shapes but shape the training.
-            self.model = ISegFormer(config_from_plain(state["model_config"]))
-            self.model.load_state_dict(state["model"], strict=True)
+            config = self._stored(lambda: config_from_plain(state["model_config"]),
+                                  "its network shape")
+            validate_click_config(config, f"The network shape stored in {self.state_path}")
+            check_finite(state["model"], str(self.state_path), _STATE_ADVICE)
+            self.model = ISegFormer(config)
+            self._stored(lambda: self.model.load_state_dict(state["model"], strict=True),
+                         "its weights")
             self.model.train()
             self.init = InitReport(str(state.get("init", "resumed")))
             self.start_epoch = int(state["epoch"])
-            self.history = [EpochRecord(**r) for r in state.get("history", [])]
+            self.history = self._stored(
+                lambda: [EpochRecord(**r) for r in state.get("history", [])], "its history")
             if state.get("data") != self.fingerprint:
                 log.warning("The training slices differ from those the run started with; "
                             "resuming anyway with the slices given now.")
@@ -308,10 +370,13 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=settings.milestones(), gamma=settings.lr_gamma)
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self._stored(lambda: self.optimizer.load_state_dict(state["optimizer"]),
+                         "its optimiser state")
+            self._stored(lambda: self.scheduler.load_state_dict(state["scheduler"]),
+                         "its learning-rate schedule")
             if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
+                self._stored(lambda: self.scaler.load_state_dict(state["scaler"]),
+                             "its gradient scaler")
         self.loss_fn = NormalizedFocalLoss(alpha=0.5, gamma=2.0)
         self.val_samples = validation_samples(val_slices if val_slices else self.slices,
                                               settings.val_samples)
@@ -330,16 +395,24 @@ class _Run:
                 f"{self.out_dir} already holds a fine-tuning run. Continue it with --resume, or "
                 "choose another --out folder."
             )
-        try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a torn or foreign file: say so instead of a pickle trace
-            raise CheckpointError(
-                f"{self.state_path} cannot be read ({type(err).__name__}: {err}). Delete it to "
-                "start over from model.pth with --init, or restore it from a backup."
-            ) from err
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{self.state_path} is not a training state of this version.")
+        state = read_torch_object(self.state_path, advice=_STATE_ADVICE)
+        problem = _state_problem(state)
+        if problem:
+            raise CheckpointError(f"{self.state_path} is not a training state of this version: "
+                                  f"{problem}. {_STATE_ADVICE}")
         return state
+
+    def _stored(self, build: Callable[[], Any], what: str) -> Any:
+        """``build()`` from the stored training state; any failure names the file and ``what``."""
+        try:
+            return build()
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a tampered state fails in many ways
+            raise CheckpointError(
+                f"{self.state_path} cannot be resumed: {what} do not fit this version "
+                f"({type(err).__name__}: {str(err)[:200]}). {_STATE_ADVICE}"
+            ) from None
 
     # --- steps ----------------------------------------------------------------------------------
     def _train_step(self, batch: dict[str, torch.Tensor], rng: np.random.Generator) -> tuple[float, float, float]:
