@@ -175,6 +175,15 @@ class SliceView:
         self.sliceLogic.FitSliceToBackground()
         self.sliceLogic.SnapSliceOffsetToIJK()
 
+    def rotateAboutInPlaneAxis(self, degrees):
+        """Tilt the view: turn its plane by ``degrees`` about its horizontal axis through the centre."""
+        sliceToRas = self.sliceNode.GetSliceToRAS()
+        turned = vtk.vtkTransform()
+        turned.SetMatrix(sliceToRas)
+        turned.RotateX(degrees)  # right-multiplied: about the slice's own x axis
+        sliceToRas.DeepCopy(turned.GetMatrix())
+        self.sliceNode.UpdateMatrices()
+
     def xyToRas(self, x, y):
         """The RAS point under pixel (x, y) (VTK display coordinates: origin bottom left)."""
         return (slicer.util.arrayFromVTKMatrix(self.sliceNode.GetXYToRAS()) @ [x, y, 0.0, 1.0])[:3]
@@ -191,11 +200,17 @@ class SliceView:
     def mouseMove(self, x, y):
         self._send("MouseMoveEvent", x, y)
 
+    def press(self, x, y):
+        self._send("LeftButtonPressEvent", x, y)
+
+    def release(self, x, y):
+        self._send("LeftButtonReleaseEvent", x, y)
+
     def click(self, x, y):
         """Move to pixel (x, y), press and release the left button (a point in Place mode)."""
         self.mouseMove(x, y)
-        self._send("LeftButtonPressEvent", x, y)
-        self._send("LeftButtonReleaseEvent", x, y)
+        self.press(x, y)
+        self.release(x, y)
 
     def drag(self, start, end, steps=4):
         """Hover over ``start``, press, move in ``steps`` to ``end``, release (moves a point)."""
