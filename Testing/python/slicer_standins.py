@@ -315,6 +315,10 @@ class QTimer(QObject):
     def isActive(self):
         return self.active
 
+    @staticmethod
+    def singleShot(msec, function):
+        pass  # only closes a popup whose exec_() has already returned here
+
     def fire(self):
         """One timeout, as the event loop would deliver it (tests drive timers with it)."""
         if self.active:
@@ -1019,9 +1023,13 @@ def _scripted_loadable_module() -> types.ModuleType:
                 self.moduleTestNames = [m for m in dir(self) if "test" in m and callable(getattr(self, m))]
 
         def delayDisplay(self, message, requestedDelay=None, msec=None):
-            import logging
-
-            logging.info(message)
+            if hasattr(self, "messageDelay"):
+                msec = self.messageDelay
+            if msec is None:
+                msec = requestedDelay
+            if msec is None:
+                msec = 100
+            slicer.util.delayDisplay(message, msec)  # Slicer's own: logs, then processEvents or a popup
 
         def takeScreenshot(self, name, description, type=-1):
             self.delayDisplay(description)
