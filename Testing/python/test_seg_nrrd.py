@@ -1,5 +1,8 @@
-"""`.seg.nrrd` files: what we write must read back in slicerio (Slicer's own reader logic) with
-the right geometry, names, colours and label values, and we must read Slicer's files."""
+"""`.seg.nrrd` files: the format itself, hostile files, and slicerio as a second reader.
+
+Slicer's own storage node is the primary witness (test_slicer_storage.py: our files read by
+vtkMRMLSegmentationStorageNode, Slicer's files read by us); slicerio stays as an independent
+pure-Python reader of the same layout, and these tests also run where slicer-core is absent."""
 from __future__ import annotations
 
 import os
@@ -353,3 +356,20 @@ def test_overlapping_segments_do_not_flatten_into_one_label_map(tmp_path):
     disjoint = write_seg_nrrd(tmp_path / "disjoint.seg.nrrd", masks[:2], infos[:2], np.eye(4))
     labels = read_seg_nrrd(disjoint).label_map()
     np.testing.assert_array_equal(labels, masks[0] * 1 + masks[1] * 2)
+
+
+def test_a_huge_declared_size_over_a_tiny_body_allocates_nothing_large(tmp_path):
+    """2 GB declared, 100 bytes present: refused as truncated without reserving the 2 GB."""
+    import tracemalloc
+
+    first, _, _ = blob_masks()
+    path = write_seg_nrrd(tmp_path / "t.seg.nrrd", [first], [SegmentInfo("a")], np.eye(4))
+    path = _edit_header(path, "sizes: 11 9 6", "sizes: 2000 2000 500")
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileFormatError, match="truncated"):
+            read_seg_nrrd(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated while reading"

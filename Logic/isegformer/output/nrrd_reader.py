@@ -15,6 +15,7 @@ Format reference: the NRRD specification (teem.sourceforge.net/nrrd/format.html)
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import zlib
@@ -26,6 +27,8 @@ import numpy as np
 
 from ..errors import FileFormatError
 from ..volume.geometry import LPS_TO_RAS
+
+log = logging.getLogger(__name__)
 
 #: Longer than any segmentation header (Slicer writes about 1 KB per segment).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -101,7 +104,7 @@ def read_nrrd(path: Path) -> tuple[NrrdHeader, np.ndarray]:
     return header, voxels
 
 
-def _split_header(raw: bytes, path: Path) -> tuple[str, bytes]:
+def _split_header(raw: bytes, path: Path) -> tuple[str, memoryview]:
     if not raw.startswith(b"NRRD000"):
         raise FileFormatError(
             f"{path} is not a NRRD file (it does not start with 'NRRD000'). Export the "
@@ -118,9 +121,11 @@ def _split_header(raw: bytes, path: Path) -> tuple[str, bytes]:
     at, size = min(ends)
     try:
         text = raw[:at].decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise FileFormatError(f"{path}: the NRRD header is not UTF-8 text (byte {err.start}).") from None
-    return text, raw[at + size:]
+    except UnicodeDecodeError:
+        # Older writers used Latin-1 for segment names; every byte is a Latin-1 character.
+        log.warning("%s: the NRRD header is not UTF-8; reading it as Latin-1.", path)
+        text = raw[:at].decode("latin-1")
+    return text, memoryview(raw)[at + size:]
 
 
 def parse_header(text: str, path: Path) -> NrrdHeader:
@@ -199,7 +204,7 @@ def parse_header(text: str, path: Path) -> NrrdHeader:
     return header
 
 
-def _voxel_bytes(header: NrrdHeader, body: bytes, path: Path) -> bytes:
+def _voxel_bytes(header: NrrdHeader, body: memoryview, path: Path):
     expected = header.voxel_bytes
     if header.encoding == "raw":
         data = body
@@ -218,31 +223,36 @@ def _voxel_bytes(header: NrrdHeader, body: bytes, path: Path) -> bytes:
     return data
 
 
-def _inflate(body: bytes, expected: int, path: Path) -> bytes:
-    """gzip (or zlib) data inflated to at most ``expected`` + 1 bytes: never more, whatever it holds."""
-    out = bytearray(expected + 1)
-    view = memoryview(out)
-    filled = 0
-    pending = body
+def _inflate(body, expected: int, path: Path) -> bytearray:
+    """gzip (or zlib) data inflated to at most ``expected`` + 1 bytes, whatever it holds.
+
+    The input is fed in blocks and the output grows only as data really inflates, so neither a
+    header declaring a huge size over a tiny body nor a tiny body inflating to gigabytes makes
+    the reader allocate more than the data present and the size declared allow.
+    """
+    out = bytearray()
+    limit = expected + 1
+    source = memoryview(body)
+    position = 0
+    pending = b""
     inflater = zlib.decompressobj(wbits=47)  # gzip or zlib stream
     try:
-        while filled <= expected:
-            before = len(pending)
-            piece = inflater.decompress(pending, min(_INFLATE_CHUNK, expected + 1 - filled))
-            view[filled:filled + len(piece)] = piece
-            filled += len(piece)
-            pending = inflater.unconsumed_tail
-            if inflater.eof:
-                pending = inflater.unused_data
-                if not pending.strip(b"\0"):
+        while len(out) < limit:
+            if not pending:
+                if position >= len(source):
                     break
-                inflater = zlib.decompressobj(wbits=47)  # a further gzip member
-            elif not piece and len(pending) == before:
-                break  # no progress: the stream ends early (reported as truncated)
+                pending = source[position: position + _INFLATE_CHUNK]
+                position += len(pending)
+            out += inflater.decompress(pending, limit - len(out))
+            pending = inflater.unconsumed_tail
+            if inflater.eof:  # a further gzip member may follow (concatenated gzip)
+                pending = inflater.unused_data
+                if not pending and position >= len(source):
+                    break
+                inflater = zlib.decompressobj(wbits=47)
     except zlib.error as err:
         raise FileFormatError(f"{path}: the compressed voxel data is corrupt ({err}).") from err
-    view.release()
-    return bytes(out[:filled])
+    return out
 
 
 def _required(fields: dict[str, str], key: str, path: Path) -> str:
