@@ -373,3 +373,25 @@ def test_a_huge_declared_size_over_a_tiny_body_allocates_nothing_large(tmp_path)
     finally:
         tracemalloc.stop()
     assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated while reading"
+
+
+def test_annotating_from_a_seg_nrrd_keeps_overlapping_segments_apart(tmp_path):
+    """Issue 12 item 10: the segments were flattened into one label map (the later one won), so
+    the earlier segment's annotated slices lost the overlap."""
+    from isegformer.session import Session
+
+    matrix = oblique_ijk_to_ras()
+    masks = blob_masks()
+    infos = [SegmentInfo("femur", (0.9, 0.1, 0.2), label_value=1), SegmentInfo("tibia", (0.1, 0.2, 0.9), label_value=2),
+             SegmentInfo("cartilage", (0.2, 0.9, 0.1), label_value=3)]
+    path = write_seg_nrrd(tmp_path / "drawn.seg.nrrd", masks, infos, matrix)
+    session = Session.open((np.zeros(masks[0].shape, np.int16), matrix))
+    annotated = session.annotate_from_label_map(path, axis=0, indices=[1, 3, 4])
+    assert annotated == [1, 3, 4]
+    assert [(s.name, s.color) for s in session.segments] == [(i.name, i.color) for i in infos]
+    assert (masks[0] & masks[2])[[1, 3, 4]].any()  # the overlap is on the annotated slices
+    for segment, mask in zip(session.segments, masks):
+        for index in annotated:
+            np.testing.assert_array_equal(segment.annotation(0, index).mask, mask[index])
+    session.undo()
+    assert session.segments == []  # one undoable action, segments included
