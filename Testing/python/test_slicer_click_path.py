@@ -458,3 +458,105 @@ def test_a_view_tilted_off_the_volumes_axes_is_refused_and_nothing_changes(slice
     yellow = views["Yellow"]
     yellow.rotateAboutInPlaneAxis(30.0)
     _assert_refused(slicer, widget, yellow, knee, 120, 140, segmentation, before)
+
+
+def turned(degrees_about_s, degrees_about_r, shift):
+    """A rigid 4x4: about S, then about R, then shifted (mm)."""
+    def rotation(axis, degrees):
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        result = np.eye(4)
+        a, b = [(1, 2), (0, 2), (0, 1)][axis]
+        result[a, a], result[a, b], result[b, a], result[b, b] = c, -s, s, c
+        return result
+
+    result = rotation(0, degrees_about_r) @ rotation(2, degrees_about_s)
+    result[:3, 3] = shift
+    return result
+
+
+@pytest.fixture
+def turned_knee(slicer_env, data_dir, views):
+    """The knee under a parent linear transform (30 degrees about S, 20 about R, shifted); the
+    views turned to its axes, as the view's "Rotate to volume plane" does."""
+    slicer = slicer_env.slicer
+    volume = slicer.util.loadVolume(str(data_dir / KNEE))
+    transform = slicer_env.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "turn")
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(turned(30.0, 20.0, (12.0, -7.0, 25.0))))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    views.showVolume(volume, rotateToVolumePlane=True)
+    return volume
+
+
+@pytest.mark.golden
+def test_under_a_parent_transform_each_views_click_writes_its_slice(slicer_env, views, turned_knee, module_widget,
+                                                                     reference):
+    slicer, widget = slicer_env.slicer, module_widget
+    start_clicking(widget, turned_knee)
+    directions = ijk_to_world(turned_knee)[:3, :3]
+    for view_name, (x, y) in (("Red", (110, 130)), ("Yellow", (120, 140)), ("Green", (130, 120))):
+        view = views[view_name]
+        normal = matrix(view.sliceNode.GetSliceToRAS())[:3, 2]
+        axis = int(np.argmax(np.abs(normal @ directions) / np.linalg.norm(directions, axis=0)))
+        axis = 2 - axis  # IJK column i, j, k -> array axis 2, 1, 0
+        segmentation, segment_id = current_segment(widget)
+        before = None if segmentation is None else segment_array(slicer, segmentation, segment_id, turned_knee)
+        view.click(x, y)
+        poll_until_idle(widget)
+        assert widget.ui.statusLabel.text == "", widget.ui.statusLabel.text
+        segmentation, segment_id = current_segment(widget)
+        assert segmentation.GetParentTransformNode() is turned_knee.GetParentTransformNode()
+        ijk = pixel_ijk(view, turned_knee, x, y)
+        index = slice_index(ijk, axis)
+        after = segment_array(slicer, segmentation, segment_id, turned_knee)
+        expected = reference.slice(turned_knee, axis, [(ijk, True)])
+        assert expected.any() and np.array_equal(take(after, axis, index), expected), view_name
+        if before is not None:
+            assert np.array_equal(others(after, axis, index), others(before, axis, index)), view_name
+
+
+@pytest.mark.golden
+def test_under_a_parent_transform_a_view_on_the_world_axes_is_refused(slicer_env, views, turned_knee, module_widget):
+    slicer, widget = slicer_env.slicer, module_widget
+    start_clicking(widget, turned_knee)
+    views["Red"].click(110, 130)
+    poll_until_idle(widget)
+    segmentation, segment_id = current_segment(widget)
+    before = {segment_id: segment_array(slicer, segmentation, segment_id, turned_knee)}
+    assert before[segment_id].any()
+    green = views["Green"]
+    green.sliceNode.SetOrientation("Coronal")  # back on the patient axes: 30 degrees off the volume's
+    _assert_refused(slicer, widget, green, turned_knee, 130, 120, segmentation, before)
+
+
+@pytest.mark.golden
+def test_a_left_handed_volume_gets_the_slice_that_was_clicked(slicer_env, data_dir, views, module_widget, reference):
+    """Slicer's storage node reads this file with its K axis flipped (ForceRightHandedIJK...)."""
+    slicer, widget = slicer_env.slicer, module_widget
+    import SimpleITK as sitk
+
+    path = data_dir / LEFT_HANDED
+    on_disk = sitk.ReadImage(str(path))
+    direction = np.array(on_disk.GetDirection()).reshape(3, 3) * on_disk.GetSpacing()
+    assert np.linalg.det(direction) < 0  # the file is left-handed
+    volume = slicer.util.loadVolume(str(path))
+    world = ijk_to_world(volume)
+    assert np.linalg.det(world[:3, :3]) > 0  # Slicer made it right-handed
+    voxels = slicer.util.arrayFromVolume(volume)
+    assert np.array_equal(voxels, sitk.GetArrayFromImage(on_disk)[::-1])  # by reversing k
+    views.showVolume(volume)
+    start_clicking(widget, volume)
+    red = views["Red"]
+    x, y = 140, 150
+    red.click(x, y)
+    poll_until_idle(widget)
+    assert widget.ui.statusLabel.text == "", widget.ui.statusLabel.text
+    segmentation, segment_id = current_segment(widget)
+    ijk = pixel_ijk(red, volume, x, y)
+    index = slice_index(ijk, 0)
+    written = segment_array(slicer, segmentation, segment_id, volume)
+    assert np.flatnonzero(written.any(axis=(1, 2))).tolist() == [index]
+    assert np.array_equal(written[index], reference.slice(volume, 0, [(ijk, True)]))
+    # the written slice is the one the Red view shows: its plane passes through that slice's voxels
+    centre = world @ [0.0, 0.0, index, 1.0]
+    normal = matrix(red.sliceNode.GetSliceToRAS())[:3, 2]
+    assert abs(float(normal @ (centre[:3] - red.xyToRas(x, y)))) < 0.5 * np.linalg.norm(world[:3, 2])

@@ -223,6 +223,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "iSegFormer segmentation")
             segmentationNode.CreateDefaultDisplayNodes()
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.volumeNode)
+            # In the volume's frame: writes refuse a segmentation under another transform, so a
+            # new one outside it made the first click on a transformed volume fail.
+            segmentationNode.SetAndObserveTransformNodeID(self.volumeNode.GetTransformNodeID())
         segmentation = segmentationNode.GetSegmentation()
         if not segmentId or segmentation.GetSegment(segmentId) is None:
             segmentId = segmentation.AddEmptySegment("", "Segment_%d" % (segmentation.GetNumberOfSegments() + 1))
