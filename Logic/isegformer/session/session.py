@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -60,6 +61,8 @@ class Session:
         axis: int = 0,
         window: Optional[tuple[float, float]] = None,
         source: Optional[str] = None,
+        click_precision: str = "float32",
+        warm_up: bool = False,
     ) -> None:
         if not isinstance(volume, Volume):
             raise InvalidInputError(f"Session needs a Volume, got {type(volume).__name__}; use Session.open.")
@@ -69,7 +72,12 @@ class Session:
         self.source = source
         self._window = _checked_window(window)
         self._click_model = click_model
+        self._click_precision = click_precision
         self._predictor = None
+        # The click model's loading (and warm-up), shared by warm_up_click_model and the first
+        # click; the lock makes sure only one of them loads it.
+        self._click_loading = None
+        self._click_loading_lock = threading.Lock()
         self._stcn_weights = stcn_weights
         self._fusion_weights = fusion_weights
         self._propagator_factory = propagator_factory
@@ -88,6 +96,8 @@ class Session:
             self._input_files.append(("the volume this session was opened from", str(source)))
         # The .isegsession it was loaded from: save() may update it, the other writers may not.
         self._session_file: Optional[str] = None
+        if warm_up:
+            self.warm_up_click_model(background=True)
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
@@ -105,7 +115,11 @@ class Session:
         - ``axis``: the default slice axis (0 = k);
         - ``window``: (low, high) intensities the click model sees as 0..1 (default: the 0.1 and
           99.9 percentiles of the volume; STCN normalises as the reference did);
-        - ``propagator_factory``: replaces :func:`isegformer.propagation.factory.create_propagator`.
+        - ``propagator_factory``: replaces :func:`isegformer.propagation.factory.create_propagator`;
+        - ``click_precision``: "float32" (default), "float16"/"bfloat16" (CUDA autocast) or
+          "int8" (the opt-in fast CPU mode, not the reference's exact numbers);
+        - ``warm_up``: True loads and warms up the click model in the background right away
+          (see :meth:`warm_up_click_model`).
         """
         source = None
         if isinstance(volume, (str, os.PathLike)):
@@ -790,19 +804,70 @@ class Session:
     @property
     def predictor(self):
         """The click predictor, built on first use from ``click_model`` (default: the registry's
-        :data:`DEFAULT_CLICK_MODEL`, downloaded once into the verified cache)."""
+        :data:`DEFAULT_CLICK_MODEL`, downloaded once into the verified cache). While a warm-up
+        runs, this waits for it; a failed warm-up raises its error here, once."""
         if self._predictor is None:
-            from ..click_engine.predictor import ClickPredictor
-
-            model = self._click_model
-            if model is None or isinstance(model, (str, os.PathLike)):
-                # Files are hashed before they are unpickled: a registry name is downloaded
-                # once and verified, a local file is checked against its first-use hash.
-                from ..weights import resolve_model
-
-                model = resolve_model(DEFAULT_CLICK_MODEL if model is None else model)
-            self._predictor = model if isinstance(model, ClickPredictor) else ClickPredictor(model, device=self.device)
+            loading, created = self._click_model_loading(warm=False)
+            if created:
+                loading.run()
+            try:
+                predictor = loading.result()
+            except BaseException:
+                with self._click_loading_lock:
+                    if self._click_loading is loading:
+                        self._click_loading = None  # reported now: the next click loads again
+                raise
+            self._predictor = predictor
         return self._predictor
+
+    def warm_up_click_model(self, background: bool = True):
+        """Load the click model and run one untimed prediction at this volume's slice size, so
+        that the first click costs one click instead of an import, a load and a warm-up.
+
+        Returns a handle (``done()``, ``result()``, ``load_seconds``, ``warm_seconds``). With
+        ``background=False`` it blocks until the model is ready and raises its error; with
+        ``background=True`` it returns at once and the first click waits for it and raises its
+        error if it failed. Calling it again returns the running or finished handle.
+        """
+        from ..click_engine.warm_up import ClickModelWarmUp
+
+        if self._predictor is not None:
+            return ClickModelWarmUp.finished(self._predictor)
+        loading, created = self._click_model_loading(warm=True)
+        if created:
+            loading.start() if background else loading.run()
+        if not background:
+            loading.result()
+        return loading
+
+    def _click_model_loading(self, warm: bool):
+        """(handle, created): the click model's loading, a new one (not started) if none is
+        running or finished, or if the last one failed and its error was already raised."""
+        from ..click_engine.warm_up import ClickModelWarmUp
+
+        with self._click_loading_lock:
+            loading = self._click_loading
+            if loading is None or (loading.failed() and loading.error_reported):
+                axis = self.default_axis
+                shape = tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
+                loading = ClickModelWarmUp(self._build_predictor, shape if warm else None)
+                self._click_loading = loading
+                return loading, True
+            return loading, False
+
+    def _build_predictor(self):
+        from ..click_engine.predictor import ClickPredictor
+
+        model = self._click_model
+        if model is None or isinstance(model, (str, os.PathLike)):
+            # Files are hashed before they are unpickled: a registry name is downloaded
+            # once and verified, a local file is checked against its first-use hash.
+            from ..weights import resolve_model
+
+            model = resolve_model(DEFAULT_CLICK_MODEL if model is None else model)
+        if isinstance(model, ClickPredictor):
+            return model
+        return ClickPredictor(model, device=self.device, precision=self._click_precision)
 
     def _next_order(self) -> int:
         self._order += 1
