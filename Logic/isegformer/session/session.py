@@ -31,7 +31,7 @@ from ..progress import ProgressCallback
 from ..segments.history import Action, History, VolumeDiff
 from ..segments.segment import DEFAULT_COLORS, Segment, SliceAnnotation, SliceClick
 from ..volume import Volume, geometry, slicing
-from . import storage
+from . import arguments, storage
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ class Session:
     ) -> None:
         if not isinstance(volume, Volume):
             raise InvalidInputError(f"Session needs a Volume, got {type(volume).__name__}; use Session.open.")
+        arguments.voxels(volume.array)
+        arguments.optional_callable(propagator_factory, "propagator_factory")
         self.volume = volume
-        self.default_axis = slicing.check_axis(axis)
-        self.device = device
+        self.default_axis = arguments.axis(axis)
+        self.device = arguments.device(device)
         self.source = source
         self._window = _checked_window(window)
         self._click_model = click_model
@@ -121,6 +123,10 @@ class Session:
         - ``warm_up``: True loads and warms up the click model in the background right away
           (see :meth:`warm_up_click_model`).
         """
+        import inspect
+
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "volume", "source")]
+        arguments.options(options, allowed, "Session.open")
         source = None
         if isinstance(volume, (str, os.PathLike)):
             from ..volume import read_volume
@@ -130,7 +136,7 @@ class Session:
         elif isinstance(volume, tuple):
             if len(volume) != 2:
                 raise InvalidInputError("Give the volume as (array, ijk_to_ras): two items.")
-            volume = Volume(np.asarray(volume[0]), np.asarray(volume[1]))
+            volume = Volume(arguments.voxels(volume[0]), arguments.matrix(volume[1]))
         elif not isinstance(volume, Volume):
             raise InvalidInputError(
                 f"Session.open needs a path, a Volume or (array, ijk_to_ras), got {type(volume).__name__}."
@@ -141,19 +147,20 @@ class Session:
     def load(cls, path: str | os.PathLike, *, volume: VolumeSource | None = None, **options: Any) -> "Session":
         """Load a session saved by :meth:`save`. ``volume`` is needed only when the file was
         saved without its volume and the original file has moved. ``options`` as for :meth:`open`."""
-        return storage.load_session(cls, path, volume, options)
+        return storage.load_session(cls, arguments.path(path, "A session file"), volume, options)
 
     def save(self, path: str | os.PathLike, *, include_volume: bool = True) -> Path:
         """Save everything (segments, annotated slices with their clicks, propagated results) to
         one file, atomically. Without the volume the file is small, but needs the volume to load.
         The undo history is not saved."""
         self._guard_output(path, include_session_file=False)
-        return storage.save_session(self, path, include_volume)
+        return storage.save_session(self, path, arguments.boolean(include_volume, "include_volume"))
 
     def _guard_output(self, path: str | os.PathLike, *, include_session_file: bool = True) -> None:
         """Refuse to write over a file this session read (its volume, a click or label file)."""
         from ..output.paths import guard_outputs
 
+        arguments.path(path, "An output path")
         inputs = list(self._input_files)
         if include_session_file and self._session_file is not None:
             inputs.append(("the session file this session was loaded from", self._session_file))
@@ -175,6 +182,8 @@ class Session:
             if self._current is None:
                 raise InvalidInputError("There is no segment yet: call add_segment(name) first.")
             return self._current
+        if not isinstance(ref, (Segment, str)):
+            raise InvalidInputError(f"A segment is given by its name (text) or as a Segment, got {ref!r}.")
         if isinstance(ref, Segment):
             if ref not in self._segments:
                 raise InvalidInputError(f"Segment {ref.name!r} is not part of this session.")
@@ -189,6 +198,9 @@ class Session:
         self, name: str, color: Optional[Sequence[float]] = None, label_value: Optional[int] = None
     ) -> Segment:
         """Add a segment; it becomes the current one. Colours are RGB in [0, 1]."""
+        name = arguments.name(name)
+        color = None if color is None else arguments.color(color)
+        label_value = None if label_value is None else arguments.label_value(label_value)
         if any(s.name == name for s in self._segments):
             raise InvalidInputError(f"A segment named {name!r} exists already; choose another name.")
         used = {s.label_value for s in self._segments}
@@ -248,6 +260,7 @@ class Session:
         The click continues the clicks already made on that slice. On a slice that was only
         drawn (:meth:`set_slice_mask`) or propagated, it starts a new click sequence whose mask
         replaces the slice: the click model starts from an empty previous mask."""
+        positive = arguments.boolean(positive, "positive")
         ijk = self.volume.ras_to_ijk_points(_point3(ras_point, "An RAS point"))
         return self._click_at_ijk(ijk, positive, segment, axis, f"RAS {tuple(np.round(ras_point, 2))}")
 
@@ -260,6 +273,7 @@ class Session:
     ) -> np.ndarray:
         """A click at continuous voxel coordinates ``(i, j, k)`` (Slicer's IJK order; the array
         index is ``[k, j, i]``). Returns the slice's new mask."""
+        positive = arguments.boolean(positive, "positive")
         ijk = _point3(ijk, "An IJK point")
         return self._click_at_ijk(ijk, positive, segment, axis, f"IJK {tuple(ijk)}")
 
@@ -273,13 +287,11 @@ class Session:
         segment: SegmentRef = None,
     ) -> np.ndarray:
         """A click at (row, col) of slice ``index`` along ``axis``. Returns the slice's new mask."""
-        axis = slicing.check_axis(axis)
-        index = slicing.check_index(self.volume.shape, axis, index)
+        axis = arguments.axis(axis)
+        index = arguments.index(self.volume.shape, axis, index)
         rows, cols = slicing.slice_shape(self.volume.shape, axis)
-        try:
-            row, col = float(row), float(col)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"A click's row and col are numbers, got ({row!r}, {col!r}).") from None
+        positive = arguments.boolean(positive, "positive")
+        row, col = arguments.real(row, "A click's row"), arguments.real(col, "A click's col")
         if not (np.isfinite(row) and np.isfinite(col) and -0.5 <= row <= rows - 0.5 and -0.5 <= col <= cols - 0.5):
             raise InvalidInputError(
                 f"The click (row {row:g}, col {col:g}) is outside slice {index} along axis {axis}, "
@@ -301,7 +313,7 @@ class Session:
     def _click_at_ijk(
         self, ijk: np.ndarray, positive: bool, segment: SegmentRef, axis: Optional[int], where: str
     ) -> np.ndarray:
-        axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        axis = self.default_axis if axis is None else arguments.axis(axis)
         if not geometry.is_inside(ijk, self.volume.shape):
             k, j, i = self.volume.shape
             raise InvalidInputError(
@@ -345,14 +357,10 @@ class Session:
     ) -> None:
         """Make ``mask`` (rows, cols) the annotation of a slice, e.g. a correction drawn in an
         editor. It replaces that slice's clicks, and propagation never overwrites it."""
-        axis = slicing.check_axis(axis)
-        index = slicing.check_index(self.volume.shape, axis, index)
+        axis = arguments.axis(axis)
+        index = arguments.index(self.volume.shape, axis, index)
         expected = slicing.slice_shape(self.volume.shape, axis)
-        mask = np.asarray(mask)
-        if mask.shape != expected:
-            raise InvalidInputError(
-                f"A slice along axis {axis} has shape {expected} (rows, cols); the mask has {mask.shape}."
-            )
+        mask = arguments.slice_mask(mask, expected, f"of slice {index} along axis {axis}")
         with self.history.transaction("set slice mask"):
             target = self.segment_or_new(segment)
             before = target.annotation(axis, index)
@@ -375,7 +383,7 @@ class Session:
         ``axis``, by default every slice where the label map has a nonzero voxel. A label map on
         another grid is refused. Returns the slice indices annotated.
         """
-        axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        axis = self.default_axis if axis is None else arguments.axis(axis)
         if isinstance(labels, (str, os.PathLike)) and str(labels).lower().endswith(".seg.nrrd"):
             return self._annotate_from_segmentation(labels, axis, indices, names)
         array = self._label_array(labels)
@@ -384,11 +392,11 @@ class Session:
             indices = [int(i) for i in np.flatnonzero(array.any(axis=other))]
             if not indices:
                 raise InvalidInputError("The label map is empty: draw at least one slice.")
-        indices = [slicing.check_index(self.volume.shape, axis, int(i)) for i in indices]
+        indices = arguments.indices(self.volume.shape, axis, indices)
         values = [int(v) for v in np.unique(array) if v != 0]
         if any(not 1 <= v <= 255 for v in values):
             raise InvalidInputError(f"Label values must be 1..255, got {values}.")
-        names = dict(names or {})
+        names = arguments.label_names(names)
         with self.history.transaction(f"annotate {len(indices)} slices from a label map"):
             for value in values:
                 target = self._segment_for_label(value, names.get(value))
@@ -412,8 +420,8 @@ class Session:
             indices = [int(i) for i in np.flatnonzero(present)]
             if not indices:
                 raise InvalidInputError(f"The segmentation {Path(path).name} is empty: draw at least one slice.")
-        indices = [slicing.check_index(self.volume.shape, axis, int(i)) for i in indices]
-        names = dict(names or {})
+        indices = arguments.indices(self.volume.shape, axis, indices)
+        names = arguments.label_names(names)
         with self.history.transaction(f"annotate {len(indices)} slices from a segmentation"):
             for number, (info, mask) in enumerate(zip(segmentation.segments, segmentation.masks), start=1):
                 name = names.get(number, info.name)
@@ -459,6 +467,8 @@ class Session:
 
     def clear_slice(self, axis: int, index: int, segment: SegmentRef = None) -> None:
         """Remove a slice's annotation (its clicks and mask); the propagated result shows again."""
+        axis = arguments.axis(axis)
+        index = arguments.index(self.volume.shape, axis, index)
         target = self.segment(segment)
         before = target.annotation(axis, index)
         if before is not None:
@@ -466,7 +476,7 @@ class Session:
 
     def annotated_slices(self, segment: SegmentRef = None, axis: Optional[int] = None) -> list[int]:
         """Indices of the annotated slices of a segment along ``axis`` (default: the session's)."""
-        return self.segment(segment).annotated_indices(self.default_axis if axis is None else axis)
+        return self.segment(segment).annotated_indices(self.default_axis if axis is None else arguments.axis(axis))
 
     def _set_annotation(
         self,
@@ -510,11 +520,14 @@ class Session:
         as annotated. Returns the segment's new (k, j, i) mask. A cancel (CancelledError from
         ``progress``) leaves the segment as it was."""
         target = self.segment(segment)
-        method = str(method).strip().lower()
+        if not isinstance(method, str):
+            raise InvalidInputError(f"A propagation method is a name ('stcn' or 'interpolation'), got {method!r}.")
+        arguments.optional_callable(progress, "progress")
+        method = method.strip().lower()
         if axis is None:
             latest = list(target.iter_annotations())
             axis = latest[-1][0] if latest else self.default_axis
-        axis = slicing.check_axis(axis)
+        axis = arguments.axis(axis)
         annotated = target.annotations[axis]
         if not annotated:
             raise InvalidInputError(
@@ -727,9 +740,10 @@ class Session:
         from ..output.markups import read_clicks
         from ..progress import report
 
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        paths = arguments.paths(paths, "A clicks file")
+        arguments.optional_callable(progress, "progress")
         points = [point for path in paths for point in read_clicks(path)]
-        default_axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        default_axis = self.default_axis if axis is None else arguments.axis(axis)
         fallback = None if segment is None else self.segment(segment).name
         planned = []
         for number, point in enumerate(points, start=1):
@@ -771,7 +785,10 @@ class Session:
         from ..output.overlay import OverlayClick, write_overlay
 
         self._guard_output(path)
-        axis = self.default_axis if axis is None else slicing.check_axis(axis)
+        axis = self.default_axis if axis is None else arguments.axis(axis)
+        columns = arguments.integer(columns, "columns", 1, 64)
+        if indices is not None:
+            indices = arguments.indices(self.volume.shape, axis, indices)
         masks = [s.mask(self.volume.shape) for s in self._segments]
         if indices is None:
             from ..output.overlay import pick_slices
@@ -902,12 +919,7 @@ def _slice_spacing(spacing_ijk: Sequence[float], axis: int) -> tuple[float, floa
 
 
 def _checked_window(window: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
-    if window is None:
-        return None
-    low, high = (float(v) for v in window)
-    if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise InvalidInputError(f"A window is (low, high) with low < high, got {tuple(window)!r}.")
-    return low, high
+    return arguments.window(window)
 
 
 def _overall(
