@@ -395,3 +395,15 @@ def test_annotating_from_a_seg_nrrd_keeps_overlapping_segments_apart(tmp_path):
             np.testing.assert_array_equal(segment.annotation(0, index).mask, mask[index])
     session.undo()
     assert session.segments == []  # one undoable action, segments included
+
+
+def test_more_segment_masks_than_the_reader_builds_are_refused(tmp_path, monkeypatch):
+    """A header may list many segments: each becomes a full-grid mask, so their total is bounded."""
+    import isegformer.output.seg_nrrd as seg_module
+
+    masks = blob_masks()
+    path = write_seg_nrrd(tmp_path / "m.seg.nrrd", masks, [SegmentInfo(f"s{n}", label_value=n + 1) for n in range(3)],
+                          np.eye(4))
+    monkeypatch.setattr(seg_module, "MAX_VOXEL_BYTES", 2 * masks[0].size)  # room for two masks, not three
+    with pytest.raises(FileFormatError, match="3 segments"):
+        read_seg_nrrd(path)

@@ -342,3 +342,13 @@ def test_label_map_covering_part_of_the_volume_is_refused(tmp_path: Path):
     part = Volume(np.ones((2, 5, 6), np.uint8), volume.ijk_to_ras)
     with pytest.raises(InvalidInputError, match="covers only part"):
         read_label_map(write_volume(part, tmp_path / "part.nrrd"), volume)
+
+
+def test_dicom_series_sheared_by_a_gantry_tilt_is_refused(tmp_path: Path):
+    """Evenly spaced slices shifted 0.5 mm in y each: ITK stacks them along z as if upright."""
+    from dicom_testkit import write_dicom_series
+
+    positions = [(10.0, -20.0 + 0.5 * k, 30.0 + 1.5 * k) for k in range(8)]
+    write_dicom_series(tmp_path / "series", _series_voxels(8), spacing=(0.5, 0.6, 1.5), positions_lps=positions)
+    with pytest.raises(FileFormatError, match="gantry tilt"):
+        read_volume(tmp_path / "series")

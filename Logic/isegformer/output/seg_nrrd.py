@@ -34,7 +34,7 @@ from ..errors import FileFormatError, InvalidInputError
 from ..volume.geometry import RAS_TO_LPS, check_matrix
 from ..volume.labels import MAX_LABEL_VALUE, as_label_array
 from .atomic import atomic_write
-from .nrrd_reader import read_nrrd
+from .nrrd_reader import MAX_VOXEL_BYTES, read_nrrd
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +367,13 @@ def read_seg_nrrd(path: str | os.PathLike) -> SegmentationFile:
     else:
         layers = voxels[np.newaxis]
     segments = _segments_from_fields(header.keyvalues, layers, header.dtype, path)
+    mask_bytes = len(segments) * int(np.prod(layers.shape[1:]))
+    if mask_bytes > MAX_VOXEL_BYTES:
+        raise FileFormatError(
+            f"{path} holds {len(segments)} segments on a grid of {int(np.prod(layers.shape[1:]))} "
+            f"voxels: their masks would take {mask_bytes} bytes, more than the {MAX_VOXEL_BYTES} "
+            "this reader builds. Split the segmentation in Slicer, or crop it to the region needed."
+        )
     masks = [layers[info.layer or 0] == info.label_value for info in segments]
     return SegmentationFile(ijk_to_ras=header.ijk_to_ras(), segments=segments, masks=masks,
                             fields=dict(header.keyvalues), grid_shape=tuple(layers.shape[1:]))

@@ -156,6 +156,14 @@ def _check_slice_positions(image, reader, files, folder: Path) -> None:
     gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
     typical = float(np.median(gaps))
     worst = int(np.argmax(np.abs(gaps - typical)))
+    if abs(float(gaps[worst]) - typical) <= tolerance:
+        raise FileFormatError(
+            f"The DICOM series in {folder} has evenly spaced slices, but they are not stacked "
+            f"along the normal of the image plane (a gantry tilt or a sheared stack): read as one "
+            f"volume, slices would be up to {float(error.max()):.3g} mm from their true positions. "
+            "Load it with Slicer's DICOM module, which can regularize such geometry, and save it "
+            "as NRRD or NIfTI."
+        )
     raise FileFormatError(
         f"The DICOM series in {folder} is not evenly spaced: the slices are {typical:.4g} mm "
         f"apart, but {Path(files[worst]).name} and {Path(files[worst + 1]).name} are "
