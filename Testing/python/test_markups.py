@@ -233,3 +233,22 @@ def test_deeply_nested_markups_are_a_clear_cli_error(tmp_path, golden_dir, capsy
     assert "nests deeper" in err
     assert "Traceback" not in err and "RecursionError" not in err
     assert not (tmp_path / "o.seg.nrrd").exists()
+
+
+@pytest.mark.parametrize("position", [["1", 2, 3], [True, 2, 3], [1, 2, None], {"x": 1}])
+def test_positions_must_be_json_numbers(tmp_path, position):
+    path = slicer_style_file(tmp_path / "p.mrk.json", [(0, 0, 0)])
+    document = json.loads(path.read_text())
+    document["markups"][0]["controlPoints"][0]["position"] = position
+    path.write_text(json.dumps(document))
+    with pytest.raises(FileFormatError, match="position"):
+        read_clicks(path)
+
+
+def test_axis_true_is_not_axis_one(tmp_path):
+    path = write_clicks(tmp_path / "a.mrk.json", [ClickPoint((0.0, 0.0, 0.0), True, "s", 1)])
+    document = json.loads(path.read_text())
+    document["markups"][0]["controlPoints"][0]["isegformer"]["axis"] = True
+    path.write_text(json.dumps(document))
+    with pytest.raises(FileFormatError, match="axis"):
+        read_clicks(path)

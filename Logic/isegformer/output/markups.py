@@ -202,7 +202,12 @@ def _read_point_list(markup: dict, path: Path, default_name: str) -> Iterable[Cl
                      point.get("positionStatus"))
             continue
         try:
-            position = np.asarray(point["position"], dtype=np.float64) * flip
+            raw = point["position"]
+            # JSON numbers only: np.asarray would also take "1.5" or true as a coordinate
+            if not isinstance(raw, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+                raise ValueError
+            position = np.asarray(raw, dtype=np.float64) * flip
             if position.shape != (3,) or not np.all(np.isfinite(position)):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
@@ -214,7 +219,7 @@ def _read_point_list(markup: dict, path: Path, default_name: str) -> Iterable[Cl
             positive = not list_is_negative
         extra = point.get("isegformer") if isinstance(point.get("isegformer"), dict) else {}
         axis = extra.get("axis")
-        if axis is not None and axis not in (0, 1, 2):
+        if axis is not None and (isinstance(axis, bool) or axis not in (0, 1, 2)):
             raise FileFormatError(f"{path}: control point {number} has axis {axis!r}; use 0, 1 or 2.")
         segment = extra.get("segment")
         yield ClickPoint(
