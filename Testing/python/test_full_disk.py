@@ -142,3 +142,13 @@ def test_detached_header_formats_are_refused_before_anything_is_written(tmp_path
     with pytest.raises(InvalidInputError, match="second file"):
         write_image_verified(_volume().to_sitk(), tmp_path / f"image{suffix}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_volume_goes_through_the_verified_writer(full_disk):
+    # The volume writer (the Slicer module's fine-tuning export uses it) is a SimpleITK write too.
+    target = full_disk / "image.nii"
+    target.write_bytes(b"previous image")
+    _fill(full_disk)
+    with pytest.raises(OutputPathError, match="Could not write"):
+        write_volume(Volume(_incompressible_labels().astype(np.float32), np.eye(4)), target)
+    assert target.read_bytes() == b"previous image"

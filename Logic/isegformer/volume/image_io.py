@@ -75,20 +75,13 @@ def read_label_map(path: str | os.PathLike, reference: Volume) -> Volume:
 def write_volume(volume: Volume, path: str | os.PathLike, array: Optional[np.ndarray] = None,
                  compress: bool = True) -> Path:
     """Write ``volume`` (or ``array`` on its grid) to ``path``; the suffix picks the format."""
-    import SimpleITK as sitk
-
     p = Path(path).expanduser()
     if not p.parent.exists():
         raise InvalidInputError(f"Cannot write {p}: the folder {p.parent} does not exist. Create it first.")
-    image = volume.to_sitk(array)
-    try:
-        sitk.WriteImage(image, str(p), useCompression=compress)
-    except RuntimeError as err:
-        raise InvalidInputError(
-            f"Could not write {p} ({_first_line(err)}). Check that the folder is writable and the "
-            "suffix is one of .nii.gz, .nii, .nrrd, .mha."
-        ) from err
-    return p
+    # The package's one SimpleITK writer: atomic, and read back before it replaces anything.
+    from ..output.atomic import write_image_verified
+
+    return write_image_verified(volume.to_sitk(array), p, compress=compress)
 
 
 def _read_dicom_series(folder: Path, series_id: Optional[str]):
