@@ -15,12 +15,13 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import _, MODULE_NAME, support
+from . import _, MODULE_NAME
 from . import clicks, geometry, models
 from .finetune import FinetuneActions, editedSlices
 from .jobs import JobQueue
 from .models import DEFAULT_MODEL, STCN_MODEL
 from .parameters import DEVICES, PROPAGATION_METHODS, ModuleParameters
+from .scene_state import SceneStateActions
 from .segment_history import ActionStates, EditorLogicHistory
 
 # Names other code and older scripts import from here.
@@ -29,7 +30,7 @@ NEGATIVE_NODE_NAME = clicks.NEGATIVE_NODE_NAME
 PLACING_ATTRIBUTE = clicks.PLACING_ATTRIBUTE
 
 
-class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
+class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneStateActions):
     """Everything the module does, usable from the Python console without the widget.
 
     Synchronous methods (``addClick``, ``propagate``, ``undoLastClick``) run the model in the
@@ -62,6 +63,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         self._order = 0
         self._written = {}  # segment ID -> (k, j, i) bool mask the module last wrote
         self._handEdited = {}  # (segment ID, axis) -> slices edited by hand that a propagation adopted
+        self._propagated = {}  # (segment ID, axis) -> slices the last propagation wrote (not annotated)
+        self._resumeChecked = None  # ID of the segmentation whose stored session was looked at
+        self._digests = {}  # (segment ID, axis) -> slice digests of _written (scene_state.py)
         self._initFinetune()
 
     # ---- state (in the parameter node) ---------------------------------------------------------
@@ -98,42 +102,19 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
     @staticmethod
     def missingDependencies():
         """Names of the Python packages that are missing or outside the supported versions."""
-        deps = support().dependencies
-        return [req.name for req, _version in deps.unmet((deps.TORCH, *deps.PIP_REQUIREMENTS))]
+        from . import dependencies
+
+        return [req.name for req, _version in dependencies.missing()]
 
     def installDependencies(self, askConfirmation=True):
-        """Install torch (through the PyTorch extension) and the other packages (Slicer's pip).
+        """Install torch (through the PyTorch extension) and the packages of
+        Resources/requirements.txt (Slicer's pip), in progress dialogs (see dependencies.py).
 
         Asks first when ``askConfirmation``. Returns True when everything is installed.
         """
-        deps = support().dependencies
-        torchProblems = deps.unmet((deps.TORCH,))
-        pipProblems = deps.unmet(deps.PIP_REQUIREMENTS)
-        if not torchProblems and not pipProblems:
-            return True
-        if askConfirmation and not slicer.app.testingEnabled():
-            text = _(
-                "iSegFormer needs these Python packages:\n{problems}\n\nPyTorch is installed by the "
-                "PyTorch extension (matching your NVIDIA driver, or the CPU build), the others with "
-                "pip. This downloads up to a few GB and takes minutes. Install now?"
-            ).format(problems=deps.describe(torchProblems + pipProblems))
-            if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("iSegFormer dependencies")):
-                return False
-        if torchProblems:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise RuntimeError(
-                    "The PyTorch extension is not installed: install 'PyTorch' from the Extensions "
-                    "Manager, restart Slicer, and press Install again."
-                )
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            requirement = deps.TORCH.specifier[len("torch"):]
-            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None:
-                return False
-        if pipProblems:
-            slicer.util.pip_install(" ".join(req.specifier for req, _version in pipProblems))
-        return not deps.unmet((deps.TORCH, *deps.PIP_REQUIREMENTS))
+        from . import dependencies
+
+        return dependencies.install(askConfirmation)
 
     # ---- models -----------------------------------------------------------------------------
     @staticmethod
@@ -209,6 +190,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         self._records = []
         self._written = {}
         self._handEdited = {}
+        self._propagated = {}
+        self._resumeChecked = None
+        self._digests = {}
         for node in self.getClickNodes(create=False):
             if node is not None:
                 node.RemoveAllControlPoints()
@@ -283,6 +267,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         self._records = []
         self._written = {}
         self._handEdited = {}
+        self._propagated = {}
+        self._resumeChecked = None  # a scene loaded next is looked at again
+        self._digests = {}
 
     # ---- the session (worker thread) --------------------------------------------------------
     def _closeSession(self):
@@ -397,6 +384,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         """Queue a click at a world point; its slice is written when the result arrives."""
         from isegformer.slicer_support.session_bridge import SliceUpdate  # noqa: F401 (checks the package)
 
+        self._ensureResumed()
         segmentId = segmentId or self.segmentId
         point = self.locateClick(rasPoint, sliceNode, axis)
         self._order += 1
@@ -415,9 +403,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         if record in self._records:
             self._records.remove(record)
         clicks.removePointById(record.pointId)
+        self._storeSessionState()
 
     def submitPointsChanged(self, sliceNode=None):
         """After points moved or were deleted: re-run the clicks of every slice that changed."""
+        self._ensureResumed()
         current = clicks.currentPositions()
         affected = set()
         kept = []
@@ -433,6 +423,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
                 affected.add(record.sliceKey)  # the slice it is on now
             kept.append(record)
         self._records = kept
+        self._storeSessionState()
         action = self._actions.newAction()  # the slices a move or a deletion recomputes: one undo state
         return [self._submitReplay(*key, action=action) for key in sorted(affected)]
 
@@ -452,11 +443,13 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
 
     def submitUndoLastClick(self):
         """Take back the most recent point (and its effect on the slice). None if there is none."""
+        self._ensureResumed()
         if not self._records:
             return None
         record = max(self._records, key=lambda r: r.order)
         self._records.remove(record)
         clicks.removePointById(record.pointId)
+        self._storeSessionState()
         segmentId, axis, index = record.sliceKey
         remaining = self._clicksOf(segmentId, axis, index)
         return self._submitWithSession(
@@ -465,6 +458,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
         )
 
     def hasClicks(self):
+        self._ensureResumed()  # a loaded scene's session counts
         return bool(self._records)
 
     def lastClickDescription(self):
@@ -480,6 +474,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
     # ---- propagation ------------------------------------------------------------------------
     def submitPropagation(self, segmentId=None):
         """Queue a propagation of a segment along the axis of its latest click."""
+        self._ensureResumed()
         segmentId = segmentId or self.segmentId
         records = [r for r in self._records if r.segmentId == segmentId]
         axis = max(records, key=lambda r: r.order).point.axis if records else None
@@ -571,6 +566,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
     def applyVolumeUpdate(self, update, action=None):
         """Write a propagation result: only the slices that differ are changed."""
         shape = update.mask.shape
+        annotated = set(getattr(update, "annotated", ()) or ())
+        self._propagated[(update.segment, update.axis)] = set(range(shape[update.axis])) - annotated
         self.writeSlicesIntoSegment(update.segment, update.axis, 0, shape[update.axis] - 1, update.mask, action)
 
     def writeSlicesIntoSegment(self, segmentId, axis, first, last, masks, action=None):
@@ -587,12 +584,19 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions):
             if sid not in self._written:
                 if sid == segmentId:
                     self._written[sid] = writer.read(sid)
+                    self._digests = {key: d for key, d in self._digests.items() if key[0] != sid}
                 continue
             if report.indices:
                 lo, hi = report.indices[0], report.indices[-1]
                 kji = [slice(None)] * 3
                 kji[axis] = slice(lo, hi + 1)
-                self._written[sid][tuple(kji)] = writer.read(sid, axis, lo, hi)
+                before = self._written[sid][tuple(kji)].copy()
+                after = writer.read(sid, axis, lo, hi)
+                self._written[sid][tuple(kji)] = after
+                lows = [0, 0, 0]
+                lows[axis] = lo
+                self._followWrite(sid, before, after, lows)
+        self._storeSessionState()
         return report
 
     # ---- synchronous API for the Python console -----------------------------------------------

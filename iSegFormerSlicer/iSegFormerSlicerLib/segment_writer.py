@@ -39,8 +39,19 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from isegformer.errors import InvalidInputError
-from isegformer.slicer_support import slice_write
+
+def _sliceWrite():
+    """The Segment Editor's rules (isegformer; imported on first use, after the dependency step)."""
+    from isegformer.slicer_support import slice_write
+
+    return slice_write
+
+
+def _invalid(message):
+    """The package's error for bad input (imported on first use, like the rest of isegformer)."""
+    from isegformer.errors import InvalidInputError
+
+    return InvalidInputError(message)
 
 #: vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 LABELMAP = "Binary labelmap"
@@ -70,13 +81,14 @@ def volumeIJKToRAS(volumeNode) -> np.ndarray:
     return _matrix(matrix)
 
 
-def editRulesFromNodes(segmentationNode, segmentEditorNode=None) -> slice_write.EditRules:
+def editRulesFromNodes(segmentationNode, segmentEditorNode=None):
     """The Segment Editor's masking and overwrite settings, as the editor logic reads them.
 
     Visibility is the segmentation display node's per-segment visibility (what
     ``GenerateEditMask`` and the overwrite-visible mode use). Without an editor node: edit
     everywhere, never overwrite (the safe default for scripts).
     """
+    slice_write = _sliceWrite()
     visible = None
     displayNode = segmentationNode.GetDisplayNode() if segmentationNode is not None else None
     if displayNode is not None:
@@ -225,9 +237,9 @@ class SegmentWriter:
 
     def __init__(self, segmentationNode, volumeNode, segmentEditorNode=None):
         if segmentationNode is None or volumeNode is None:
-            raise InvalidInputError("Select the source volume and the segmentation first.")
+            raise _invalid("Select the source volume and the segmentation first.")
         if volumeNode.GetImageData() is None:
-            raise InvalidInputError(
+            raise _invalid(
                 f"The volume {volumeNode.GetName()!r} has no image data: load or select another volume."
             )
         self.segmentationNode = segmentationNode
@@ -243,7 +255,7 @@ class SegmentWriter:
 
     def _checkFrame(self):
         if self.segmentationNode.GetParentTransformNode() is not self.volumeNode.GetParentTransformNode():
-            raise InvalidInputError(
+            raise _invalid(
                 "The segmentation and the source volume are under different transforms: put the "
                 "segmentation under the volume's transform (Data module) and try again."
             )
@@ -251,12 +263,12 @@ class SegmentWriter:
     def _layer(self, segmentId) -> _Layer:
         segment = self.segmentationNode.GetSegmentation().GetSegment(segmentId)
         if segment is None:
-            raise InvalidInputError(
+            raise _invalid(
                 f"The segment {segmentId!r} was deleted: select or add a segment and try again."
             )
         image = segment.GetRepresentation(LABELMAP)
         if image is None:
-            raise InvalidInputError(
+            raise _invalid(
                 f"The segment {segment.GetName()!r} has no binary labelmap: in the Segmentations "
                 "module, make the binary labelmap the source representation, then try again."
             )
@@ -288,9 +300,9 @@ class SegmentWriter:
     def _slab(self, axis, first, last) -> _Box:
         shape = self.shape
         if axis not in (0, 1, 2):
-            raise InvalidInputError(f"The axis must be 0 (k), 1 (j) or 2 (i), got {axis!r}.")
+            raise _invalid(f"The axis must be 0 (k), 1 (j) or 2 (i), got {axis!r}.")
         if not 0 <= first <= last < shape[axis]:
-            raise InvalidInputError(
+            raise _invalid(
                 f"Slices {first}..{last} are outside the volume, which has {shape[axis]} slices "
                 f"along {'kji'[axis]}."
             )
@@ -353,16 +365,16 @@ class SegmentWriter:
         self._checkFrame()
         masks = np.asarray(masks)
         if masks.ndim != 3:
-            raise InvalidInputError(f"The new slices must form a 3D (k, j, i) block, got shape {masks.shape}.")
+            raise _invalid(f"The new slices must form a 3D (k, j, i) block, got shape {masks.shape}.")
         box = self._slab(axis, first, first + masks.shape[axis] - 1)
         if masks.shape != box.shape:
-            raise InvalidInputError(
+            raise _invalid(
                 f"The new slices have shape {masks.shape}; slices {first}.. along {'kji'[axis]} "
                 f"of this volume have shape {box.shape}."
             )
         segmentation = self.segmentationNode.GetSegmentation()
         if segmentation.GetSegment(segmentId) is None:
-            raise InvalidInputError(f"The segment {segmentId!r} was deleted: select or add a segment and try again.")
+            raise _invalid(f"The segment {segmentId!r} was deleted: select or add a segment and try again.")
         rules = editRulesFromNodes(self.segmentationNode, self.segmentEditorNode)
         ids = list(segmentation.GetSegmentIDs())
         # Nothing can change where neither the new mask nor the old segment is set: there the
@@ -374,7 +386,7 @@ class SegmentWriter:
         masks = masks[active.within(box)]
         blocks = {sid: self._readBox(sid, active) for sid in ids}
         source = self._source(active) if rules.intensity_range is not None else None
-        changes = slice_write.compose_block(masks, segmentId, blocks, rules, source)
+        changes = _sliceWrite().compose_block(masks, segmentId, blocks, rules, source)
         if not changes:
             return WriteReport()
         if beforeWrite is not None:
@@ -468,7 +480,7 @@ class SegmentWriter:
         # Remove what the slab no longer has, then add what it has, inside the slab only.
         for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MASK):
             if not logic.SetBinaryLabelmapToSegment(image, self.segmentationNode, segmentId, mode, extent):
-                raise InvalidInputError(f"Slicer refused to update the segment {segmentId!r}.")
+                raise _invalid(f"Slicer refused to update the segment {segmentId!r}.")
 
     def _reconvert(self, segmentIds: Sequence[str]):
         """Rebuild other representations (closed surface) of the changed segments, as Slicer's

@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Callable, Iterable, Optional
+
+from ..errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -30,14 +33,55 @@ class Requirement:
 #: installed by the PyTorch extension (PyTorchUtils), never by pip directly
 TORCH = Requirement("torch", "2.1", "3")
 
+_LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*>=\s*([0-9][0-9.]*)\s*,\s*<\s*([0-9][0-9.]*)\s*$")
+
+
+def read_requirements(path) -> tuple[Requirement, ...]:
+    """The ``name>=floor,<cap`` lines of a requirements file (comments and blank lines skipped).
+
+    Any other form raises InvalidInputError naming the line: the module's list must keep the
+    floor-and-cap form that :func:`satisfies` checks.
+    """
+    requirements = []
+    text = Path(path).read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        match = _LINE.match(content)
+        if match is None:
+            raise InvalidInputError(
+                f"{path}, line {number}: {content!r} is not of the form name>=floor,<cap."
+            )
+        requirements.append(Requirement(*match.groups()))
+    return tuple(requirements)
+
+
 #: what the module's code path imports besides torch (the session, the interpolation baseline,
-#: the weights download), installed with Slicer's pip after asking the user. Slicer ships
-#: numpy, SimpleITK and requests, so usually only what is missing here is installed.
+#: the weights download). Slicer ships numpy, SimpleITK and requests, so usually only what is
+#: missing here is installed. The same list as Resources/requirements.txt (a test checks it).
 PIP_REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("scipy", "1.9", "2"),
+    Requirement("scipy", "1.10", "2"),
     Requirement("SimpleITK", "2.2", "3"),
     Requirement("requests", "2.28", "3"),
 )
+
+
+def accepted_arguments(function: Callable, wanted: dict) -> dict:
+    """The part of ``wanted`` (keyword arguments) that ``function``'s signature accepts.
+
+    PyTorchUtils' ``installTorch`` gained ``torchVersionRequirement`` in 2023; an older
+    extension would refuse the call with a TypeError. A function taking ``**kwargs`` gets all.
+    """
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass nothing extra
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(wanted)
+    return {name: value for name, value in wanted.items() if name in parameters}
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -1,0 +1,230 @@
+"""Resuming the module's session from a saved scene, on Slicer's own MRML (slicer-core).
+
+The scene is saved with Slicer's own writers (a data bundle directory: the .mrml, the volume,
+the .seg.nrrd and the point lists' .mrk.json), the scene is replaced by an empty one, and the
+saved one is loaded with Slicer's own readers. A new Logic then finds the segmentation, the
+point lists and the annotated slices through the parameter node and the session stored on the
+segmentation node. With the real tiny click model (golden checkpoint), a new point on an
+annotated slice continues that slice's click sequence: the mask equals the one the same point
+gives in the session that was never saved. A propagation after the resume keeps the annotated
+slices, and a slice painted by hand before saving, as they were.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slicer_standins
+
+if not slicer_standins.available():
+    pytest.skip(slicer_standins.SKIP_REASON, allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "iSegFormerSlicer"))
+
+SHAPE = (10, 40, 48)  # (k, j, i)
+IJK_TO_RAS = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1.0]])
+
+
+def world(k, j, i):
+    return (IJK_TO_RAS @ np.array([i, j, k, 1.0]))[:3]
+
+
+def knee_like_volume():
+    rng = np.random.default_rng(0)
+    volume = np.zeros(SHAPE, np.float32)
+    volume[2:8, 10:30, 12:36] = 100
+    return (volume + rng.normal(0, 5, SHAPE)).astype(np.int16)
+
+
+def read(node, segment_id, volume):
+    from iSegFormerSlicerLib.segment_writer import SegmentWriter
+
+    return SegmentWriter(node, volume).read(segment_id)
+
+
+def test_the_stored_session_round_trips_and_rejects_garbage():
+    from iSegFormerSlicerLib import scene_state
+
+    from isegformer.errors import SessionFileError
+
+    state = scene_state.SessionState()
+    state.clicks.append(scene_state.SavedClick("p1", True, "seg", 0, 3))
+    state.clicks.append(scene_state.SavedClick("n1", False, "seg", 0, 3))
+    state.handEdited[("seg", 0)] = [8]
+    state.propagated[("seg", 0)] = [0, 1, 2]
+    mask = np.zeros(SHAPE, bool)
+    mask[3, 10:20, 5:9] = True
+    state.written[("seg", 0)] = scene_state.sliceDigests(mask, 0)
+    again = scene_state.decode(scene_state.encode(state))
+    assert again == state
+    assert scene_state.changedSlices(mask, 0, again.written[("seg", 0)]) == []
+    mask[4, 0, 0] = True
+    assert scene_state.changedSlices(mask, 0, again.written[("seg", 0)]) == [4]
+    for bad in ("{", "[]", '{"format": "other"}', '{"format": "isegformer-slicer-session", "version": 2}',
+                '{"format": "isegformer-slicer-session", "version": 1, "clicks": [{"point": "", "positive": true,'
+                ' "segment": "s", "axis": 0, "index": 1}]}',
+                '{"format": "isegformer-slicer-session", "version": 1, "clicks": [{"point": "p", "positive": 1,'
+                ' "segment": "s", "axis": 0, "index": 1}]}',
+                '{"format": "isegformer-slicer-session", "version": 1, "clicks": [{"point": "p", "positive": true,'
+                ' "segment": "s", "axis": 3, "index": 1}]}',
+                '{"format": "isegformer-slicer-session", "version": 1, "written": [{"segment": "s", "axis": 0,'
+                ' "digests": ["xyz"]}]}'):
+        with pytest.raises(SessionFileError, match="iSegFormer session"):
+            scene_state.decode(bad)
+
+
+def test_digests_follow_writes_along_any_axis():
+    from iSegFormerSlicerLib import scene_state
+
+    rng = np.random.default_rng(1)
+    mask = rng.random(SHAPE) < 0.3
+    for axis in range(3):
+        digests = np.array(scene_state.sliceDigests(mask, axis), dtype=object)
+        for write_axis in range(3):
+            lows = [0, 0, 0]
+            lows[write_axis] = 2
+            box = tuple(slice(lo, lo + (3 if a == write_axis else n)) for a, (lo, n) in enumerate(zip(lows, SHAPE)))
+            before = mask[box].copy()
+            after = rng.random(before.shape) < 0.5
+            digests += scene_state.digestChange(before, after, lows, SHAPE, axis)
+            mask[box] = after
+            assert list(digests) == scene_state.sliceDigests(mask, axis)
+
+
+@pytest.mark.golden
+@pytest.mark.slow
+def test_a_saved_scene_resumes_the_session_with_the_real_click_model(slicer_env, golden_dir, tmp_path):
+    slicer, module = slicer_env.slicer, slicer_env.module
+    checkpoint = golden_dir / "tiny_isegformer.pth"
+    volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    logic.setModelSettings(model=str(checkpoint), device="cpu", propagation="interpolation")
+    node, segment_id = logic.setSegmentation()
+    logic.addClick(world(3, 20, 24), axis=0)
+    logic.addClick(world(3, 5, 5), positive=False, axis=0)
+    logic.addClick(world(6, 18, 22), axis=0)
+    # a slice painted by hand (not through the module) before saving
+    from iSegFormerSlicerLib.segment_writer import SegmentWriter
+
+    painted = np.zeros((1,) + SHAPE[1:], bool)
+    painted[0, 12:16, 14:30] = True
+    SegmentWriter(node, volume).write(segment_id, 0, 8, painted)
+    saved = read(node, segment_id, volume)
+    folder = tmp_path / "scene"
+    assert slicer.util.saveScene(str(folder))
+    # the same next point in the session that is never saved: the reference
+    logic.addClick(world(3, 30, 30), axis=0)
+    reference = read(node, segment_id, volume)[3]
+    assert not np.array_equal(reference, saved[3])  # the point changes the slice
+    logic.shutdown()
+
+    scene = slicer_env.slicer_standins.new_scene()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    mrml = next(folder.glob("*.mrml"))
+    slicer.util.loadScene(str(mrml))
+    resumed = module.iSegFormerSlicerLogic()
+    assert resumed.segmentationNode is not None and resumed.segmentationNode.GetName() == node.GetName()
+    assert resumed.segmentId == segment_id
+    volume, node = resumed.volumeNode, resumed.segmentationNode
+    np.testing.assert_array_equal(read(node, segment_id, volume), saved)
+    assert resumed.hasClicks()
+    records = sorted(resumed._records, key=lambda r: r.order)
+    assert [(r.positive, r.point.axis, r.point.index, round(r.point.row, 6), round(r.point.col, 6)) for r in records] == \
+        [(True, 0, 3, 20, 24), (False, 0, 3, 5, 5), (True, 0, 6, 18, 22)]  # point IDs repeat across the two lists
+    positive, negative = resumed.getClickNodes(create=False)
+    assert positive.GetNumberOfControlPoints() == 2 and negative.GetNumberOfControlPoints() == 1
+
+    resumed.addClick(world(3, 30, 30), axis=0)
+    after = read(node, segment_id, volume)
+    np.testing.assert_array_equal(after[3], reference)  # the sequence continued, not restarted
+    np.testing.assert_array_equal(np.delete(after, 3, axis=0), np.delete(saved, 3, axis=0))
+
+    resumed.propagate()
+    propagated = read(node, segment_id, volume)
+    np.testing.assert_array_equal(propagated[3], reference)  # annotated slices are kept
+    np.testing.assert_array_equal(propagated[6], saved[6])
+    np.testing.assert_array_equal(propagated[8], saved[8])  # the hand-painted slice too
+    assert propagated[5].any()  # between annotations: propagated
+    assert resumed._propagated[(segment_id, 0)] == set(range(SHAPE[0])) - {3, 6, 8}
+    resumed.shutdown()
+
+
+def test_a_broken_stored_session_is_reported_and_changes_nothing(slicer_env, caplog):
+    slicer, module = slicer_env.slicer, slicer_env.module
+    volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    node, _ = logic.setSegmentation()
+    from iSegFormerSlicerLib import scene_state
+
+    node.SetAttribute(scene_state.ATTRIBUTE, '{"format": "isegformer-slicer-session", "version": 1, "clicks": 5}')
+    fresh = module.iSegFormerSlicerLogic()
+    assert not fresh.hasClicks()  # logged, not raised: the module keeps working
+    assert "unreadable" in caplog.text
+    assert node.GetAttribute(scene_state.ATTRIBUTE).endswith('"clicks": 5}')  # left as it was
+    from isegformer.errors import SessionFileError
+
+    with pytest.raises(SessionFileError):
+        module.iSegFormerSlicerLogic().resumeFromScene()
+
+
+def test_a_saved_scene_resumes_the_session(slicer_env, tmp_path):
+    """The same round trip with the stand-in session (fast): the records, their order and signs,
+    the stored session's reopening with the clicks replayed, the hand-painted slice adopted."""
+    from session_fakes import FakeSession
+
+    from isegformer.slicer_support.session_bridge import SessionBridge
+    from iSegFormerSlicerLib.segment_writer import SegmentWriter
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    logic.setModelSettings(propagation="interpolation")
+    node, segment_id = logic.setSegmentation()
+    logic._bridge, logic._stale = SessionBridge(FakeSession(SHAPE)), False
+    logic.addClick(world(3, 20, 24), axis=0)
+    logic.addClick(world(3, 21, 25), positive=False, axis=0)
+    logic.addClick(world(6, 18, 22), axis=0)
+    painted = np.zeros((1,) + SHAPE[1:], bool)
+    painted[0, 12:16, 14:30] = True
+    SegmentWriter(node, volume).write(segment_id, 0, 8, painted)  # by hand, not through the module
+    saved = read(node, segment_id, volume)
+    folder = tmp_path / "scene"
+    assert slicer.util.saveScene(str(folder))
+    logic.shutdown()
+
+    slicer_env.slicer_standins.new_scene()
+    slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
+    resumed = module.iSegFormerSlicerLogic()
+    volume, node = resumed.volumeNode, resumed.segmentationNode
+    np.testing.assert_array_equal(read(node, segment_id, volume), saved)
+    assert resumed.resumeFromScene()
+    records = sorted(resumed._records, key=lambda r: r.order)
+    assert [(r.positive, r.point.index, round(r.point.row), round(r.point.col)) for r in records] == \
+        [(True, 3, 20, 24), (False, 3, 21, 25), (True, 6, 18, 22)]
+    session = FakeSession(SHAPE)
+    opened = []
+
+    def open_fake(cls, *args, **kwargs):
+        opened.append(1)
+        return SessionBridge(session)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(SessionBridge, "open", classmethod(open_fake)), \
+            unittest.mock.patch.object(SessionBridge, "warm_up", lambda self: None), \
+            unittest.mock.patch("isegformer.weights.resolve.resolve_model", lambda name, download=False: Path(name)):
+        resumed.propagate()
+    assert opened == [1]
+    replayed = [call for call in session.calls if call[0] == "click"]
+    assert [(c[2], round(c[3], 6), round(c[4], 6), c[5]) for c in replayed] == \
+        [(3, 20, 24, True), (3, 21, 25, False), (6, 18, 22, True)]  # in the order placed
+    assert ("set", 0, 8) in session.calls  # the painted slice is an annotation of the new session
+    np.testing.assert_array_equal(session.annotations[(segment_id, 0, 8)][0], saved[8])
+    assert session.annotated_slices(segment_id, axis=0) == [3, 6, 8]
+    resumed.shutdown()
