@@ -405,9 +405,13 @@ def test_points_placed_while_the_model_is_busy_are_all_handled_in_order(slicer_e
     start_clicking(widget, knee)
     gate = threading.Event()
     widget.logic.submit(lambda progress: gate.wait(60), label="busy")  # the model is busy meanwhile
-    placed = [("Red", 110, 130), ("Green", 100, 120), ("Red", 140, 110), ("Green", 150, 140)]
-    for name, x, y in placed:
-        views[name].click(x, y)
+    red = views["Red"]
+    first_offset = red.sliceLogic.GetSliceOffset()
+    placed = []  # (slice offset, x, y): two points on one slice, then one on a slice further up
+    for offset, x, y in ((first_offset, 110, 130), (first_offset, 140, 110), (first_offset + 7.0, 120, 120)):
+        red.sliceLogic.SetSliceOffset(offset)  # the user scrolls meanwhile
+        red.click(x, y)
+        placed.append((pixel_ijk(red, knee, x, y), True))
     segmentation, segment_id = current_segment(widget)
     assert widget.logic.isBusy()
     assert not segment_array(slicer, segmentation, segment_id, knee).any()  # nothing applied yet
@@ -417,13 +421,13 @@ def test_points_placed_while_the_model_is_busy_are_all_handled_in_order(slicer_e
     poll_until_idle(widget)
 
     written = segment_array(slicer, segmentation, segment_id, knee)
-    for name in ("Red", "Green"):
-        axis = KNEE_AXIS[name]
-        clicks = [(pixel_ijk(views[n], knee, x, y), True) for n, x, y in placed if n == name]
-        index = slice_index(clicks[0][0], axis)
-        in_order = reference.slice(knee, axis, clicks)
-        assert not np.array_equal(in_order, reference.slice(knee, axis, clicks[::-1]))  # order matters here
-        assert np.array_equal(take(written, axis, index), in_order), name
+    lower, upper = placed[:2], placed[2:]
+    assert slice_index(lower[0][0], 0) == slice_index(lower[1][0], 0) != slice_index(upper[0][0], 0)
+    in_order = reference.slice(knee, 0, lower)
+    assert not np.array_equal(in_order, reference.slice(knee, 0, lower[::-1]))  # the order matters here
+    assert np.array_equal(written[slice_index(lower[0][0], 0)], in_order)
+    assert np.array_equal(written[slice_index(upper[0][0], 0)], reference.slice(knee, 0, upper))
+    assert np.flatnonzero(written.any(axis=(1, 2))).size == 2
     assert widget.ui.statusLabel.text == ""
 
 
