@@ -44,6 +44,30 @@ def check_outputs(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str
         check_writable(path)
 
 
+def require_inputs(inputs: Sequence[tuple[str, Any]]) -> None:
+    """Fail before any download when an input file (option name, path or list) is missing."""
+    from ..errors import InvalidInputError
+
+    for name, value in inputs:
+        for path in (value if isinstance(value, (list, tuple)) else [value]):
+            if path is not None and not Path(path).expanduser().exists():
+                raise InvalidInputError(f"{name} {path}: no such file or folder. Check the path.")
+
+
+def require_number(value: Any, option: str, low: float, high: float, *, low_open: bool = False) -> None:
+    """An option's number must be finite and in [low, high] ((low, high] with ``low_open``)."""
+    import math
+
+    from ..errors import InvalidInputError
+
+    if value is None:
+        return
+    inside = math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
+    if not inside:
+        bracket = "(" if low_open else "["
+        raise InvalidInputError(f"{option} must be a number in {bracket}{low:g}, {high:g}], got {value!r}.")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--stcn", default="stcn", metavar="NAME_OR_PATH",

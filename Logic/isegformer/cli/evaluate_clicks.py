@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: More clicks than any protocol asks for (the paper's NoC uses 20); a bound keeps a typo from running for days.
+MAX_CLICKS = 1000
+
+
 def _load_model(spec: str, device):
     """A checkpoint file as it is, or a registry name through the verified weights cache."""
     from ..click_engine.build import load_click_model
@@ -111,10 +115,19 @@ def run(args) -> int:
     from ..evaluation.plot import plot_iou_curve
     from ..output.atomic import atomic_write
     from ..progress import TqdmProgress
-    from .common import check_outputs
+    from .common import check_outputs, require_number
 
-    if args.max_clicks < 1:
-        raise InvalidInputError("--max-clicks must be at least 1.")
+    if not 1 <= args.max_clicks <= MAX_CLICKS:
+        raise InvalidInputError(f"--max-clicks must be 1..{MAX_CLICKS} (the NoC protocol uses 20), got {args.max_clicks}.")
+    require_number(args.stop_iou, "--stop-iou", 0.0, 1.0, low_open=True)
+    if args.window is not None:
+        low, high = args.window
+        require_number(low, "--window LOW", -1e30, 1e30)
+        require_number(high, "--window HIGH", -1e30, 1e30)
+        if not low < high:
+            raise InvalidInputError(f"--window LOW HIGH needs LOW < HIGH, got {low:g} {high:g}.")
+    if any(v < 1 for v in args.label_values or []):
+        raise InvalidInputError(f"--label values are positive label numbers, got {args.label_values}.")
     outputs = [("--out", args.out / "results.json"), ("--out", args.out / "noc_curve.png")] if args.out else []
     check_outputs(  # the folder is created at the end
         [("--model", args.model), ("--images", args.images), ("--masks", args.masks),

@@ -86,6 +86,10 @@ def run(args) -> int:
         raise InvalidInputError("--slice-choice explicit needs --slices.")
     if args.slices and args.slice_choice != "explicit":
         raise InvalidInputError("--slices only goes with --slice-choice explicit.")
+    if any(n < 1 for n in args.num_slices):
+        raise InvalidInputError(f"--num-slices are counts of at least 1, got {args.num_slices}.")
+    if any(v < 1 for v in args.label_values or []):
+        raise InvalidInputError(f"--label-value takes positive label numbers, got {args.label_values}.")
     axis = AXES[args.axis]
     cases = find_cases(args)
     inputs = [("--cases", args.cases), ("--weights", args.weights), ("--fusion-weights", args.fusion_weights)]

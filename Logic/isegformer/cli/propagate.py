@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .common import (add_axis_argument, add_model_arguments, check_outputs, load_propagation_networks, propagate_all,
-                     report_segments)
+                     report_segments, require_inputs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         [("the volume", args.volume), ("--labels", args.labels), ("--stcn", args.stcn), ("--fusion", args.fusion)],
         [("--out", args.out), ("--overlay", args.overlay)],
     )
+    require_inputs([("the volume", args.volume), ("--labels", args.labels)])  # before any download
     indices = None
     if args.slices:
         try:

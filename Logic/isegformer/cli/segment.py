@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .common import (add_axis_argument, add_model_arguments, check_outputs, load_propagation_networks,
-                     propagate_all, report_segments, resolve_weights)
+                     propagate_all, report_segments, require_inputs, resolve_weights)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
          ("--stcn", args.stcn), ("--fusion", args.fusion)],
         [("--out", args.out), ("--overlay", args.overlay), ("--session", args.session)],
     )
+    require_inputs([("the volume", args.volume), ("--clicks", args.clicks)])  # before any download
     started = time.perf_counter()
     from ..click_engine.predictor import ClickPredictor
 

@@ -1,0 +1,76 @@
+"""Issue 12 item 27 (the CLI side): out-of-range options and missing inputs are refused with
+the package's message and exit code 1, before anything slow (no download, no model load)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isegformer.cli import common
+from isegformer.cli.main import main
+from isegformer.volume import Volume, write_volume
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "home"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were asked for before the options were checked")
+
+    monkeypatch.setattr(common, "resolve_weights", refuse)
+
+
+@pytest.fixture
+def png_folders(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    return ["--images", str(images), "--masks", str(masks)]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--stop-iou", "nan"], "--stop-iou"),
+    (["--stop-iou", "5"], "--stop-iou"),
+    (["--stop-iou", "0"], "--stop-iou"),
+    (["--max-clicks", "0"], "--max-clicks"),
+    (["--max-clicks", "100000000"], "--max-clicks"),
+    (["--window", "5", "1"], "LOW < HIGH"),
+    (["--window", "nan", "1"], "--window"),
+    (["--label", "-3"], "--label"),
+])
+def test_evaluate_clicks_options(png_folders, capsys, options, message):
+    assert main(["evaluate-clicks", "--model", "m.pth", *png_folders, *options]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--num-slices", "0"], "--num-slices"),
+    (["--num-slices", "3", "-1"], "--num-slices"),
+    (["--label-value", "-3"], "--label-value"),
+])
+def test_evaluate_propagation_options(tmp_path, capsys, options, message):
+    assert main(["evaluate-propagation", "v.nrrd", "l.nrrd", "--out", str(tmp_path / "o"), *options]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    return write_volume(Volume(np.zeros((4, 5, 6), np.float32), np.eye(4)), tmp_path / "vol.nrrd")
+
+
+def test_segment_checks_its_inputs_before_the_model_is_fetched(volume_file, tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "missing.nrrd"), "--clicks", str(tmp_path / "c.mrk.json"),
+                 "--out", str(tmp_path / "o.seg.nrrd")]) == 1
+    assert "missing.nrrd: no such file" in capsys.readouterr().err
+    assert main(["segment", str(volume_file), "--clicks", str(tmp_path / "c.mrk.json"),
+                 "--out", str(tmp_path / "o.seg.nrrd")]) == 1
+    assert "--clicks" in capsys.readouterr().err and not (tmp_path / "o.seg.nrrd").exists()
+
+
+def test_propagate_checks_its_inputs_before_the_networks_are_fetched(volume_file, tmp_path, capsys):
+    assert main(["propagate", str(volume_file), "--labels", str(tmp_path / "drawn.nrrd"),
+                 "--out", str(tmp_path / "o.nrrd")]) == 1
+    assert "--labels" in capsys.readouterr().err
+    assert main(["propagate", str(volume_file), "--labels", str(volume_file), "--slices", "1,x",
+                 "--out", str(tmp_path / "o.nrrd")]) == 1
+    assert "--slices" in capsys.readouterr().err
