@@ -105,3 +105,30 @@ def test_cleanup_never_fails_a_write(tmp_path, monkeypatch):
     _touch(tmp_path / ".tmp-abcdefgh-x.isegsession", STALE_AFTER_SECONDS + 60)
     assert remove_stale_temporaries(tmp_path) == []
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_session_save_killed_mid_write_is_cleaned_by_the_next_save(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.path.abspath(LOGIC)!r})
+        import numpy as np
+        from isegformer.session import Session, storage
+        session = Session.open((np.zeros((4, 5, 6), np.float32) + np.arange(6), np.eye(4)))
+        session.save({str(tmp_path / "x.isegsession")!r})          # the user's previous save
+        real = storage._write_npz
+        def killed_half_way(path, arrays):
+            real(path, dict(list(arrays.items())[:1]))
+            os.kill(os.getpid(), signal.SIGKILL)
+        storage._write_npz = killed_half_way
+        session.save({str(tmp_path / "x.isegsession")!r})
+    """)
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == -9
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "x.isegsession"]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".isegformer-tmp.")
+
+    from isegformer.session import Session
+
+    previous = Session.load(tmp_path / "x.isegsession")  # the last complete save is intact
+    previous.save(tmp_path / "x.isegsession")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.isegsession"]
