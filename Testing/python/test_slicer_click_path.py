@@ -258,6 +258,18 @@ def test_the_views_show_the_volume_the_segment_and_the_point(slicer_env, views, 
     assert after[2] > before[2] + 20 and after[0] <= before[0]  # tinted blue
     assert (with_segment[:20, :20] == empty[:20, :20]).all()  # far from the segment: unchanged
 
+    points = slicer_env.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "points")
+    points.CreateDefaultDisplayNodes()
+    points.GetDisplayNode().SetSelectedColor(0.0, 1.0, 0.0)
+    views.placeInto(points)
+    red.click(180, 200)
+    views.stopPlacing()  # no preview point under the mouse any more
+    with_point = red.capture()
+    row = VIEW_SIZE - 1 - 200
+    pixel = with_point[row, 180].astype(int)
+    assert pixel[1] > 150 and pixel[0] < 100 and pixel[2] < 100  # the point's green glyph
+    assert (with_point[:20, :20] == empty[:20, :20]).all()
+
 
 # ---- the module's click path ----------------------------------------------------------------------
 
