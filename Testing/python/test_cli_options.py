@@ -74,3 +74,10 @@ def test_propagate_checks_its_inputs_before_the_networks_are_fetched(volume_file
     assert main(["propagate", str(volume_file), "--labels", str(volume_file), "--slices", "1,x",
                  "--out", str(tmp_path / "o.nrrd")]) == 1
     assert "--slices" in capsys.readouterr().err
+
+
+def test_evaluate_clicks_out_that_is_a_file(png_folders, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    assert main(["evaluate-clicks", "--model", "m.pth", *png_folders, "--out", str(tmp_path / "taken")]) == 1
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file"

@@ -152,3 +152,19 @@ def test_write_volume_goes_through_the_verified_writer(full_disk):
     with pytest.raises(OutputPathError, match="Could not write"):
         write_volume(Volume(_incompressible_labels().astype(np.float32), np.eye(4)), target)
     assert target.read_bytes() == b"previous image"
+
+
+@pytest.mark.parametrize("writer, name", [
+    ("save", "work.isegsession"), ("save_segmentation", "work.seg.nrrd"), ("save_clicks", "work.mrk.json"),
+    ("save_overlay", "work.png"), ("save_label_map", "work.nrrd")])
+def test_every_session_writer_on_a_full_disk_keeps_the_old_file(full_disk, writer, name):
+    session = Session.open((np.random.default_rng(3).normal(size=(8, 16, 16)).astype(np.float32), np.eye(4)))
+    session.add_segment("x")
+    session.set_slice_mask(0, 3, np.random.default_rng(4).random((16, 16)) > 0.5)
+    target = full_disk / name
+    target.write_bytes(b"the previous file")
+    filler = _fill(full_disk, leave=0)
+    with pytest.raises(OutputPathError, match="Could not write"):
+        getattr(session, writer)(target)
+    assert target.read_bytes() == b"the previous file"
+    assert sorted(p.name for p in full_disk.iterdir()) == sorted([name, filler])

@@ -138,3 +138,15 @@ def test_numbers_of_any_numpy_kind_are_still_accepted(session):
     session.set_slice_mask(0, 4, np.ones((8, 10), np.float32))
     assert session.annotated_slices(axis=np.int8(0)) == [2, 3, 4]
     session.propagate(method="interpolation", axis=np.int64(0))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"color": "red"}, {"color": "rgb"}, {"color": (1, 0)}, {"color": None},
+    {"label_value": "one"}, {"label_value": "7"}, {"label_value": True}, {"label_value": 7.5}, {"label_value": None},
+])
+def test_segments_made_directly_check_their_fields(kwargs):
+    from isegformer.segments.segment import Segment
+
+    fields = {"name": "femur", "color": (1.0, 0.0, 0.0), "label_value": 1, **kwargs}
+    with pytest.raises(InvalidInputError, match="colour|label value"):
+        Segment(**fields)

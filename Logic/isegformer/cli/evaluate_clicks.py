@@ -128,6 +128,8 @@ def run(args) -> int:
             raise InvalidInputError(f"--window LOW HIGH needs LOW < HIGH, got {low:g} {high:g}.")
     if any(v < 1 for v in args.label_values or []):
         raise InvalidInputError(f"--label values are positive label numbers, got {args.label_values}.")
+    if args.out and args.out.exists() and not args.out.is_dir():
+        raise InvalidInputError(f"--out {args.out} is a file; give a folder for results.json and noc_curve.png.")
     outputs = [("--out", args.out / "results.json"), ("--out", args.out / "noc_curve.png")] if args.out else []
     check_outputs(  # the folder is created at the end
         [("--model", args.model), ("--images", args.images), ("--masks", args.masks),
@@ -147,7 +149,10 @@ def run(args) -> int:
     print(format_table(report.metrics, report.max_clicks, report.seconds, report.peak_memory_mb))
     print(f"device {report.device}; peak memory: {report.peak_memory_kind}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InvalidInputError(f"Cannot create the output folder {args.out}: {err.strerror or err}.") from err
         result = {
             "isegformer_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -7,6 +7,7 @@ annotated slice is never overwritten by propagation.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -84,17 +85,22 @@ class Segment:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise InvalidInputError("A segment needs a non-empty name.")
-        color = tuple(float(c) for c in self.color)
-        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+        # No eager conversions: tuple("red") is three letters, int("7") a number, True a 1.
+        color = self.color
+        if isinstance(color, (str, bytes)) or not hasattr(color, "__len__") or len(color) != 3 or not all(
+                isinstance(c, (numbers.Real, np.number)) and not isinstance(c, (bool, np.bool_))
+                and 0.0 <= float(c) <= 1.0 for c in color):
             raise InvalidInputError(
                 f"Segment {self.name!r}: a colour is three numbers in [0, 1], got {self.color!r}."
             )
-        self.color = color  # type: ignore[assignment]
-        if not 1 <= int(self.label_value) <= 255:
+        self.color = tuple(float(c) for c in color)  # type: ignore[assignment]
+        value = self.label_value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)) \
+                or not 1 <= int(value) <= 255:
             raise InvalidInputError(
-                f"Segment {self.name!r}: the label value must be 1..255, got {self.label_value}."
+                f"Segment {self.name!r}: the label value is a whole number 1..255, got {self.label_value!r}."
             )
-        self.label_value = int(self.label_value)
+        self.label_value = int(value)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"axis {a}: {len(s)}" for a, s in self.annotations.items() if s) or "none"
