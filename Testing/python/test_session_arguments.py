@@ -150,3 +150,12 @@ def test_segments_made_directly_check_their_fields(kwargs):
     fields = {"name": "femur", "color": (1.0, 0.0, 0.0), "label_value": 1, **kwargs}
     with pytest.raises(InvalidInputError, match="colour|label value"):
         Segment(**fields)
+
+
+def test_load_options_are_checked_like_open(session, tmp_path):
+    saved = session.save(tmp_path / "s.isegsession")
+    with pytest.raises(InvalidInputError, match="no option 'windw'"):
+        Session.load(saved, windw=(0, 1))
+    with pytest.raises(InvalidInputError, match="two numbers"):
+        Session.load(saved, window=("a", "b"))
+    assert Session.load(saved, window=(0.0, 1.0)).window == (0.0, 1.0)

@@ -123,10 +123,7 @@ class Session:
         - ``warm_up``: True loads and warms up the click model in the background right away
           (see :meth:`warm_up_click_model`).
         """
-        import inspect
-
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "volume", "source")]
-        arguments.options(options, allowed, "Session.open")
+        arguments.options(options, cls._option_names(), "Session.open")
         source = None
         if isinstance(volume, (str, os.PathLike)):
             from ..volume import read_volume
@@ -147,7 +144,15 @@ class Session:
     def load(cls, path: str | os.PathLike, *, volume: VolumeSource | None = None, **options: Any) -> "Session":
         """Load a session saved by :meth:`save`. ``volume`` is needed only when the file was
         saved without its volume and the original file has moved. ``options`` as for :meth:`open`."""
+        arguments.options(options, cls._option_names(), "Session.load")
         return storage.load_session(cls, arguments.path(path, "A session file"), volume, options)
+
+    @classmethod
+    def _option_names(cls) -> list[str]:
+        """The keyword options of open and load: those of the constructor."""
+        import inspect
+
+        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "volume", "source")]
 
     def save(self, path: str | os.PathLike, *, include_volume: bool = True) -> Path:
         """Save everything (segments, annotated slices with their clicks, propagated results) to

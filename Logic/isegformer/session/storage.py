@@ -148,8 +148,9 @@ def load_session(cls: type, path: str | os.PathLike, volume: Any, options: dict)
     options.setdefault("axis", manifest.default_axis)
     if manifest.window is not None:
         options.setdefault("window", manifest.window)
+    # The manifest's values are checked already: an error here is one of the caller's options.
+    session = cls(session_volume, source=manifest.volume.source, **options)
     try:
-        session = cls(session_volume, source=manifest.volume.source, **options)
         for entry in manifest.segments:
             session._segments.append(_segment(entry, arrays, session_volume.shape))
     except InvalidInputError as err:
