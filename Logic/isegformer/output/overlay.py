@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..volume.slicing import check_axis, extract_slice
+from ..volume.slicing import extract_slice
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,22 @@ def write_overlay(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from skimage import measure
 
-    axis = check_axis(axis)
+    from ..session import arguments
+
+    axis = arguments.axis(axis)
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise InvalidInputError(f"Expected a 3D volume, got shape {volume.shape}.")
     if len(masks) != len(colors):
         raise InvalidInputError("Give one colour per mask.")
+    colors = [arguments.color(c) for c in colors]
+    window = arguments.window(window)
+    columns = arguments.integer(columns, "columns", 1, 64)
+    dpi = arguments.integer(dpi, "dpi", 10, 1200)
+    if names is not None:
+        names = [arguments.name(n, "A legend name") for n in names]
+    if indices is not None:
+        indices = arguments.indices(volume.shape, axis, indices)
     for mask in masks:
         if np.shape(mask) != volume.shape:
             raise InvalidInputError(f"A mask of shape {np.shape(mask)} does not fit the volume {volume.shape}.")
