@@ -12,7 +12,9 @@ Editor's default settings (edit everywhere, overwrite all segments). Measured, i
   compose the slices, write each changed segment's slab with Slicer's
   ``SetBinaryLabelmapToSegment`` (MERGE_MIN then MERGE_MASK);
 - AFTER: ``iSegFormerSlicerLib.segment_writer.SegmentWriter.write``, without and with saving the
-  undo state in Slicer's segmentation history first (what each click does in the module).
+  undo state in Slicer's segmentation history first (what each click does in the module), and
+  the module Logic's whole write path (``writeSlicesIntoSegment``: undo state, what-was-written
+  bookkeeping, the session attribute).
 
 Each figure is the median of ``--repeats`` timed writes after two warm-up writes; consecutive
 writes alternate between two different masks so that every write changes voxels. Prints the
@@ -26,6 +28,7 @@ import os
 import platform
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -154,44 +157,65 @@ def main() -> None:
     propagation_masks = [ellipsoid((80, 200 + 4 * n, 200), (60, 70, 60 + 5 * n))[PROPAGATED.start:PROPAGATED.stop]
                          for n in range(2)]
     del rng
-    for count in (int(c) for c in args.segments.split(",")):
+    module = slicer_standins.import_module(fresh=False)
+
+    def fresh(count):
+        """A new scene in the same starting state for every row (rows do not see each other's writes)."""
         scene, volume, node, editor = build_scene(slicer, count)
-        writer = SegmentWriter(node, volume, editor)
         history = slicer.vtkSlicerSegmentEditorLogic()
         history.SetMRMLScene(scene)
         history.SetSegmentEditorNode(editor)
         history.SetSegmentationNode(node)
         history.SetMaximumNumberOfUndoStates(10)
+        logic = module.iSegFormerSlicerLogic()
+        logic.setVolume(volume)
+        logic.setSegmentation(volume, node, "segment0")
+        logic.segmentEditorNode = editor  # the settings above
+        logic.saveStateForUndo = history.SaveStateForUndo
+        writer = SegmentWriter(node, volume, editor)
+        return types.SimpleNamespace(scene=scene, volume=volume, node=node, editor=editor,
+                                     history=history, logic=logic, writer=writer)
 
-        def click_after(n):
-            writer.write("segment0", 0, 80, click_masks[n % 2][None])
+    def click_before(s, n):
+        legacy_write(slicer, s.volume, s.node, s.editor, "segment0", 0, 80, 80, click_masks[n % 2][None])
 
-        def click_after_undo(n):
-            writer.write("segment0", 0, 80, click_masks[n % 2][None], beforeWrite=history.SaveStateForUndo)
+    def click_after(s, n):
+        s.writer.write("segment0", 0, 80, click_masks[n % 2][None])
 
-        def click_before(n):
-            legacy_write(slicer, volume, node, editor, "segment0", 0, 80, 80, click_masks[n % 2][None])
+    def click_after_undo(s, n):
+        s.writer.write("segment0", 0, 80, click_masks[n % 2][None], beforeWrite=s.history.SaveStateForUndo)
 
-        def propagate_after(n):
-            writer.write("segment0", 0, PROPAGATED.start, propagation_masks[n % 2], beforeWrite=history.SaveStateForUndo)
+    def click_module(s, n):  # the module's whole write path: undo state and session bookkeeping
+        s.logic.writeSlicesIntoSegment("segment0", 0, 80, 80, click_masks[n % 2][None])
 
-        def propagate_before(n):
-            legacy_write(slicer, volume, node, editor, "segment0", 0, PROPAGATED.start, PROPAGATED.stop - 1,
-                         propagation_masks[n % 2])
+    def propagate_before(s, n):
+        legacy_write(slicer, s.volume, s.node, s.editor, "segment0", 0, PROPAGATED.start, PROPAGATED.stop - 1,
+                     propagation_masks[n % 2])
 
-        rows = [("click (1 slice)", "AFTER", click_after), ("click (1 slice)", "AFTER + undo state", click_after_undo),
-                ("propagation (120 slices)", "AFTER + undo state", propagate_after)]
-        if not args.skip_before:
-            rows = [("click (1 slice)", "BEFORE", click_before)] + rows[:2] + \
-                   [("propagation (120 slices)", "BEFORE", propagate_before)] + rows[2:]
+    def propagate_after(s, n):
+        s.writer.write("segment0", 0, PROPAGATED.start, propagation_masks[n % 2], beforeWrite=s.history.SaveStateForUndo)
+
+    def propagate_module(s, n):
+        s.logic.writeSlicesIntoSegment("segment0", 0, PROPAGATED.start, PROPAGATED.stop - 1, propagation_masks[n % 2])
+
+    rows = [("click (1 slice)", "BEFORE", click_before), ("click (1 slice)", "AFTER", click_after),
+            ("click (1 slice)", "AFTER + undo state", click_after_undo), ("click (1 slice)", "AFTER, module Logic", click_module),
+            ("propagation (120 slices)", "BEFORE", propagate_before),
+            ("propagation (120 slices)", "AFTER + undo state", propagate_after),
+            ("propagation (120 slices)", "AFTER, module Logic", propagate_module)]
+    if args.skip_before:
+        rows = [row for row in rows if row[1] != "BEFORE"]
+    for count in (int(c) for c in args.segments.split(",")):
         for what, which, function in rows:
+            state = fresh(count)
             at_start = load()
-            seconds = median_seconds(function, args.repeats)
-            print(f"{count} segment(s) | {what:<24} | {which:<18} | {seconds * 1000:8.1f} ms | {at_start}", flush=True)
-        nodes = scene.GetNumberOfNodes()
-        scene.Clear(1)
-        print(f"{count} segment(s) | scene had {nodes} nodes after the timed writes")
-
+            nodes = state.scene.GetNumberOfNodes()
+            seconds = median_seconds(lambda n: function(state, n), args.repeats)
+            grown = state.scene.GetNumberOfNodes() - nodes
+            print(f"{count} segment(s) | {what:<24} | {which:<19} | {seconds * 1000:8.1f} ms | "
+                  f"+{grown} scene nodes over {args.repeats + 2} writes | {at_start}", flush=True)
+            state.logic.shutdown()
+            state.scene.Clear(1)
 
 if __name__ == "__main__":
     main()
