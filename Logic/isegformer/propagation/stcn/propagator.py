@@ -20,7 +20,9 @@ Differences from the reference, all without effect on its results:
   multiplying by a mostly-zero matrix;
 * a correction (annotating a frame again) replaces that frame's certain-memory entry; MiVOS
   kept the stale one too;
-* results are written to a new buffer and committed at the end, so a cancel changes nothing.
+* results are written in place with an undo journal (the previous values of the frames
+  written, or nothing for frames never written), so a cancel changes nothing without a second
+  copy of the whole state.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from ...progress import ProgressCallback, report
 from ..base import Propagator, frames_along_axis
 from .cache import FeatureCache, FrameFeatures
 from .fusion import FusionNet
+from .inference import inference_network
 from .memory import MemoryBank
 from .network import STCNNetwork, soft_aggregate
 from .schedule import PlannedInteraction, plan_interactions
@@ -61,6 +64,11 @@ class STCNPropagator(Propagator):
     ``fusion`` the two directions between annotated frames are blended linearly by distance.
     ``feature_cache_bytes`` bounds the per-frame feature cache (default: 1.75 GiB on CPU,
     8 GiB on CUDA); a smaller budget only costs recomputation.
+
+    The propagator runs an inference view of ``network`` (``inference.inference_network``):
+    batch norms folded into their convolutions and, when ``winograd`` (default: on the CPU),
+    the decoder's large 3x3 convolutions by Winograd's algorithm. Both change results by float
+    rounding only; ``winograd=False`` keeps direct convolutions.
     """
 
     name = "stcn"
@@ -68,7 +76,7 @@ class STCNPropagator(Propagator):
     def __init__(self, frames: np.ndarray, num_objects: int, network: STCNNetwork,
                  fusion: Optional[FusionNet] = None, device: str | torch.device = "auto", *,
                  memory_every: int = MEMORY_EVERY, feature_cache_bytes: Optional[int] = None,
-                 batch_size: int = 4):
+                 batch_size: int = 4, winograd: Optional[bool] = None):
         frames = _validated_frames(frames)
         if isinstance(num_objects, bool) or not isinstance(num_objects, (int, np.integer)) or num_objects < 1:
             raise InvalidInputError(f"num_objects must be a positive integer, got {num_objects!r}.")
@@ -82,7 +90,10 @@ class STCNPropagator(Propagator):
         # On the CPU, oneDNN convolutions run ~15% faster on channels-last tensors (measured on
         # the decoder of a 384x384 frame; probabilities differ from the default layout by < 3e-6).
         layout = torch.channels_last if self._device.type == "cpu" else torch.contiguous_format
-        self._net = network.to(self._device, memory_format=layout).eval()
+        network = network.to(self._device, memory_format=layout).eval()
+        if winograd is None:
+            winograd = self._device.type == "cpu"
+        self._net = inference_network(network, winograd=bool(winograd))
         self._fusion = None if fusion is None else fusion.to(self._device, memory_format=layout).eval()
         if self._fusion is None:
             log.warning("No FusionNet weights: between annotated slices the two propagation "
@@ -97,6 +108,7 @@ class STCNPropagator(Propagator):
         # like the reference: background 1e-7, objects 0 before anything is annotated
         self._prob = torch.zeros((self._k + 1, t, self._hp, self._wp), dtype=torch.float32)
         self._prob[0] = 1e-7
+        self._ever_written = np.zeros(t, dtype=bool)
         self._annotations: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
         if feature_cache_bytes is None:
@@ -174,14 +186,17 @@ class STCNPropagator(Propagator):
         orders = _pass_orders(plan, next(reversed(self._annotations), None))
         visits = _Visits([frame for planned, order in zip(plan, orders)
                           for frame in [planned.index] + [t for frames in order for t in frames]])
-        # results and memory go aside and are committed only when all is done: a cancel changes nothing
-        written: Dict[int, torch.Tensor] = {}
+        # the memory goes aside and results are journaled until all is done: a cancel changes nothing
+        written = _Journal(self._prob, self._ever_written)
         certain = OrderedDict(self._certain)
-        with torch.inference_mode():
-            for planned, order, (_, labels) in zip(plan, orders, checked):
-                self._interact(planned, order, labels, certain, written, visits, step)
-            for t, value in written.items():
-                self._prob[:, t] = value
+        try:
+            with torch.inference_mode():
+                for planned, order, (_, labels) in zip(plan, orders, checked):
+                    self._interact(planned, order, labels, certain, written, visits, step)
+        except BaseException:
+            written.rollback()
+            raise
+        written.commit()
         for index, labels in checked:
             self._annotations.pop(index, None)
             self._annotations[index] = labels
@@ -191,14 +206,14 @@ class STCNPropagator(Propagator):
 
     def _interact(self, planned: PlannedInteraction, order: Sequence[List[int]], labels: np.ndarray,
                   certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]",
-                  written: Dict[int, torch.Tensor], visits: "_Visits", step) -> None:
+                  written: "_Journal", visits: "_Visits", step) -> None:
         """MiVOS' ``interact`` for one annotation, limited to its needed frames, its passes run
         in ``order`` (they are independent: both start from the certain memory and write
-        different frames). ``certain`` and ``written`` (frame -> new probabilities) are updated
-        in place; ``visits`` is the whole call's sequence of feature reads, for the cache."""
+        different frames). ``certain`` and ``written`` (the probability state) are updated in
+        place; ``visits`` is the whole call's sequence of feature reads, for the cache."""
         index = planned.index
         mask = self._one_hot(labels)  # (K+1, 1, Hp, Wp) on the device
-        previous = self._current(index, written).unsqueeze(1).to(self._device)
+        previous = written.current(index).unsqueeze(1).to(self._device)
         change = mask - previous
         pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
 
@@ -208,22 +223,21 @@ class STCNPropagator(Propagator):
         certain.pop(index, None)
         certain[index] = (index_k16[0], value[:, :, 0])
 
-        fresh: Dict[int, torch.Tensor] = {index: mask[:, 0].cpu()}
         for frames in order:
             forward = frames[0] > index
             full_length = len(planned.forward if forward else planned.backward)
             bound = planned.upper if forward else planned.lower
             self._run_pass(planned, frames, full_length, bound, certain, index_k16,
-                           pos_change, neg_change, written, fresh, visits, step)
-        written.update(fresh)
+                           pos_change, neg_change, written, visits, step)
+        written.write(index, mask[:, 0].cpu())
 
     def _run_pass(self, planned: PlannedInteraction, frames: List[int], full_length: int, bound: int,
                   certain: Mapping[int, Tuple[torch.Tensor, torch.Tensor]], index_k16: torch.Tensor,
                   pos_change: torch.Tensor, neg_change: torch.Tensor,
-                  written: Mapping[int, torch.Tensor], fresh: Dict[int, torch.Tensor],
-                  visits: "_Visits", step) -> None:
+                  written: "_Journal", visits: "_Visits", step) -> None:
         """One direction of MiVOS' ``interact``: ``frames`` in visiting order (a prefix of the
-        whole pass of ``full_length`` frames). Needed frames go to ``fresh``."""
+        whole pass of ``full_length`` frames). Needed frames are written at once: each frame's
+        previous estimate is read only here, just before, and the other pass writes other frames."""
         index = planned.index
         hw = index_k16.shape[-2] * index_k16.shape[-1]
         # sized for the whole pass, as the reference does
@@ -244,16 +258,11 @@ class STCNPropagator(Propagator):
                 last_added = t
             if t in planned.needed:
                 if 0 <= bound < self.num_frames:
-                    previous = self._current(t, written).unsqueeze(1).to(self._device)
+                    previous = written.current(t).unsqueeze(1).to(self._device)
                     out = self._fuse(bound, index, t, out, previous, index_k16, feats.k16,
                                      pos_change, neg_change)
-                fresh[t] = out[:, 0].cpu()
+                written.write(t, out[:, 0].cpu())
             step()
-
-    def _current(self, t: int, written: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """Frame t's probabilities (K+1, Hp, Wp) as the running sequence has left them."""
-        value = written.get(t)
-        return self._prob[:, t] if value is None else value
 
     def _fuse(self, bound: int, index: int, t: int, current: torch.Tensor, previous: torch.Tensor,
               index_k16: torch.Tensor, query_k16: torch.Tensor, pos_change: torch.Tensor,
@@ -318,6 +327,40 @@ class STCNPropagator(Propagator):
                 f"propagator tracks objects 1..{self._k} (0 is background)."
             )
         return labels.astype(np.uint8 if self._k < 256 else np.int32, copy=True)
+
+
+class _Journal:
+    """In-place writes into the (K+1, T, Hp, Wp) probability state, undoable until committed.
+    The undo keeps a frame's previous values only if it held results before (``ever_written``);
+    other frames go back to the initial state (background 1e-7, objects 0)."""
+
+    def __init__(self, prob: torch.Tensor, ever_written: np.ndarray):
+        self._prob = prob
+        self._ever = ever_written
+        self._undo: Dict[int, Optional[torch.Tensor]] = {}
+
+    def current(self, t: int) -> torch.Tensor:
+        """Frame t's probabilities (K+1, Hp, Wp) as the running sequence has left them (a view)."""
+        return self._prob[:, t]
+
+    def write(self, t: int, value: torch.Tensor) -> None:
+        if t not in self._undo:
+            self._undo[t] = self._prob[:, t].clone() if self._ever[t] else None
+        self._prob[:, t] = value
+
+    def rollback(self) -> None:
+        for t, old in self._undo.items():
+            if old is None:
+                self._prob[0, t] = 1e-7
+                self._prob[1:, t] = 0
+            else:
+                self._prob[:, t] = old
+        self._undo.clear()
+
+    def commit(self) -> None:
+        for t in self._undo:
+            self._ever[t] = True
+        self._undo.clear()
 
 
 class _Visits:

@@ -1,0 +1,165 @@
+"""The STCN propagator's speed and memory measures keep its results: folded batch norms,
+Winograd convolutions, the memory-major memory bank, and the cache-aware pass order."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from isegformer.propagation.stcn import STCNNetwork, STCNPropagator
+from isegformer.propagation.stcn.inference import WINOGRAD_LAYERS, inference_network
+from isegformer.propagation.stcn.memory import MemoryBank
+from isegformer.propagation.stcn.network import read_memory
+from isegformer.propagation.stcn.winograd import WinogradConv2d
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def trained_like_network():
+    """Random weights with random batch-norm statistics (torch's defaults, mean 0 and
+    variance 1, would make folding a no-op and the test meaningless)."""
+    torch.manual_seed(0)
+    network = STCNNetwork().eval()
+    generator = torch.Generator().manual_seed(5)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
+            module.running_var.copy_(torch.rand(c, generator=generator) + 0.3)
+            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(c, generator=generator) * 0.2)
+    return network
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max())
+
+
+def test_folded_batch_norms_give_the_networks_outputs_and_leave_it_unchanged(trained_like_network):
+    network = trained_like_network
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    view = inference_network(network)
+    assert isinstance(network.key_encoder.bn1, torch.nn.BatchNorm2d)  # the original keeps its BNs
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in view.modules())
+    assert network.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in network.state_dict().items())
+    frames = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    masks = (torch.rand(2, 1, 64, 80, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    with torch.inference_mode():
+        expected, folded = network.encode_key(frames), view.encode_key(frames)
+        for name in expected._fields:
+            # float rounding only: the unfolded network's own float32 error is of this order
+            assert _relative(getattr(folded, name), getattr(expected, name)) < 2e-5, name
+        assert _relative(view.encode_value(frames[:1], folded.f16[:1], masks[:1]),
+                         network.encode_value(frames[:1], expected.f16[:1], masks[:1])) < 2e-5
+
+
+@pytest.mark.parametrize("shape, bias", [((1, 16, 24, 24), True), ((2, 8, 10, 14), False),
+                                         ((1, 24, 7, 5), True), ((3, 4, 48, 12), True)])
+def test_winograd_convolution_is_the_convolution_within_float_rounding(shape, bias):
+    generator = torch.Generator().manual_seed(sum(shape))
+    torch.manual_seed(sum(shape))
+    conv = torch.nn.Conv2d(shape[1], 12, 3, padding=1, bias=bias).eval()
+    x = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        exact = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(),
+                         padding=1)
+        result = WinogradConv2d(conv)(x)
+    assert result.shape == exact.shape
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    # float32 rounding: measured up to 8e-6 of the largest output (a direct float32
+    # convolution: 2e-7 to 3e-6); a wrong tile or transform is off by order 1
+    assert _relative(result, exact) < 1.5e-5
+
+
+def test_winograd_falls_back_to_the_direct_convolution_where_it_does_not_apply():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    out = WinogradConv2d(conv)(x)  # gradients on: the direct convolution, exactly
+    assert torch.equal(out, conv(x))
+    out.sum().backward()
+    assert x.grad is not None
+    with pytest.raises(ValueError):
+        WinogradConv2d(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1))
+
+
+def test_the_inference_view_uses_winograd_only_where_asked(trained_like_network):
+    view = inference_network(trained_like_network, winograd=True)
+    for path in WINOGRAD_LAYERS:
+        module = view
+        for name in path.split("."):
+            module = getattr(module, name)
+        assert isinstance(module, WinogradConv2d), path
+    assert not any(isinstance(m, WinogradConv2d) for m in trained_like_network.modules())
+    assert not any(isinstance(m, WinogradConv2d) for m in inference_network(trained_like_network).modules())
+
+
+def test_the_memory_bank_reads_what_the_reference_layout_reads():
+    generator = torch.Generator().manual_seed(7)
+    num_objects, h, w, frames = 2, 6, 7, 5
+    hw = h * w
+    keys = [torch.randn(1, 64, h, w, generator=generator) for _ in range(frames)]
+    values = [torch.randn(num_objects, 512, 1, h, w, generator=generator) for _ in range(frames)]
+    bank = MemoryBank(frames + 2, hw, num_objects, torch.device("cpu"))
+    for key, value in zip(keys, values):
+        bank.add(key.contiguous(memory_format=torch.channels_last), value)
+    query = torch.randn(1, 64, h, w, generator=generator)
+    mem_keys = torch.cat([k.reshape(64, hw) for k in keys], dim=1)
+    mem_values = torch.cat([v.reshape(num_objects, 512, hw) for v in values], dim=2)
+    network = STCNNetwork()
+    expected = network.memory_affinity(mem_keys, query.reshape(64, hw))
+    affinity = bank.affinity(query)
+    assert torch.equal(affinity.indices, expected.indices)  # random keys: no ties
+    torch.testing.assert_close(affinity.weights, expected.weights, rtol=1e-5, atol=1e-7)
+    reference = read_memory(expected, mem_values).reshape(num_objects, 512, h, w)
+    torch.testing.assert_close(bank.read(query), reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError):
+        for _ in range(3):
+            bank.add(keys[0], values[0])
+
+
+T, H, W = 16, 32, 32
+
+
+@pytest.fixture(scope="module")
+def stack():
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:H, :W]
+    inside = np.stack([(yy - 16) ** 2 + (xx - 12 - t % 6) ** 2 < (6 + t % 3) ** 2 for t in range(T)])
+    volume = np.clip(180 * inside + rng.normal(90, 20, inside.shape), 0, None).astype(np.int16)
+    return volume, inside.astype(np.uint8)
+
+
+def test_one_cached_segment_serves_both_passes_that_cross_it(stack, random_stcn_networks):
+    volume, labels = stack
+    network, fusion = random_stcn_networks
+    items = [(index, labels[index]) for index in (3, 8, 13)]
+    roomy = STCNPropagator(volume, 1, network, fusion, device="cpu", batch_size=1)
+    roomy.annotate_many(items)
+    frame_bytes = roomy._cache.nbytes // roomy._cache.capacity
+    assert roomy.frames_encoded == T
+    # room for 6 frames, a segment between two annotated slices and its ends: slice 3's
+    # forward pass (4..8) and slice 8's backward pass (7..4) run one after the other, and
+    # the cache knows every read ahead, so nothing is encoded twice (forward passes first
+    # and a look-ahead limited to the running interaction encoded 21 frames here)
+    small = STCNPropagator(volume, 1, network, fusion, device="cpu", batch_size=1,
+                           feature_cache_bytes=6 * frame_bytes)
+    small.annotate_many(items)
+    assert small._cache.capacity == 6
+    assert small.frames_encoded == T
+    np.testing.assert_array_equal(small.probabilities, roomy.probabilities)
+
+
+def test_winograd_and_direct_propagations_agree_within_float_rounding(stack, random_stcn_networks):
+    volume, labels = stack
+    network, fusion = random_stcn_networks
+    results = []
+    for winograd in (False, True):
+        prop = STCNPropagator(volume, 1, network, fusion, device="cpu", winograd=winograd)
+        prop.annotate_many([(index, labels[index]) for index in (2, 9, 14)])
+        results.append(prop.probabilities.copy())
+    direct, fast = results
+    assert not np.array_equal(direct, fast)  # it did run a different algorithm
+    np.testing.assert_allclose(fast, direct, atol=1e-5)
