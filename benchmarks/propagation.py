@@ -2,19 +2,22 @@
 
 Work: a 160 x 384 x 384 volume (geometry of the OAI-ZIB label map in ISEGFORMER_DATA/oaizib_label)
 propagated from 5 slices (the reference's Table 2 scheme, slice min(round(T*i/5), T-1)),
-then one correction of the middle annotated slice. Two modes, each in its own process:
-``sequential`` annotates the slices one after another (``annotate`` each time, the reference's
-protocol); ``batch`` hands all 5 to ``annotate_many`` (same result, only the frames that are read). The image
-is synthetic: the label map's classes mapped to intensities, smoothed, plus Gaussian noise
-(the real image is not shared). Weights are random (torch default init, seed 0): speed and
-memory do not depend on them. Each slice count runs in its own process, so that its peak RSS
-is its own.
+then one correction of the middle annotated slice (half of its object removed) and its
+re-propagation. Two modes: ``sequential`` annotates the slices one after another (``annotate``
+each time, the reference's protocol; the time of each interaction is printed), ``batch`` hands
+all 5 to ``annotate_many`` (what ``Session.propagate`` does: same result, only the frames that
+are read). The image is synthetic: the label map's classes mapped to intensities, smoothed,
+plus Gaussian noise (the real image is not shared). Weights are random (torch default init,
+seed 0): speed and memory do not depend on them.
 
-    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py                 # 160 slices
-    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --slices 40 80 160
-    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --modes batch
+Every run is a fresh process (its peak RSS, ``ru_maxrss``, is its own), after a small warm-up
+inside it; ``--repeats`` runs per slice count and mode give the median, min and max. A 160-slice
+run takes minutes on 2 cores, so the default is one repeat: the table says so.
 
-Heavy (minutes per volume on 2 CPU cores): one run per slice count, after a small warm-up run.
+    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py                       # 160 slices, both modes
+    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --modes batch --repeats 3
+    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --slices 40 80 160 --modes sequential
+    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --size 192 --slices 160  # memory behaviour, faster
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -51,35 +55,54 @@ def annotated_slices(num_frames: int, count: int = 5) -> list[int]:
     return [min(round(num_frames * i / count), num_frames - 1) for i in range(1, count + 1)]
 
 
-def run_one(num_slices: int, label_path: Path, threads: int, cache_mib: int | None, mode: str) -> dict:
+def load_label(label_path: Path, num_slices: int, size: int | None) -> np.ndarray:
     import SimpleITK as sitk
+
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
+    if num_slices > label.shape[0]:
+        raise SystemExit(f"{label_path} has {label.shape[0]} slices; asked for {num_slices}")
+    start = (label.shape[0] - num_slices) // 2
+    label = label[start:start + num_slices]
+    if size is not None:  # a centred in-plane crop, for quicker memory-behaviour runs
+        top, left = (label.shape[1] - size) // 2, (label.shape[2] - size) // 2
+        label = label[:, top:top + size, left:left + size]
+    return np.ascontiguousarray(label)
+
+
+def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     from isegformer.propagation.stcn import FusionNet, STCNNetwork, STCNPropagator
 
-    torch.set_num_threads(threads)
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
-    start = (label.shape[0] - num_slices) // 2
-    label = label[start:start + num_slices]
+    torch.set_num_threads(args.threads)
+    label = load_label(args.label, args.slices[0], args.size)
     volume = synthetic_volume(label)
     truth = (label == OBJECT_LABEL).astype(np.uint8)
+    del label
     torch.manual_seed(0)
     network, fusion = STCNNetwork().eval(), FusionNet().eval()
-    kwargs = {} if cache_mib is None else {"feature_cache_bytes": cache_mib * 2**20}
+    kwargs = {} if args.cache_mib is None else {"feature_cache_bytes": args.cache_mib * 2**20}
+    if args.winograd != "default":
+        kwargs["winograd"] = args.winograd == "on"
 
     # warm-up on a tiny stack (allocator, kernels), not timed
-    small = STCNPropagator.from_volume(volume[:6, :64, :64], 0, 1, network, fusion, device="cpu")
+    small = STCNPropagator.from_volume(volume[:6, :64, :64], 0, 1, network, fusion, device="cpu", **kwargs)
     small.annotate(3, truth[3, :64, :64])
+    del small
 
+    mode = args.modes[0]
+    load = os.getloadavg()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     prop = STCNPropagator.from_volume(volume, 0, 1, network, fusion, device="cpu", **kwargs)
-    slices = annotated_slices(num_slices)
-    load = os.getloadavg()[0]
+    slices = annotated_slices(volume.shape[0])
+    interactions = []
     if mode == "batch":
         prop.annotate_many([(index, truth[index]) for index in slices])
     else:
         for index in slices:
+            start = time.perf_counter()
             prop.annotate(index, truth[index])
+            interactions.append(time.perf_counter() - start)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     decoded, encoded = prop.frames_decoded, prop.frames_encoded
 
@@ -94,53 +117,74 @@ def run_one(num_slices: int, label_path: Path, threads: int, cache_mib: int | No
     inter = np.logical_and(labels == 1, truth == 1).sum()
     dice = 2 * inter / max(1, (labels == 1).sum() + truth.sum())
     return {
-        "mode": mode, "load_average": load, "slices": num_slices, "annotated": slices, "seconds": wall, "cpu_seconds": cpu,
-        "frames_decoded": decoded, "frames_encoded": encoded,
-        "slices_per_second": decoded / wall,
-        "correction_seconds": correction_wall,
-        "correction_frames": prop.frames_decoded - decoded,
+        "mode": mode, "load_average": load, "slices": int(volume.shape[0]), "size": list(volume.shape[1:]),
+        "annotated": slices, "seconds": wall, "cpu_seconds": cpu, "interaction_seconds": interactions,
+        "frames_decoded": decoded, "frames_encoded": encoded, "slices_per_second": decoded / wall,
+        "correction_seconds": correction_wall, "correction_frames": prop.frames_decoded - decoded,
+        "cache_frames": prop._cache.capacity,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "dice_random_weights": float(dice),
     }
 
 
+def _spread(values: list[float], digits: int = 1) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[160])
+    parser.add_argument("--size", type=int, default=None, help="centred in-plane crop (default: the full 384x384)")
     parser.add_argument("--label", type=Path, default=DEFAULT_LABEL)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=1, help="fresh-process runs per slice count and mode")
     parser.add_argument("--cache-mib", type=int, default=None, help="feature cache budget (default: the propagator's)")
+    parser.add_argument("--winograd", choices=("default", "on", "off"), default="default")
     parser.add_argument("--modes", nargs="+", choices=("sequential", "batch"), default=["sequential", "batch"])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.slices[0], args.label, args.threads, args.cache_mib, args.modes[0])))
+        print(json.dumps(run_one(args)))
         return 0
 
     import torch
 
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"device: cpu ({args.threads} torch threads); torch {torch.__version__}, numpy {np.__version__}")
-    print(f"label geometry from {args.label}; synthetic image; random weights; 5 annotated slices, "
-          "then 1 correction of the middle one; one run per slice count and mode (after a small warm-up)")
-    header = (f"{'mode':>10} {'load':>5} {'slices':>6} {'seconds':>8} {'cpu s':>7} {'decoded':>7} {'encoded':>7} {'slices/s':>8} "
-              f"{'correction s':>12} {'(frames)':>8} {'peak RSS GiB':>12}")
-    print(header)
+          f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    print(f"device: cpu, {args.threads} torch threads; torch {torch.__version__}, numpy {np.__version__}; "
+          f"winograd {args.winograd}, cache {args.cache_mib or 'default'} MiB")
+    print(f"label geometry from {args.label}; synthetic image; random weights; 5 annotated slices, then 1 "
+          f"correction of the middle one; {args.repeats} fresh-process run(s) per row after an in-process "
+          "warm-up (median [min-max] where more than one)")
+    print(f"{'mode':>10} {'load':>5} {'slices':>9} {'seconds':>17} {'cpu s':>17} {'decoded':>7} {'encoded':>7} "
+          f"{'correction s':>12} {'(frames)':>8} {'cache':>5} {'peak RSS GiB':>17}  interactions s")
     for count, mode in [(count, mode) for count in args.slices for mode in args.modes]:
         command = [sys.executable, __file__, "--child", "--slices", str(count), "--label", str(args.label),
-                   "--threads", str(args.threads), "--modes", mode]
+                   "--threads", str(args.threads), "--modes", mode, "--winograd", args.winograd]
         if args.cache_mib is not None:
             command += ["--cache-mib", str(args.cache_mib)]
-        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-        if done.returncode != 0:
-            print(done.stderr[-2000:])
-            return done.returncode
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{r['mode']:>10} {r['load_average']:>5.1f} {r['slices']:>6} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.1f} {r['frames_decoded']:>7} "
-              f"{r['frames_encoded']:>7} {r['slices_per_second']:>8.2f} {r['correction_seconds']:>12.1f} "
-              f"{r['correction_frames']:>8} {r['peak_rss_gib']:>12.2f}")
-    print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on this machine slows the wall times)")
+        if args.size is not None:
+            command += ["--size", str(args.size)]
+        runs = []
+        for _ in range(max(1, args.repeats)):
+            done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+            if done.returncode != 0:
+                print(done.stderr[-2000:])
+                return done.returncode
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        r = runs[0]
+        shape = f"{r['slices']}x{r['size'][0]}"
+        interactions = " ".join(f"{s:.1f}" for s in r["interaction_seconds"])
+        print(f"{mode:>10} {max(x['load_average'][0] for x in runs):>5.1f} {shape:>9} "
+              f"{_spread([x['seconds'] for x in runs]):>17} {_spread([x['cpu_seconds'] for x in runs]):>17} "
+              f"{r['frames_decoded']:>7} {r['frames_encoded']:>7} "
+              f"{_spread([x['correction_seconds'] for x in runs]):>12} {r['correction_frames']:>8} "
+              f"{r['cache_frames']:>5} {_spread([x['peak_rss_gib'] for x in runs], 2):>17}  {interactions}",
+              flush=True)
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end (other work on this "
+          "machine slows the wall times; cpu s is this process's CPU time, all threads)")
     return 0
 
 
