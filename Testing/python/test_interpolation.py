@@ -148,3 +148,14 @@ def test_from_volume_follows_the_axis():
     assert InterpolationPropagator.from_volume(volume, 2, 3).probabilities.shape == (4, 11, 7, 9)
     with pytest.raises(InvalidInputError, match="Axis"):
         InterpolationPropagator.from_volume(volume, 3, 1)
+
+
+def test_only_empty_annotations_give_background_everywhere():
+    # Issue 12 item 13 at the propagator level: "not here" on every annotated frame.
+    prop = InterpolationPropagator(7, (9, 11), 2)
+    for index in (0, 3, 6):
+        probs = prop.annotate(index, np.zeros((9, 11), np.uint8))
+    assert probs.shape == (3, 7, 9, 11)
+    assert np.array_equal(prop.labels(), np.zeros((7, 9, 11), np.uint8))
+    assert np.all(probs[1:] == 0.0) and np.all(probs[0] == 1.0)
+    np.testing.assert_array_equal(prop.annotate_many([]), probs)
