@@ -405,6 +405,17 @@ def test_trickling_server_gives_up_soon_with_the_cli_timeout(isolated, server, t
     assert cached_files(isolated) == [] and leftovers(isolated) == []
 
 
+def test_a_trickled_web_page_is_ended_by_the_minimum_rate_too(isolated, server, tmp_path):
+    page = b"<html><body>" + b"x" * 4000 + b"</body></html>"
+    server.add("/m.pth", Route(page, mode="trickle", delay=0.2, content_type="text/html"))
+    options = DownloadOptions(connect_timeout=2, read_timeout=1, retries=5, backoff=0.01)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="slower than the minimum"):
+        download_model("m", registry=registry_for(tmp_path, server), options=options)
+    assert time.monotonic() - start < 10
+    assert cached_files(isolated) == [] and leftovers(isolated) == []
+
+
 def test_deadline_bounds_the_whole_download(isolated, server, tmp_path, checkpoint_bytes):
     server.add("/m.pth", Route(checkpoint_bytes, mode="trickle", delay=0.2))
     options = DownloadOptions(connect_timeout=2, read_timeout=1, min_rate=0, deadline=2.5,

@@ -41,6 +41,7 @@ class Route:
     switch_after: int = ALWAYS
     location: str = ""  # the Location header of mode "redirect"
     trickle_bytes: int = ALWAYS  # mode "trickle": bytes sent one at a time, `delay` apart
+    content_type: str = "application/octet-stream"
 
     def etag(self) -> str:
         return '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
@@ -176,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", route.content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Accept-Ranges", "bytes" if route.range_ok else "none")
         if route.validators in ("both", "etag"):

@@ -9,6 +9,7 @@ _VERIFIED = {
     "first-use": "yes (first use)",
     "pending": "on first use",
     "mismatch": "NO: hash differs",
+    "unreadable": "NO: unreadable",
     "": "-",
 }
 

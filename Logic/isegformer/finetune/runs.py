@@ -98,7 +98,12 @@ def list_finetuned(home: Optional[Path] = None) -> list[FinetunedModel]:
     if not root.is_dir():
         return []
     models = []
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    try:
+        run_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as err:
+        log.warning("cannot list the fine-tuned models in %s: %s", root, err.strerror or err)
+        return []
+    for run_dir in run_dirs:
         checkpoint = run_dir / MODEL_FILE
         if not checkpoint.is_file():
             continue

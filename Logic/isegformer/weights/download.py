@@ -301,24 +301,29 @@ class _Transfer:
                                 f"than the announced {self.total}")
 
     def _receive(self, response: requests.Response, stream: BinaryIO) -> None:
-        """Write the body as it arrives, ending attempts that trickle or pass the deadline."""
+        """Write the body as it arrives."""
+        for chunk in self._timed_chunks(response, self.options.chunk_size):
+            self._write(stream, chunk)
+
+    def _timed_chunks(self, response: requests.Response, size: int):
+        """The body's blocks as they arrive, ending an attempt that trickles or passes the
+        deadline (a web page is read the same way as the file)."""
         window = self._rate_window()
-        window_start, window_done = time.monotonic(), self.done
-        for chunk in _arriving_chunks(response, self.options.chunk_size):
-            if chunk:
-                self._write(stream, chunk)
+        window_start, window_bytes = time.monotonic(), 0
+        for chunk in _arriving_chunks(response, size):
+            yield chunk
+            window_bytes += len(chunk)
             now = time.monotonic()
             self._check_deadline()
             if now - window_start >= window:
-                received = self.done - window_done
-                if self.options.min_rate > 0 and received < self.options.min_rate * window:
+                if self.options.min_rate > 0 and window_bytes < self.options.min_rate * window:
                     retry = self._retryable(
-                        "timeout", f"{_host(self.url)} sent only {received} bytes in "
+                        "timeout", f"{_host(self.url)} sent only {window_bytes} bytes in "
                         f"{now - window_start:.1f} s, slower than the minimum of "
                         f"{self.options.min_rate:g} bytes/s")
                     retry.too_slow = True
                     raise retry
-                window_start, window_done = now, self.done
+                window_start, window_bytes = now, 0
 
     def _check_status(self, response: requests.Response) -> None:
         status = response.status_code
@@ -368,7 +373,12 @@ class _Transfer:
 
     def _confirmation_url(self, response: requests.Response) -> str:
         """The URL behind a Google Drive style "download anyway" page, or a clear failure."""
-        page = response.raw.read(_MAX_PAGE_BYTES, decode_content=True) or b""
+        page = bytearray()
+        for chunk in self._timed_chunks(response, 1 << 16):
+            page += chunk
+            if len(page) >= _MAX_PAGE_BYTES:
+                break
+        page = bytes(page[:_MAX_PAGE_BYTES])
         text = page.decode(response.encoding or "utf-8", errors="replace")
         target = _find_confirmation(str(response.url), text, response.cookies)
         if target is None or self.pages_followed >= _MAX_CONFIRM_PAGES:

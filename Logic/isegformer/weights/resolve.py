@@ -51,7 +51,7 @@ class ModelStatus:
     path: Path
     cached: bool
     size: Optional[int]  # bytes on disk when cached, else the registry's size
-    verified: str  # "registry", "first-use", "pending", "mismatch" or "" (not cached)
+    verified: str  # "registry", "first-use", "pending", "mismatch", "unreadable" or "" (not cached)
 
 
 def resolve_model(
@@ -170,7 +170,11 @@ def model_status(entry: ModelEntry, *, home: HomeLike = None, verify: bool = Tru
         return ModelStatus(entry, path, True, size, "pending")
     if not verify:
         return ModelStatus(entry, path, True, size, source)
-    ok = sha256_file(path) == expected and (entry.size is None or size == entry.size)
+    try:
+        ok = sha256_file(path) == expected and (entry.size is None or size == entry.size)
+    except (WeightsError, FileNotFoundError) as err:
+        log.warning("%s", err)
+        return ModelStatus(entry, path, True, size, "unreadable")
     return ModelStatus(entry, path, True, size, source if ok else "mismatch")
 
 
