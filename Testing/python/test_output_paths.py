@@ -260,3 +260,13 @@ def _fake_predictor():
     from isegformer.click_engine.predictor import ClickPredictor
 
     return ClickPredictor(FakeClickNet(), zoom_in=False, flip=False, device="cpu")
+
+
+@pytest.mark.parametrize("bad", ["", "a\x00b", 42, None.__class__])
+def test_unusable_paths_are_the_packages_error(tmp_path, bad):
+    from isegformer.output.atomic import OutputPathError
+
+    with pytest.raises(OutputPathError):
+        guard_outputs([tmp_path], [bad])
+    with pytest.raises(OutputPathError):
+        guard_outputs([bad], [tmp_path / "x"])

@@ -26,7 +26,14 @@ class OutputIsInputError(OutputPathError):
 
 
 def _resolved(path: PathLike) -> Path:
-    return Path(os.path.realpath(Path(path).expanduser()))
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise OutputPathError(f"A path is text or a pathlib.Path, got {path!r}.") from None
+    text = os.fsdecode(text)
+    if not text or "\x00" in text:
+        raise OutputPathError(f"{path!r} is not a usable path (empty, or holding a NUL character).")
+    return Path(os.path.realpath(Path(text).expanduser()))
 
 
 def _stat(path: Path) -> Optional[os.stat_result]:
