@@ -132,3 +132,10 @@ def test_cache_record_survives_a_failed_edit(tmp_path):
             data["note"] = object()  # json.dump fails half-way through the record
     assert cache.record_path.read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("bad", ["", "out\x00.nrrd", None, 3])
+def test_unusable_output_paths_are_output_path_errors(bad):
+    with pytest.raises(OutputPathError, match="not a usable output path"):
+        with atomic_write(bad):
+            pass

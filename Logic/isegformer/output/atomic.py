@@ -25,6 +25,8 @@ class OutputPathError(ISegFormerError, OSError):
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, with a clear message, when ``path`` cannot be written; return it as a Path."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path) or "\x00" in str(os.fspath(path)):
+        raise OutputPathError(f"{path!r} is not a usable output path: give a file name (text or a pathlib.Path).")
     target = Path(path).expanduser()
     if target.is_dir():
         raise OutputPathError(f"Cannot write {target}: it is a folder. Give a file name instead.")
