@@ -52,7 +52,7 @@ def ellipsoid(center, radii):
     return ((k - center[0]) / radii[0]) ** 2 + ((j - center[1]) / radii[1]) ** 2 + ((i - center[2]) / radii[2]) ** 2 <= 1
 
 
-def build_scene(slicer, segments: int):
+def build_scene(slicer, segments: int, full_extent: bool = False):
     import vtk
     from vtk.util import numpy_support
 
@@ -69,6 +69,8 @@ def build_scene(slicer, segments: int):
     for n in range(segments):
         mask = ellipsoid((80, 150 + 15 * n, 190 - 10 * n), (60, 80, 70))
         k, j, i = (np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3))
+        if full_extent:  # layers spanning the whole volume (a .seg.nrrd saved without cropping)
+            k, j, i = (np.arange(n) for n in SHAPE)
         image = slicer.vtkOrientedImageData()
         image.SetExtent(i[0], i[-1], j[0], j[-1], k[0], k[-1])
         image.SetImageToWorldMatrix(matrix)
@@ -142,6 +144,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--segments", default="1,3,6")
     parser.add_argument("--skip-before", action="store_true", help="time only the new writer")
+    parser.add_argument("--full-extent-layers", action="store_true",
+                        help="every layer spans the whole volume (the writer's worst case)")
     args = parser.parse_args()
     slicer = slicer_standins.install()
     from iSegFormerSlicerLib.segment_writer import SegmentWriter
@@ -151,7 +155,8 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"machine: {platform.machine()} {platform.processor() or ''} | cpus: {os.cpu_count()} | "
           f"OMP_NUM_THREADS={threads} | python {platform.python_version()} | vtk {vtk.vtkVersion.GetVTKVersion()} | "
-          f"slicer-core | device: cpu | volume {SHAPE} int16 | median of {args.repeats} after 2 warm-ups")
+          f"slicer-core | device: cpu | volume {SHAPE} int16 | median of {args.repeats} after 2 warm-ups"
+          f"{' | layers span the whole volume' if args.full_extent_layers else ''}")
     rng = np.random.default_rng(1)
     click_masks = [ellipsoid((80, 200, 200), (1, 60 + 10 * n, 50))[80] for n in range(2)]
     propagation_masks = [ellipsoid((80, 200 + 4 * n, 200), (60, 70, 60 + 5 * n))[PROPAGATED.start:PROPAGATED.stop]
@@ -161,7 +166,7 @@ def main() -> None:
 
     def fresh(count):
         """A new scene in the same starting state for every row (rows do not see each other's writes)."""
-        scene, volume, node, editor = build_scene(slicer, count)
+        scene, volume, node, editor = build_scene(slicer, count, args.full_extent_layers)
         history = slicer.vtkSlicerSegmentEditorLogic()
         history.SetMRMLScene(scene)
         history.SetSegmentEditorNode(editor)
