@@ -81,3 +81,10 @@ def test_evaluate_clicks_out_that_is_a_file(png_folders, tmp_path, capsys):
     assert main(["evaluate-clicks", "--model", "m.pth", *png_folders, "--out", str(tmp_path / "taken")]) == 1
     assert "is a file" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.parametrize("options", [["--timeout", "inf"], ["--timeout", "nan"], ["--min-rate", "inf"],
+                                     ["--deadline", "inf"], ["--timeout", "-1"]])
+def test_download_timing_options_must_be_finite(capsys, options):
+    assert main(["download", "stcn", "--no-progress", *options]) == 1
+    assert "finite" in capsys.readouterr().err

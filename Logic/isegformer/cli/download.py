@@ -56,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
             cache.model_path(name, registry.get(name).filename) for name in names], input_names=["--registry"])
     from ..errors import InvalidInputError
 
-    if not (args.timeout > 0 and args.min_rate >= 0 and (args.deadline is None
-                                                         or args.deadline > 0)):
+    import math
+
+    finite = all(math.isfinite(v) for v in (args.timeout, args.min_rate, args.deadline or 1.0))
+    if not (finite and args.timeout > 0 and args.min_rate >= 0 and (args.deadline is None
+                                                                    or args.deadline > 0)):
         raise InvalidInputError("--timeout and --deadline must be positive and --min-rate at "
-                                "least 0 (seconds, seconds, bytes per second).")
+                                "least 0, all finite (seconds, seconds, bytes per second).")
     options = DownloadOptions(read_timeout=args.timeout, retries=max(args.retries, 0),
                               min_rate=args.min_rate, deadline=args.deadline)
     failed = []
