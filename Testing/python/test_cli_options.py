@@ -88,3 +88,11 @@ def test_evaluate_clicks_out_that_is_a_file(png_folders, tmp_path, capsys):
 def test_download_timing_options_must_be_finite(capsys, options):
     assert main(["download", "stcn", "--no-progress", *options]) == 1
     assert "finite" in capsys.readouterr().err
+
+
+def test_segment_name_is_checked_before_the_model_is_fetched(volume_file, tmp_path, capsys):
+    clicks = tmp_path / "c.mrk.json"
+    clicks.write_text("{}")
+    assert main(["segment", str(volume_file), "--clicks", str(clicks), "--segment", "  ",
+                 "--out", str(tmp_path / "o.seg.nrrd")]) == 1
+    assert "--segment" in capsys.readouterr().err

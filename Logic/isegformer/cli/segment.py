@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         [("--out", args.out), ("--overlay", args.overlay), ("--session", args.session)],
     )
     require_inputs([("the volume", args.volume), ("--clicks", args.clicks)])  # before any download
+    if args.segment is not None:
+        from ..session import arguments
+
+        arguments.name(args.segment, "--segment")
     started = time.perf_counter()
     from ..click_engine.predictor import ClickPredictor
 
