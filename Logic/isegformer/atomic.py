@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 STALE_AFTER_SECONDS = 6 * 3600
 
 TEMP_PREFIX = ".isegformer-tmp."
-_TEMP_NAME = re.compile(r"^\.isegformer-tmp\.([A-Za-z0-9-]{1,40})\.(\d{1,10})\.([0-9a-f]{8,32})\..+$")
+_TEMP_NAME = re.compile(r"^\.isegformer-tmp\.([A-Za-z0-9-]{1,64})\.(\d{1,10})\.([0-9a-f]{8,32})\..+$")
 # The mkstemp names of earlier versions, ".tmp-XXXXXXXX-<name>" (outputs) and
 # ".<name>.XXXXXXXX.tmp" (checkpoints, records), limited to the kinds of file this package wrote
 # so that a user's own hidden file is never taken for one.

@@ -132,3 +132,10 @@ def test_a_session_save_killed_mid_write_is_cleaned_by_the_next_save(tmp_path):
     previous = Session.load(tmp_path / "x.isegsession")  # the last complete save is intact
     previous.save(tmp_path / "x.isegsession")
     assert [p.name for p in tmp_path.iterdir()] == ["x.isegsession"]
+
+
+def test_the_longest_owner_tag_is_still_recognised(tmp_path):
+    # 24 characters of host name, a dash and a 64-bit PID-namespace inode in hex.
+    longest = f"{'h' * 24}-{'f' * 16}"
+    old = _touch(tmp_path / f".isegformer-tmp.{longest}.4194304.0123abcd.model.pth.tmp", STALE_AFTER_SECONDS + 60)
+    assert remove_stale_temporaries(tmp_path) == [old]
