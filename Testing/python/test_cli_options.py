@@ -96,3 +96,22 @@ def test_segment_name_is_checked_before_the_model_is_fetched(volume_file, tmp_pa
     assert main(["segment", str(volume_file), "--clicks", str(clicks), "--segment", "  ",
                  "--out", str(tmp_path / "o.seg.nrrd")]) == 1
     assert "--segment" in capsys.readouterr().err
+
+
+def test_an_os_error_is_one_line_not_a_traceback(capsys, monkeypatch):
+    from isegformer.cli import main as entry
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/shared/cache/cache.json")
+
+    real_build = entry.build_parser
+
+    def parser_with_a_failing_command():
+        parser = real_build()
+        parser.set_defaults(func=denied)
+        return parser
+
+    monkeypatch.setattr(entry, "build_parser", parser_with_a_failing_command)
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert "Permission denied (/shared/cache/cache.json)" in err and "Traceback" not in err

@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     except ISegFormerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        # The machine's answer (permissions, a vanished file, a full disk) in one line: a
+        # traceback says nothing more to the user, and --verbose logging still has the details.
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or err}{where}. Check the path, its permissions and the disk space.",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
