@@ -47,6 +47,13 @@ def _describe_start(path: Path) -> str:
     return f"a file starting with bytes {head[:16]!r}"
 
 
+def _is_complete_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # raised, not answered, for some damaged end records
+        return False
+
+
 def _read_pickled(path: Path, advice: str) -> Any:
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist. {advice}")
@@ -64,7 +71,7 @@ def _read_pickled(path: Path, advice: str) -> Any:
             f"{path} is not a PyTorch checkpoint: it is {_describe_start(path)} ({size} bytes). "
             f"{advice}"
         )
-    if is_zip and not zipfile.is_zipfile(path):
+    if is_zip and not _is_complete_zip(path):
         raise CheckpointError(
             f"Checkpoint {path} is truncated or damaged: its zip archive is incomplete "
             f"({size} bytes; an interrupted download looks like this). {advice}"

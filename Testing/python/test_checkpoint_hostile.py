@@ -81,6 +81,35 @@ def test_a_flipped_byte_in_any_record_is_refused(tmp_path, record):
         load_checkpoint(path)
 
 
+def test_random_damage_anywhere_never_loads_other_weights(tmp_path):
+    """Seeded damage to any byte of a zip checkpoint: refused, or loaded with exactly the saved
+    tensors (a damaged timestamp or comment changes nothing), never a raw exception."""
+    torch.manual_seed(8)
+    saved = collections.OrderedDict(a=torch.randn(20, 5), b=torch.arange(7), c=torch.randn(3).half())
+    source = _saved(tmp_path / "good.pth", {"state_dict": saved, "config": {"x": [1, (2, 3.5)]}})
+    raw = source.read_bytes()
+    rng = np.random.default_rng(8)
+    outcomes = collections.Counter()
+    path = tmp_path / "damaged.pth"
+    for trial in range(300):
+        data = bytearray(raw)
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        if trial % 7 == 0:
+            data = data[: int(rng.integers(1, len(data)))]
+        path.write_bytes(bytes(data))
+        try:
+            loaded = load_checkpoint(path)["state_dict"]
+        except CheckpointError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        assert list(loaded) == list(saved)
+        assert all(torch.equal(loaded[k], saved[k]) and loaded[k].dtype == saved[k].dtype
+                   for k in saved)
+    assert outcomes["refused"] > 150, outcomes
+
+
 # --- item 9: NaN and infinity ------------------------------------------------------------------------
 
 def test_non_finite_weights_are_refused_by_name(tmp_path, tiny_state):
