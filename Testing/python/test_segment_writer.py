@@ -453,3 +453,33 @@ def test_console_logic_saves_one_undo_state_per_action(slicer_env):
         for sid, array in snapshot().items():
             assert np.array_equal(array, expected[sid]), sid
     logic.shutdown()
+
+
+def test_points_of_the_two_lists_with_the_same_id_are_told_apart(slicer_env):
+    """Each point list numbers its points from "1": deleting the negative point "1" or undoing it
+    must not touch the positive point "1" (and moving one must not move the other)."""
+    from session_fakes import FakeSession
+
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    shape = (6, 8, 10)
+    volume = slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), np.eye(4), name="volume")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    node, target = logic.setSegmentation()
+    logic._bridge, logic._stale = SessionBridge(FakeSession(shape)), False
+    logic.addClick((4.0, 3.0, 2.0), axis=0)                   # positive "1" on slice 2
+    logic.addClick((7.0, 6.0, 4.0), positive=False, axis=0)   # negative "1" on slice 4
+    positive, negative = logic.getClickNodes()
+    assert positive.GetNthControlPointID(0) == negative.GetNthControlPointID(0)
+    negative.SetNthControlPointPositionWorld(0, 8.0, 6.0, 4.0)  # the negative point moves
+    logic.submitPointsChanged()
+    logic.waitForJobs()
+    records = {r.positive: r for r in logic._records}
+    assert (round(records[True].point.col), round(records[True].point.row)) == (4, 3)  # not moved
+    assert round(records[False].point.col) == 8
+    logic.undoLastClick()  # the negative one
+    assert positive.GetNumberOfControlPoints() == 1 and negative.GetNumberOfControlPoints() == 0
+    assert SegmentWriter(node, volume).read(target)[2, 3, 4]  # the positive click's slice stays
+    logic.shutdown()

@@ -111,25 +111,27 @@ def removeControlPoint(node, index):
         node.RemoveAttribute(PLACING_ATTRIBUTE)
 
 
-def removePointById(pointId):
-    """Remove the point with this ID from whichever list holds it."""
-    for node in getClickNodes(create=False):
-        if node is not None:
-            index = node.GetNthControlPointIndexByID(pointId)
-            if index >= 0:
-                removeControlPoint(node, index)
+def removePointById(pointId, positive):
+    """Remove the point with this ID from the list of its sign (IDs are unique per list only:
+    each list numbers its points from "1")."""
+    node = getClickNodes(create=False)[0 if positive else 1]
+    if node is not None:
+        index = node.GetNthControlPointIndexByID(pointId)
+        if index >= 0:
+            removeControlPoint(node, index)
 
 
 def currentPositions():
-    """{point ID: world position} of every point in both lists."""
+    """{(positive, point ID): world position} of every point in both lists (an ID alone is
+    ambiguous: each list numbers its points from "1")."""
     positions = {}
-    for node in getClickNodes(create=False):
+    for positive, node in zip((True, False), getClickNodes(create=False)):
         if node is None:
             continue
         for index in range(node.GetNumberOfControlPoints()):
             position = [0.0, 0.0, 0.0]
             node.GetNthControlPointPositionWorld(index, position)
-            positions[node.GetNthControlPointID(index)] = position
+            positions[(positive, node.GetNthControlPointID(index))] = position
     return positions
 
 

@@ -402,7 +402,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """A click that did not reach the session leaves no point behind."""
         if record in self._records:
             self._records.remove(record)
-        clicks.removePointById(record.pointId)
+        clicks.removePointById(record.pointId, record.positive)
         self._storeSessionState()
 
     def submitPointsChanged(self, sliceNode=None):
@@ -412,10 +412,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         affected = set()
         kept = []
         for record in self._records:
-            if record.pointId not in current:
+            key = (record.positive, record.pointId)
+            if key not in current:
                 affected.add(record.sliceKey)  # deleted
                 continue
-            moved = self.locateClick(current[record.pointId], axis=record.point.axis)
+            moved = self.locateClick(current[key], axis=record.point.axis)
             if (moved.index, round(moved.row, 3), round(moved.col, 3)) != (
                     record.point.index, round(record.point.row, 3), round(record.point.col, 3)):
                 affected.add(record.sliceKey)  # the slice it left
@@ -448,7 +449,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
             return None
         record = max(self._records, key=lambda r: r.order)
         self._records.remove(record)
-        clicks.removePointById(record.pointId)
+        clicks.removePointById(record.pointId, record.positive)
         self._storeSessionState()
         segmentId, axis, index = record.sliceKey
         remaining = self._clicksOf(segmentId, axis, index)

@@ -287,12 +287,7 @@ class SceneStateActions:
         if state is None:
             return False
         segmentation = node.GetSegmentation()
-        positions = {}  # (positive, point ID) -> world position: IDs are unique per list only
-        for positive, pointList in zip((True, False), clicks.getClickNodes(create=False)):
-            for index in range(pointList.GetNumberOfControlPoints() if pointList is not None else 0):
-                position = [0.0, 0.0, 0.0]
-                pointList.GetNthControlPointPositionWorld(index, position)
-                positions[(positive, pointList.GetNthControlPointID(index))] = position
+        positions = clicks.currentPositions()  # (positive, point ID): IDs are unique per list only
         records = []
         for order, saved in enumerate(state.clicks, start=1):
             if segmentation.GetSegment(saved.segmentId) is None:
