@@ -133,6 +133,15 @@ def test_announced_size_other_than_the_registry_size_is_refused_before_the_body(
     assert cached_files(isolated) == [] and leftovers(isolated) == []
 
 
+@pytest.mark.parametrize("length", ["-5", "abc", "1e3", "9" * 30])
+def test_a_malformed_content_length_is_refused(isolated, server, tmp_path, checkpoint_bytes,
+                                               length):
+    server.add("/m.pth", Route(checkpoint_bytes, length_header=length))
+    with pytest.raises(DownloadError, match="not a number of bytes"):
+        resolve_model("m", registry=registry_for(tmp_path, server), options=FAST)
+    assert cached_files(isolated) == [] and leftovers(isolated) == []
+
+
 def test_empty_local_file_is_refused_not_recorded(isolated, tmp_path):
     empty = tmp_path / "weights.pth"
     empty.write_bytes(b"")

@@ -42,6 +42,7 @@ class Route:
     location: str = ""  # the Location header of mode "redirect"
     trickle_bytes: int = ALWAYS  # mode "trickle": bytes sent one at a time, `delay` apart
     content_type: str = "application/octet-stream"
+    length_header: Optional[str] = None  # a Content-Length value sent instead of the true one
 
     def etag(self) -> str:
         return '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
@@ -178,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         payload = body[start:]
         self.send_header("Content-Type", route.content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", route.length_header or str(len(payload)))
         self.send_header("Accept-Ranges", "bytes" if route.range_ok else "none")
         if route.validators in ("both", "etag"):
             self.send_header("ETag", route.etag())

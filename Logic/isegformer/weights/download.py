@@ -343,6 +343,10 @@ class _Transfer:
     def _position(self, response: requests.Response, stream: BinaryIO) -> None:
         """Where this response's body starts in the file, and the file's total size."""
         length = _int_header(response, "Content-Length")
+        if length is None and "Content-Length" in response.headers:
+            raise self._failure("bad_content", f"{_host(self.url)} announces the length "
+                                f"{response.headers['Content-Length'][:40]!r}, which is not a "
+                                "number of bytes")
         if response.status_code == 206:
             start, total = _content_range(response.headers.get("Content-Range", ""))
             if start != self.done:
