@@ -132,6 +132,13 @@ def test_non_finite_weights_given_to_the_propagation_loader(tmp_path):
         load_fusion(state)
 
 
+def test_state_dicts_given_in_memory_with_odd_keys_are_checkpoint_errors(tiny_state):
+    with pytest.raises(CheckpointError, match="strings"):
+        load_click_model({1: torch.zeros(2), **tiny_state}, device="cpu")
+    with pytest.raises(CheckpointError, match="strings"):
+        load_fusion({("a", "b"): torch.zeros(2), **FusionNet().state_dict()})
+
+
 # --- item 14: malformed pickles ----------------------------------------------------------------------
 
 class _Storage:

@@ -286,6 +286,8 @@ def load_click_model(
             state_dict, config = source["state_dict"], source.get("config")
         else:
             state_dict = source
+        if not all(isinstance(k, str) for k in state_dict):
+            raise CheckpointError("A state dict's keys must be parameter names (strings).")
         bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise CheckpointError(f"These state dict entries are not tensors: {describe_keys(bad)}.")

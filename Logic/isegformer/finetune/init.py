@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import check_finite, load_checkpoint
 from ..click_engine.build import VARIANTS, build_isegformer, load_click_model
 from ..click_engine.model import ClickModelConfig, ISegFormer
 from ..errors import CheckpointError, InvalidInputError
@@ -116,6 +116,9 @@ def _read_imagenet_state(path: Path) -> dict[str, torch.Tensor]:
 def load_imagenet_backbone(model: ISegFormer, path: str | os.PathLike) -> InitReport:
     """Copy the Swin backbone tensors of an ImageNet checkpoint into ``model`` where shapes match."""
     state = _read_imagenet_state(Path(path).expanduser())
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path} is not a state dict of named tensors.")
+    check_finite(state, str(path), "Give an intact ImageNet checkpoint.")
     # Only timm's layout has no patch merging in stage 0 but has it in a later stage.
     has_merging = {int(m.group(1)) for k in state
                    if (m := re.search(r"layers\.(\d+)\.downsample\.", k))}

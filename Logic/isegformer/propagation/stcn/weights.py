@@ -46,6 +46,9 @@ def _list(keys, limit: int = 8) -> str:
 def load_strict(network: Net, source: Source, what: str) -> Net:
     """Load ``source`` (a path or a state dict) into ``network`` after checking every key."""
     given = _state_dict_of(source, what)
+    if not all(isinstance(k, str) for k in given):
+        raise CheckpointError(f"The given {what} state dict's keys must be parameter names "
+                              f"(strings). {_ADVICE[what]}")
     expected = network.state_dict()
     mismatch = compare_state_dict(given, {k: v.shape for k, v in expected.items()},
                                   optional_suffixes=(_OPTIONAL_SUFFIX,))
