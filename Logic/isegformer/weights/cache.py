@@ -288,7 +288,7 @@ class ModelCache:
         with self._editing() as data:
             data.setdefault("local_files", {}).pop(str(Path(path).resolve()), None)
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self, *, locked: bool = False) -> dict[str, Any]:
         """The record, checked: a dict whose "models" and "local_files" are dicts of entries.
 
         Entries themselves are checked when used (:func:`_parse`), so that one bad entry costs
@@ -311,16 +311,33 @@ class ModelCache:
             problem = str(err)
         if problem is None:
             return data
-        # Keep the damaged record for inspection; starting afresh only costs re-hashing.
-        backup = self.record_path.with_name(f"cache.json.corrupt-{int(time.time())}")
-        try:
-            os.replace(self.record_path, backup)
-            where = f"moved it to {backup}"
-        except OSError:
-            where = "left it in place (the folder is not writable)"
+        where = self._set_aside(raw, locked)
         log.warning("the cache record %s was unreadable (%s); %s and started a new one",
                     self.record_path, problem, where)
         return {"version": RECORD_VERSION}
+
+    def _set_aside(self, raw: bytes, locked: bool) -> str:
+        """Move the damaged record aside (kept for inspection; starting afresh only costs
+        re-hashing), under the record's lock and only if it is still the bytes we judged."""
+        backup = self.record_path.with_name(f"cache.json.corrupt-{int(time.time())}")
+
+        def move() -> str:
+            try:
+                with open(self.record_path, "rb") as stream:
+                    if stream.read(_MAX_RECORD_BYTES + 1) != raw:
+                        return "left it (another process rewrote it meanwhile)"
+                os.replace(self.record_path, backup)
+            except OSError:
+                return "left it in place (the folder is not writable)"
+            return f"moved it to {backup}"
+
+        if locked:
+            return move()
+        try:
+            with FileLock(self.home / "locks" / "cache.json.lock", timeout=5):
+                return move()
+        except WeightsError:  # a read-only cache, or a writer holding the lock for long
+            return "left it in place"
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, Any]]:
@@ -330,7 +347,7 @@ class ModelCache:
         is then left exactly as it was.
         """
         with FileLock(self.home / "locks" / "cache.json.lock"):
-            data = self._read()
+            data = self._read(locked=True)
             data["version"] = RECORD_VERSION
             yield data
             try:
