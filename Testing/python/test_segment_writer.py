@@ -483,3 +483,62 @@ def test_points_of_the_two_lists_with_the_same_id_are_told_apart(slicer_env):
     assert positive.GetNumberOfControlPoints() == 1 and negative.GetNumberOfControlPoints() == 0
     assert SegmentWriter(node, volume).read(target)[2, 3, 4]  # the positive click's slice stays
     logic.shutdown()
+
+
+def test_in_the_panel_the_segment_editors_undo_and_the_logics_take_back_a_click(slicer_env, monkeypatch, tmp_path):
+    """With the module's panel, a click's write is one state of the Segment Editor widget's own
+    history: the editor's Undo takes it back (every segment: the voxels it erased from another
+    one too), Redo re-applies, and logic.undo()/redo() from the console use that same history."""
+    import time
+
+    from session_fakes import FakeSession
+
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(module.iSegFormerSlicerLogic, "missingDependencies", staticmethod(lambda: []))
+    monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelStatusText", lambda self: "ready")
+    monkeypatch.setattr(module.iSegFormerSlicerLogic, "modelNeedsDownload", lambda self: False)
+    widget = slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
+    try:
+        shape = (6, 8, 10)
+        volume = slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), np.eye(4), name="volume")
+        red = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode", "Red")  # looks along k at slice 2
+        red.SetLayoutName("Red")
+        red.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(np.array(
+            [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2.0], [0, 0, 0, 1]])))
+        red.UpdateMatrices()
+        slicer_standins.enter_module(widget)
+        widget.ui.inputVolumeSelector.setCurrentNode(volume)
+        logic = widget.logic
+        node, target = logic.setSegmentation(volume)
+        widget.ui.segmentEditorWidget.setSegmentationNode(node)
+        widget.ui.segmentEditorWidget.setCurrentSegmentID(target)
+        other = node.GetSegmentation().AddEmptySegment("", "other")
+        SegmentWriter(node, volume).write(other, 0, 2, np.ones((1,) + shape[1:], bool))
+        logic.getSegmentEditorNode().SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
+        logic._bridge = SessionBridge(FakeSession(shape))
+        positive, _ = logic.getClickNodes()
+        reader = SegmentWriter(node, volume)
+        before = {sid: reader.read(sid) for sid in (target, other)}
+        positive.AddControlPointWorld(4.0, 3.0, 2.0)  # placed in a view: the widget's observer acts
+        deadline = time.monotonic() + 10
+        widget.onPoll()
+        while logic.isBusy() or logic.jobs.pendingCount:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+            widget.onPoll()
+        widget.onPoll()
+        after = {sid: reader.read(sid) for sid in (target, other)}
+        assert after[target][2, 2:5, 3:6].all() and not after[other][2, 2:5, 3:6].any()
+        widget.ui.segmentEditorWidget.undo()  # the Segment Editor's Undo button
+        for sid in (target, other):
+            assert np.array_equal(reader.read(sid), before[sid]), sid
+        logic.redo()  # the console, same history
+        for sid in (target, other):
+            assert np.array_equal(reader.read(sid), after[sid]), sid
+        logic.undo()
+        assert np.array_equal(reader.read(other), before[other])
+    finally:
+        widget.cleanup()

@@ -43,9 +43,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        #: saves a state in Slicer's segmentation history before an action's first write; the
-        #: widget sets it to its Segment Editor's ``saveStateForUndo`` (the editor's Undo/Redo
-        #: buttons), None: the Logic's own history (:meth:`undo`, :meth:`redo` from the console)
+        #: when set, called instead of ``history.saveState()`` before an action's first write
+        #: (scripts and tests); None: :attr:`history` (the widget's editor, or the Logic's own)
         self.saveStateForUndo = None
         self._history = None  # segment_history.EditorLogicHistory, made on first use
         self._actions = ActionStates(self._saveState)
@@ -519,10 +518,15 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
     # ---- undo (Slicer's segmentation history) ------------------------------------------------
     @property
     def history(self):
-        """The Logic's own segmentation history (console use; the widget uses its editor's)."""
+        """Slicer's segmentation history the module's writes save into: the Segment Editor
+        widget's (the widget sets a segment_history.WidgetHistory), else the Logic's own."""
         if self._history is None:
             self._history = EditorLogicHistory(slicer.mrmlScene, self.getSegmentEditorNode())
         return self._history
+
+    @history.setter
+    def history(self, history):
+        self._history = history
 
     def _saveState(self):
         if self.saveStateForUndo is not None:

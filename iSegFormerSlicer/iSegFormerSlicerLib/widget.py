@@ -281,7 +281,11 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.setSegmentationNode(segmentation)
         self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)
         self.logic.getSegmentEditorNode()
-        self.logic.saveStateForUndo = self.ui.segmentEditorWidget.saveStateForUndo
+        # The module's writes go into the editor's own history: its Undo/Redo buttons (and
+        # logic.undo()/redo() from the console) take them back.
+        from .segment_history import WidgetHistory
+
+        self.logic.history = WidgetHistory(self.ui.segmentEditorWidget)
         return segmentation, segmentId
 
     def _observePointLists(self, positive, negative):
