@@ -38,7 +38,9 @@ from typing import Any, BinaryIO, Callable, Optional
 import torch
 
 #: The pickle of a checkpoint holds names, shapes and a small config: a few hundred kB at most.
-MAX_PICKLE_BYTES = 64 << 20
+MAX_PICKLE_BYTES = 16 << 20
+#: Opcodes of one pickle: Swin-L's training state has ~30,000; scanning 2 million takes seconds.
+MAX_PICKLE_OPS = 2_000_000
 #: All tensor data of one file; Swin-L's checkpoint is 0.8 GB.
 MAX_STORAGE_BYTES = 16 << 30
 #: torch stores records uncompressed; a recompressed file may shrink, but not by more than this.
@@ -268,8 +270,10 @@ class _Depth:
         self.value = value
 
 
-def check_pickle_nesting(stream: BinaryIO, max_depth: int = MAX_DEPTH) -> None:
-    """Refuse a pickle whose objects nest deeper than ``max_depth``, before unpickling it.
+def check_pickle_nesting(stream: BinaryIO, max_depth: int = MAX_DEPTH,
+                         max_ops: int = MAX_PICKLE_OPS) -> None:
+    """Refuse a pickle whose objects nest deeper than ``max_depth``, or that has more than
+    ``max_ops`` opcodes (which would take long to scan and to load), before unpickling it.
 
     Simulates the unpickler's stack with the depth of each object instead of the object (the
     memo shares them, mutations deepen them). Immutable nestings (tuples, whose hashing in C
@@ -312,7 +316,10 @@ def check_pickle_nesting(stream: BinaryIO, max_depth: int = MAX_DEPTH) -> None:
                                  "checkpoint does", kind="too large")
 
     try:
-        for opcode, arg, _pos in pickletools.genops(stream):
+        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(stream)):
+            if count >= max_ops:
+                raise TorchFileError(f"the pickle has more than {max_ops} opcodes; no checkpoint "
+                                     "has", kind="too large")
             name = opcode.name
             if name in _ATOMS:
                 stack.append(_Depth(0))

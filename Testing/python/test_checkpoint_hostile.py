@@ -214,6 +214,16 @@ def test_deeply_nested_tuples_are_refused_without_crashing(tmp_path):
         load_checkpoint(_tuple_bomb(tmp_path / "tuples.pth"))
 
 
+def test_a_pickle_of_too_many_opcodes_is_refused_before_it_is_built():
+    from isegformer.torch_file import MAX_PICKLE_OPS, TorchFileError, check_pickle_nesting
+
+    busy = b"\x80\x02" + b"N0" * 5000 + b"N."  # push None, pop it: 10,000 opcodes of nothing
+    check_pickle_nesting(io.BytesIO(busy), max_ops=20_000)
+    with pytest.raises(TorchFileError, match="more than 1000 opcodes"):
+        check_pickle_nesting(io.BytesIO(busy), max_ops=1000)
+    assert MAX_PICKLE_OPS <= 5_000_000  # a scan of the limit takes seconds, not minutes
+
+
 def test_random_damage_to_the_pickle_only_ever_raises_checkpoint_errors(tmp_path, tiny_state):
     """Seeded fuzzing of data.pkl with valid CRCs: whatever the bytes, the error is ours."""
     source = _saved(tmp_path / "good.pth", {"state_dict": dict(list(tiny_state.items())[:6]),
