@@ -116,7 +116,13 @@ def _plain(value: Any) -> Any:
         return {"placeholder": value.qualified_name}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, (set, frozenset)):
+        items = [_plain(v) for v in value]
+        try:
+            return type(value)(items)
+        except TypeError:  # placeholders became dicts, which a set cannot hold
+            return items
+    if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value
 

@@ -110,6 +110,20 @@ def test_random_damage_anywhere_never_loads_other_weights(tmp_path):
     assert outcomes["refused"] > 150, outcomes
 
 
+def test_a_config_set_of_reference_objects_loads_as_plain_data(tmp_path):
+    # set([isegm.a.B, isegm.a.C]): the placeholders become dicts, which no set can hold.
+    pickled = (b"\x80\x02}(X\x06\x00\x00\x00config" + b"c__builtin__\nset\n((cisegm.a\nB\n"
+               b"cisegm.a\nC\nltR" + b"u.")
+    config = load_checkpoint_config(_torch_zip(tmp_path / "set.pth", pickled))
+    assert sorted(d["placeholder"] for d in config) == ["isegm.a.B", "isegm.a.C"]
+
+
+def load_checkpoint_config(path: Path):
+    from isegformer.checkpoint import read_torch_object, _plain
+
+    return _plain(read_torch_object(path)["config"])
+
+
 # --- item 9: NaN and infinity ------------------------------------------------------------------------
 
 def test_non_finite_weights_are_refused_by_name(tmp_path, tiny_state):
