@@ -436,3 +436,11 @@ def test_head_counts_that_do_not_divide_the_channels_are_refused(tiny_state):
     state[key] = torch.zeros(state[key].shape[0], 0)
     with pytest.raises(CheckpointError, match="attention heads"):
         load_click_model(state, device="cpu")
+
+
+@pytest.mark.parametrize("radius", [10**400, float("nan"), -3.0, 0])
+def test_an_impossible_click_radius_in_the_config_is_refused(tiny_state, radius):
+    config = {"class": "isegformer.click_engine.model.ISegFormer",
+              "params": {"click_radius": radius}}
+    with pytest.raises(CheckpointError, match="click_radius"):
+        load_click_model({"state_dict": dict(tiny_state), "config": config}, device="cpu")

@@ -193,8 +193,7 @@ def _check_reference_config(config: Any) -> float | None:
     if not isinstance(config, Mapping) or not isinstance(config.get("params"), Mapping):
         return None
     if str(config.get("class", "")).startswith("isegformer."):
-        radius = config["params"].get("click_radius")
-        return float(radius) if isinstance(radius, (int, float)) else None
+        return _radius(config["params"].get("click_radius"))
     params = config["params"]
     cls = str(config.get("class", ""))
     if cls and not cls.endswith("SwinformerModel"):
@@ -211,9 +210,17 @@ def _check_reference_config(config: Any) -> float | None:
                 "predictions would be wrong, so it is refused."
             )
     radius = params.get("norm_radius")
-    if isinstance(radius, Mapping) and isinstance(radius.get("value"), (int, float)):
-        return float(radius["value"])
-    return None
+    return _radius(radius.get("value")) if isinstance(radius, Mapping) else None
+
+
+def _radius(value: Any) -> float | None:
+    """A click radius from a checkpoint's config (checked later by validate_click_config)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range
+        return float("inf")
 
 
 def prepare_state_dict(
