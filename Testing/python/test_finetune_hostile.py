@@ -167,6 +167,39 @@ def test_out_on_a_full_disk_gives_a_cli_error_and_leaves_nothing(tmp_path, capsy
         assert _leftover_temporaries(out / "run") == []
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**70}, "seed"),
+    ({"lr": float("inf")}, "learning rate"),
+    ({"lr": float("nan")}, "learning rate"),
+    ({"lr_gamma": float("nan")}, "lr_gamma"),
+])
+def test_impossible_settings_are_refused_before_training(tmp_path, change, message):
+    with pytest.raises(InvalidInputError, match=message):
+        finetune(_slices(), tmp_path / "run", _settings(**change))
+    assert not (tmp_path / "run" / MODEL_FILE).exists()
+
+
+def test_a_diverged_epoch_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from isegformer.finetune import trainer
+
+    out = tmp_path / "run"
+    finetune(_slices(), out, _settings(epochs=1))
+    good = (out / MODEL_FILE).read_bytes(), (out / STATE_FILE).read_bytes()
+    real_epoch = trainer._Run._epoch
+
+    def diverging_epoch(self, epoch, progress):
+        record = real_epoch(self, epoch, progress)
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("nan"))
+        return record
+
+    monkeypatch.setattr(trainer._Run, "_epoch", diverging_epoch)
+    with pytest.raises(InvalidInputError, match="diverged in epoch 2.*last good epoch"):
+        finetune(_slices(), out, _settings(epochs=2), resume=True)
+    assert ((out / MODEL_FILE).read_bytes(), (out / STATE_FILE).read_bytes()) == good
+
+
 # --- tampered training states ---------------------------------------------------------------------
 
 def _state(**change):

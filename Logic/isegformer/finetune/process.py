@@ -208,7 +208,7 @@ class FinetuneProcess:
     def _apply(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "start":
-            self.out_dir = Path(event["out_dir"])
+            self.out_dir = Path(str(event["out_dir"]))
         elif kind == "step":
             self.done, self.total = int(event["done"]), int(event["total"])
             self.message = str(event.get("message", ""))
@@ -230,7 +230,7 @@ class FinetuneProcess:
         returncode = self._process.returncode if self._process else None
         kind = final.get("event")
         checkpoint = None
-        if kind == "done":
+        if kind == "done" and isinstance(final.get("checkpoint"), str):
             checkpoint = Path(final["checkpoint"])
         elif self.out_dir is not None and (self.out_dir / MODEL_FILE).is_file():
             checkpoint = self.out_dir / MODEL_FILE

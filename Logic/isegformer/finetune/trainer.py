@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_replace, remove_stale_temporaries
-from ..checkpoint import check_finite, read_torch_object, save_checkpoint, write_torch_file
+from ..checkpoint import (
+    check_finite,
+    describe_keys,
+    non_finite_tensors,
+    read_torch_object,
+    save_checkpoint,
+    write_torch_file,
+)
 from ..click_engine.build import validate_click_config
 from ..click_engine.model import ClickModelConfig, ISegFormer
 from ..device import resolve_device
@@ -90,8 +97,13 @@ class FinetuneSettings:
         bad = [f"{k}={v}" for k, v in positive.items() if int(v) < 1]
         if bad:
             raise InvalidInputError(f"These settings must be at least 1: {', '.join(bad)}.")
-        if not self.lr > 0:
-            raise InvalidInputError(f"The learning rate must be positive, got {self.lr}.")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidInputError(f"The learning rate must be a positive number, got {self.lr}.")
+        if not (isinstance(self.lr_gamma, (int, float)) and math.isfinite(self.lr_gamma)
+                and self.lr_gamma > 0):
+            raise InvalidInputError(f"lr_gamma must be a positive number, got {self.lr_gamma}.")
+        if type(self.seed) is not int or not 0 <= self.seed < 2**63:
+            raise InvalidInputError(f"The seed must be an integer from 0 to 2**63-1, got {self.seed}.")
         if not 0 <= self.max_iterative_clicks <= self.max_num_points:
             raise InvalidInputError(
                 f"max_iterative_clicks must be in 0..{self.max_num_points}, got {self.max_iterative_clicks}."
@@ -479,6 +491,14 @@ class _Run:
         return config
 
     def _save(self, status: str) -> Path:
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:  # never let a diverged epoch replace the last good one's files
+            raise InvalidInputError(
+                f"Training diverged in epoch {len(self.history)}: the weights "
+                f"{describe_keys(bad, 4)} became NaN or infinite. The files in {self.out_dir} "
+                "still hold the last good epoch; lower the learning rate (--lr) and resume from "
+                "it (--resume)."
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         model_path = save_checkpoint(self.out_dir / MODEL_FILE, self.model.state_dict(), self._model_config())
         state = {
