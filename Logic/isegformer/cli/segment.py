@@ -5,8 +5,9 @@ import argparse
 import time
 from pathlib import Path
 
+from . import common
 from .common import (add_axis_argument, add_model_arguments, check_outputs, load_propagation_networks,
-                     propagate_all, report_segments, require_inputs, resolve_weights)
+                     propagate_all, report_segments, require_inputs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from ..click_engine.predictor import ClickPredictor
 
-    predictor = ClickPredictor(resolve_weights(args.model), device=args.device)
+    predictor = ClickPredictor(common.resolve_weights(args.model), device=args.device)
     stcn, fusion = load_propagation_networks(args) if args.propagate else (None, None)
     session = Session.open(args.volume, click_model=predictor, stcn_weights=stcn, fusion_weights=fusion,
                            device=args.device, axis=args.axis)
