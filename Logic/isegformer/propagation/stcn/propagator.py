@@ -39,6 +39,7 @@ from ...progress import ProgressCallback, report
 from ..base import Propagator, frames_along_axis
 from .cache import FeatureCache, FrameFeatures
 from .fusion import FusionNet
+from .heap import release_free_heap
 from .inference import inference_network
 from .memory import MemoryBank
 from .network import STCNNetwork, soft_aggregate
@@ -48,10 +49,12 @@ from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, v
 log = logging.getLogger(__name__)
 
 MEMORY_EVERY = 5
-#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB: on the CPU about
-#: 100 such frames stay cached, which keeps a 160 x 384 x 384 propagation under 4 GB (with
-#: 2.25 GiB it peaked at 4.0 GB); the others are recomputed when a pass needs them again.
-DEFAULT_CPU_CACHE_BYTES = 1792 * 2**20
+#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB: on the CPU 33 such
+#: frames stay cached, a segment between two of 5 annotated slices of 160 and its ends, which
+#: both passes crossing it read one after the other (see ``_pass_orders``); that keeps a
+#: 160 x 384 x 384 propagation from 5 slices under 2.5 GB. Frames read again later (a
+#: correction, one-by-one annotations) are recomputed: slower, never different.
+DEFAULT_CPU_CACHE_BYTES = 576 * 2**20
 DEFAULT_CUDA_CACHE_BYTES = 8 * 2**30
 
 
@@ -62,8 +65,9 @@ class STCNPropagator(Propagator):
     intensities, which are converted as the reference did (``preprocess.volume_to_frames``).
     ``network`` and ``fusion`` are moved to ``device`` and put in eval mode. Without
     ``fusion`` the two directions between annotated frames are blended linearly by distance.
-    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 1.75 GiB on CPU,
-    8 GiB on CUDA); a smaller budget only costs recomputation.
+    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 576 MiB on CPU,
+    8 GiB on CUDA); a smaller budget only costs recomputation. ``batch_size`` frames are
+    encoded at a time.
 
     The propagator runs an inference view of ``network`` (``inference.inference_network``):
     batch norms folded into their convolutions and, when ``winograd`` (default: on the CPU),
@@ -76,7 +80,7 @@ class STCNPropagator(Propagator):
     def __init__(self, frames: np.ndarray, num_objects: int, network: STCNNetwork,
                  fusion: Optional[FusionNet] = None, device: str | torch.device = "auto", *,
                  memory_every: int = MEMORY_EVERY, feature_cache_bytes: Optional[int] = None,
-                 batch_size: int = 4, winograd: Optional[bool] = None):
+                 batch_size: int = 2, winograd: Optional[bool] = None):
         frames = _validated_frames(frames)
         if isinstance(num_objects, bool) or not isinstance(num_objects, (int, np.integer)) or num_objects < 1:
             raise InvalidInputError(f"num_objects must be a positive integer, got {num_objects!r}.")
@@ -94,6 +98,7 @@ class STCNPropagator(Propagator):
         if winograd is None:
             winograd = self._device.type == "cpu"
         self._net = inference_network(network, winograd=bool(winograd))
+        release_free_heap()  # the layout conversion's and the weight transforms' temporaries
         self._fusion = None if fusion is None else fusion.to(self._device, memory_format=layout).eval()
         if self._fusion is None:
             log.warning("No FusionNet weights: between annotated slices the two propagation "
@@ -197,6 +202,7 @@ class STCNPropagator(Propagator):
             written.rollback()
             raise
         written.commit()
+        release_free_heap()  # the encoder's and decoder's temporaries
         for index, labels in checked:
             self._annotations.pop(index, None)
             self._annotations[index] = labels

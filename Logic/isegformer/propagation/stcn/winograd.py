@@ -30,9 +30,15 @@ _INPUT_TILE = 6
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) -> (36, C_in, C_out), computed in float64 and rounded once."""
-    u = torch.einsum("ai,ocij,bj->aboc", _G, weight.detach().double(), _G)
-    return u.reshape(36, weight.shape[0], weight.shape[1]).transpose(1, 2).contiguous().to(weight.dtype)
+    """(C_out, C_in, 3, 3) -> (36, C_in, C_out), computed in float64 and rounded once (a few
+    output channels at a time, so that the float64 temporaries stay small)."""
+    out_channels, in_channels = weight.shape[:2]
+    result = torch.empty((36, in_channels, out_channels), dtype=weight.dtype, device=weight.device)
+    for start in range(0, out_channels, 32):
+        part = weight.detach()[start:start + 32].double()
+        u = torch.einsum("ai,ocij,bj->aboc", _G.to(part.device), part, _G.to(part.device))
+        result[:, :, start:start + 32] = u.reshape(36, part.shape[0], in_channels).transpose(1, 2)
+    return result
 
 
 #: tiles transformed at a time: bounds the temporaries (36 x tiles x channels floats, about
