@@ -233,12 +233,15 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 wall, cpu = time.perf_counter(), time.process_time()
+                kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime
                 prob, zoomed = engines[spec].click(y, x, positive)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 samples[spec].append(dict(session=s, click=n, zoomed=bool(zoomed),
                                           wall=time.perf_counter() - wall,
-                                          cpu=time.process_time() - cpu))
+                                          cpu=time.process_time() - cpu,
+                                          sys=resource.getrusage(resource.RUSAGE_SELF).ru_stime
+                                          - kernel))
                 probs[spec] = prob
             for spec in names[1:]:
                 diff = float(np.abs(probs[spec] - probs[names[0]]).max())
@@ -247,13 +250,16 @@ def main() -> int:
     print(f"load    : {load_average()} (at the end)")
     print(f"{args.sessions} sessions x {len(clicks)} clicks after {args.warmup} warm-up clicks; "
           "seconds per click (median min max)")
-    print(f"{'engine':<10} {'clicks':<9} {'n':>2}   {'wall s':^20}   {'process CPU s':^20}")
+    print(f"{'engine':<10} {'clicks':<9} {'n':>2}   {'wall s':^20}   {'process CPU s':^20}"
+          "   of which kernel (page faults...), median")
     medians: dict[tuple[str, str, str], float] = {}
     for spec in names:
         for kind, zoomed in (("unzoomed", False), ("zoomed", True)):
             rows = [r for r in samples[spec] if r["zoomed"] == zoomed]
             walls, cpus = [r["wall"] for r in rows], [r["cpu"] for r in rows]
-            print(f"{spec:<10} {kind:<9} {len(rows):>2}   {summary(walls)}   {summary(cpus)}")
+            kernel = statistics.median([r["sys"] for r in rows]) if rows else float("nan")
+            print(f"{spec:<10} {kind:<9} {len(rows):>2}   {summary(walls)}   {summary(cpus)}"
+                  f"   {kernel:6.2f}")
             if rows:
                 medians[spec, kind, "wall"] = statistics.median(walls)
                 medians[spec, kind, "cpu"] = statistics.median(cpus)
