@@ -9,7 +9,7 @@ Typical use::
 See ``registry`` (the JSON schema and ``ISEGFORMER_REGISTRY``), ``cache`` (``ISEGFORMER_HOME``,
 trust on first use, locks) and ``download`` (resume, retries, Google Drive, proxies).
 """
-from .cache import HOME_ENV, ModelCache, cache_home, sha256_file  # noqa: F401
+from .cache import HOME_ENV, CacheWriteError, ModelCache, cache_home, sha256_file  # noqa: F401
 from .download import DiskFullError, DownloadFailure, DownloadOptions  # noqa: F401
 from .registry import (  # noqa: F401
     KINDS,
