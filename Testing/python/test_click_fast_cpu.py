@@ -37,9 +37,12 @@ def test_int8_quantizes_a_copy_and_leaves_the_float_model_as_it_was():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_unknown_precision_is_refused_with_the_choices():
+def test_unknown_precision_is_refused_with_the_choices_before_any_file_is_read(tmp_path):
     with pytest.raises(InvalidInputError, match="int8"):
         ClickPredictor(build_isegformer("tiny"), device="cpu", precision="int4")
+    # a missing checkpoint would raise another error: the precision is checked first
+    with pytest.raises(InvalidInputError, match="Unknown precision"):
+        ClickPredictor(tmp_path / "absent.pth", device="cpu", precision="fp8")
 
 
 @pytest.mark.golden

@@ -7,9 +7,12 @@ float32 than with one scale per tensor) and quantizes each layer's input on the 
 matrix products run in 8-bit integers (fbgemm on x86, qnnpack on ARM). Everything else (attention, norms, the decoder,
 the click disks) stays float32.
 
-The result is NOT the reference's: probabilities move by up to a few 1e-3 and masks differ on a
-few boundary pixels (the measured agreement is in the README, *Fidelity and performance*).
-That is why it is opt-in (``ClickPredictor(..., precision="int8")``) and never the default.
+The result is NOT the reference's. Measured: one click's probabilities move by about 1e-3
+(Swin-B, random weights) to 3e-2 (the golden trained tiny model), and as each click's
+probability feeds the next, the simulated user's click sequences part ways after a few clicks
+(see the README's *The click model and checkpoint files*, and
+``benchmarks/fast_cpu_agreement.py``). That is why it is opt-in
+(``ClickPredictor(..., precision="int8")``) and never the default.
 """
 from __future__ import annotations
 

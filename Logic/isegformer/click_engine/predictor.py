@@ -80,18 +80,19 @@ class ClickPredictor:
                  zoom_in: bool = True, flip: bool = True, threshold: float = 0.49,
                  device: Union[str, torch.device] = "auto", precision: str = "float32") -> None:
         self.device = resolve_device(device)
+        # Checked before any weights are read: a typo should not cost a 355 MB load first.
+        if precision not in PRECISIONS and precision != INT8:
+            raise InvalidInputError(
+                f"Unknown precision {precision!r}: use one of {', '.join([*PRECISIONS, INT8])}.")
+        if precision == INT8 and self.device.type != "cpu":
+            raise InvalidInputError(
+                f"precision='int8' is a CPU mode, but the device is {self.device}: on a GPU "
+                "use 'float16' or 'bfloat16' (or device='cpu').")
         if not isinstance(model, nn.Module):
             from .build import load_click_model
 
             model = load_click_model(model, device=self.device)
-        if precision not in PRECISIONS and precision != INT8:
-            raise InvalidInputError(
-                f"Unknown precision {precision!r}: use one of {', '.join([*PRECISIONS, INT8])}.")
         if precision == INT8:
-            if self.device.type != "cpu":
-                raise InvalidInputError(
-                    f"precision='int8' is a CPU mode, but the device is {self.device}: on a GPU "
-                    "use 'float16' or 'bfloat16' (or device='cpu').")
             from .fast_cpu import quantize_linear_layers
 
             model = quantize_linear_layers(model)
