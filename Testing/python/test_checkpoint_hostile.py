@@ -375,7 +375,7 @@ def test_bombs_in_a_child_process_neither_crash_nor_grow_memory(tmp_path):
     paths = [_tuple_bomb(tmp_path / "t.pth"), _deflate_bomb(tmp_path / "d.pth"),
              _lying_pickle(tmp_path / "l.pth")]
     done = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, paths)],
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
                           env={"PYTHONPATH": str(LOGIC), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     lines = done.stdout.strip().splitlines()

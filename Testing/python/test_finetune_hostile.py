@@ -286,7 +286,7 @@ def test_temporaries_of_a_dead_writer_are_removed_when_the_next_run_starts(tmp_p
 def test_temporaries_of_a_killed_checkpoint_write_are_removed_by_the_next_run(tmp_path, which):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, str(out), which],
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
                           env={"PYTHONPATH": str(LOGIC), "OMP_NUM_THREADS": "1"})
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     stale = _leftover_temporaries(out)

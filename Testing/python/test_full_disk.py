@@ -35,7 +35,7 @@ def full_disk(tmp_path):
     folder = tmp_path / "disk"
     folder.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, encoding="utf-8", errors="replace")
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}); the injected "
                     "short write below covers the check")

@@ -324,6 +324,6 @@ def test_a_build_tree_laid_out_as_cmake_says_works(extension, tmp_path):
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "ISEGFORMER_REGISTRY"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).resolve() == (module_dir / "Resources" / "models.json").resolve()

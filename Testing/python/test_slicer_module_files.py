@@ -126,7 +126,7 @@ def _run_on_slicer_core(script: str) -> subprocess.CompletedProcess:
         """
     )
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_importing_the_module_loads_no_torch_and_no_package():
@@ -248,7 +248,7 @@ def test_the_slicer_support_helpers_import_without_torch():
         print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "SimpleITK", "skimage")))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
 
@@ -288,7 +288,7 @@ def test_resources_beside_the_module_win_and_a_missing_one_names_the_built_place
         print("MISSING", lib.moduleResourcePath("UI/other.ui"))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert result.returncode == 0, result.stderr
     assert "FIRST built" in result.stdout and "SECOND checkout" in result.stdout
     assert f"MISSING {module_dir / 'Resources' / 'UI' / 'other.ui'}" in result.stdout

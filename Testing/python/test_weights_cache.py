@@ -74,7 +74,7 @@ time.sleep(60)
 def _hold_in_child(lock_path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(Path(isegformer.__file__).resolve().parents[1]))
     child = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock_path)],
-                             stdout=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env)
     assert child.stdout.readline().strip() == "held"
     return child
 

@@ -28,7 +28,7 @@ def test_download_prints_a_progress_bar_and_the_file_loads(isolated, server, tmp
     env = dict(os.environ, PYTHONPATH=str(Path(isegformer.__file__).resolve().parents[1]))
     done = subprocess.run(
         [sys.executable, "-m", "isegformer.cli.main", "download", "m", "--registry",
-         str(registry)], capture_output=True, text=True, env=env, timeout=120)
+         str(registry)], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     target = isolated / "models" / "m" / "m.pth"
     assert done.stdout.strip() == f"m: {target}"

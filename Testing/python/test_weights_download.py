@@ -403,7 +403,7 @@ def test_concurrent_downloads_in_processes_fetch_once(isolated, server, tmp_path
 
     def spawn(marker):
         return subprocess.Popen([sys.executable, "-c", _CHILD, str(marker)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
 
     first = spawn(first_marker)
     try:
