@@ -508,10 +508,10 @@ def test_bridge_propagation_returns_the_whole_mask_and_annotated_slices():
 def test_bridge_warm_up_uses_the_sessions_own_warm_up_and_changes_no_state():
     session = FakeSession()
     warmed = []
-    session.warm_up_click_model = lambda: warmed.append(True)
+    session.warm_up_click_model = lambda background=True: warmed.append(background)
     bridge = SessionBridge(session)
     bridge.warm_up()
-    assert warmed == [True]
+    assert warmed == [False]  # on the worker thread it blocks, so a failure is that job's error
     assert session.calls == [] and session.labels == [] and not session.annotations
 
 

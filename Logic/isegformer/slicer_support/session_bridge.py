@@ -102,7 +102,7 @@ class SessionBridge:
         """
         warm_up_click_model = getattr(self._session, "warm_up_click_model", None)
         if callable(warm_up_click_model):
-            warm_up_click_model()
+            warm_up_click_model(background=False)  # already on the worker thread: block, report errors here
             return
         from ..click_engine.session import ClickSession
 
