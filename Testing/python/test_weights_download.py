@@ -6,7 +6,6 @@ nothing half-written left behind (no .part file, no temporary record, no cached 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import socket
@@ -37,17 +36,11 @@ from weights_testkit import (  # noqa: F401 (fixtures)
     leftovers,
     model_entry,
     recorded,
+    registry_for,
     server,
+    sha,
     write_registry,
 )
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def registry_for(tmp_path, server, route_path="/m.pth", **extra) -> Path:
-    return write_registry(tmp_path, [model_entry("m", server.url(route_path), **extra)])
 
 
 def assert_clean_failure(home: Path) -> None:

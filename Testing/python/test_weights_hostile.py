@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import subprocess
@@ -35,17 +34,11 @@ from weights_testkit import (  # noqa: F401 (fixtures)
     leftovers,
     model_entry,
     recorded,
+    registry_for,
     server,
+    sha,
     write_registry,
 )
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def registry_for(tmp_path, server, route_path="/m.pth", **extra) -> Path:
-    return write_registry(tmp_path, [model_entry("m", server.url(route_path), **extra)])
 
 
 def other_version(data: bytes) -> bytes:

@@ -1,6 +1,7 @@
 """Fixtures and helpers shared by the test_weights_* files (import the fixtures by name)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -85,3 +86,12 @@ def cached_files(home: Path) -> list[Path]:
 
 def recorded(home: Path, name: str):
     return ModelCache(home).download_record(name)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def registry_for(tmp_path, server, route_path="/m.pth", **extra) -> Path:
+    """A registry with one model "m" served by ``server`` at ``route_path``."""
+    return write_registry(tmp_path, [model_entry("m", server.url(route_path), **extra)])
