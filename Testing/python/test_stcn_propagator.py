@@ -217,8 +217,9 @@ def test_from_volume_uses_the_slices_along_the_axis(volume, network, fusion):
     turned = np.ascontiguousarray(np.moveaxis(volume, 0, 2))  # (H, W, T)
     prop = STCNPropagator.from_volume(turned, 2, 1, network, fusion, device="cpu")
     assert prop.num_frames == T and prop.frame_shape == (H, W)
-    np.testing.assert_array_equal(prop._frames, volume_to_frames(frames_along_axis(turned, 2)))
-    np.testing.assert_array_equal(prop._frames, volume_to_frames(volume))
+    np.testing.assert_array_equal(prop.frames, volume_to_frames(frames_along_axis(turned, 2)))
+    np.testing.assert_array_equal(prop.frames, volume_to_frames(volume))
+    assert prop._frames.shape[-1] == 1  # a grey volume is kept as one channel
 
 
 def test_preprocessing_keeps_the_reference_quirks():

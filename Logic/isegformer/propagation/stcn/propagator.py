@@ -49,12 +49,12 @@ from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, v
 log = logging.getLogger(__name__)
 
 MEMORY_EVERY = 5
-#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB: on the CPU 33 such
-#: frames stay cached, a segment between two of 5 annotated slices of 160 and its ends, which
-#: both passes crossing it read one after the other (see ``_pass_orders``); that keeps a
-#: 160 x 384 x 384 propagation from 5 slices under 2.5 GB. Frames read again later (a
+#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB: on the CPU 25 such
+#: frames stay cached, most of a segment between two of 5 annotated slices of 160, which both
+#: passes crossing it read one after the other (see ``_pass_orders``); with 33 (576 MiB) a
+#: 160 x 384 x 384 propagation from 5 slices peaked at 2.61 GiB. Frames read again later (a
 #: correction, one-by-one annotations) are recomputed: slower, never different.
-DEFAULT_CPU_CACHE_BYTES = 576 * 2**20
+DEFAULT_CPU_CACHE_BYTES = 448 * 2**20
 DEFAULT_CUDA_CACHE_BYTES = 8 * 2**30
 
 
@@ -65,7 +65,7 @@ class STCNPropagator(Propagator):
     intensities, which are converted as the reference did (``preprocess.volume_to_frames``).
     ``network`` and ``fusion`` are moved to ``device`` and put in eval mode. Without
     ``fusion`` the two directions between annotated frames are blended linearly by distance.
-    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 576 MiB on CPU,
+    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 448 MiB on CPU,
     8 GiB on CUDA); a smaller budget only costs recomputation. ``batch_size`` frames are
     encoded at a time.
 
@@ -80,7 +80,7 @@ class STCNPropagator(Propagator):
     def __init__(self, frames: np.ndarray, num_objects: int, network: STCNNetwork,
                  fusion: Optional[FusionNet] = None, device: str | torch.device = "auto", *,
                  memory_every: int = MEMORY_EVERY, feature_cache_bytes: Optional[int] = None,
-                 batch_size: int = 2, winograd: Optional[bool] = None):
+                 batch_size: int = 1, winograd: Optional[bool] = None):
         frames = _validated_frames(frames)
         if isinstance(num_objects, bool) or not isinstance(num_objects, (int, np.integer)) or num_objects < 1:
             raise InvalidInputError(f"num_objects must be a positive integer, got {num_objects!r}.")
@@ -103,7 +103,9 @@ class STCNPropagator(Propagator):
         if self._fusion is None:
             log.warning("No FusionNet weights: between annotated slices the two propagation "
                         "directions are blended linearly by distance instead of fused.")
-        self._frames = frames
+        # a grey volume's three channels are equal: keep one (a third of the memory)
+        gray = all(bool((frames[t, ..., 1:] == frames[t, ..., :1]).all()) for t in range(frames.shape[0]))
+        self._frames = np.ascontiguousarray(frames[..., :1]) if gray else frames
         self._k = int(num_objects)
         self._every = int(memory_every)
         t, h, w = frames.shape[:3]
@@ -135,6 +137,11 @@ class STCNPropagator(Propagator):
     @property
     def num_frames(self) -> int:
         return self._frames.shape[0]
+
+    @property
+    def frames(self) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames as the network sees them (a read-only view)."""
+        return np.broadcast_to(self._frames, self._frames.shape[:3] + (3,))
 
     @property
     def num_objects(self) -> int:
@@ -292,7 +299,10 @@ class STCNPropagator(Propagator):
     # ------------------------------------------------------------------------------ helpers
     def _image(self, t: int) -> torch.Tensor:
         """Normalised, padded frame t, (1, 3, Hp, Wp) on the device."""
-        return pad_to_multiple(normalize_frames(self._frames[t:t + 1]), self._pad).to(self._device)
+        frame = self._frames[t:t + 1]
+        if frame.shape[-1] == 1:
+            frame = np.repeat(frame, 3, axis=-1)
+        return pad_to_multiple(normalize_frames(frame), self._pad).to(self._device)
 
     def _encode_frames(self, indices: Sequence[int]) -> FrameFeatures:
         images = torch.cat([self._image(t) for t in indices], dim=0)
