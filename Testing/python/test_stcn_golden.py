@@ -18,7 +18,6 @@ from isegformer.propagation.stcn.preprocess import (
     normalize_frames, pad_to_multiple, padding_for, unpad, volume_to_frames,
 )
 
-pytestmark = pytest.mark.golden
 
 
 def _formula_weights(weights_formula, golden_dir, manifest_name):
@@ -26,7 +25,7 @@ def _formula_weights(weights_formula, golden_dir, manifest_name):
     return manifest, {k: torch.from_numpy(v) for k, v in weights_formula.fill(manifest).items()}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.golden, pytest.mark.usefixtures("one_torch_thread")]
 
 @pytest.fixture(scope="module")
 def stcn(weights_formula, golden_dir):
