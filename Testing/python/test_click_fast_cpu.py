@@ -12,12 +12,7 @@ from isegformer.click_engine.predictor import ClickPredictor
 from isegformer.errors import InvalidInputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _linear_types(model: nn.Module) -> set[str]:

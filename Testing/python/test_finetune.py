@@ -32,14 +32,7 @@ from isegformer.finetune.points_sampler import (
 )
 from isegformer.finetune.trainer import MODEL_FILE, RUN_FILE, STATE_FILE, FinetuneSettings, finetune
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks gain nothing from threads, and on a shared, busy machine two threads of
-    # tiny ops wait on each other far longer than they compute.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _child_env():

@@ -31,12 +31,7 @@ MICRO = ClickModelConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2
                          head_channels=8, name="micro")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _slices(count=2, size=40):

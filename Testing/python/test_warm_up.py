@@ -16,12 +16,7 @@ from isegformer.errors import CheckpointError
 SHAPE = (3, 40, 44)  # (k, j, i): slices along k are 40 x 44
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture
