@@ -18,6 +18,12 @@ run takes minutes on 2 cores, so the default is one repeat: the table says so.
     PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --modes batch --repeats 3
     PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --slices 40 80 160 --modes sequential
     PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --size 192 --slices 160  # memory behaviour, faster
+
+Against the reference (its MiVOS inference core, see ``reference_propagation.py``), interleaved
+fresh processes with the same weights, and the ratios of the medians:
+
+    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --engines ours reference \\
+        --reference ~/src/iSegFormer --modes batch sequential --threads 2
 """
 from __future__ import annotations
 
@@ -139,6 +145,81 @@ def _spread(values: list[float], digits: int = 1) -> str:
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
+HERE = Path(__file__).resolve().parent
+#: engine -> the script whose ``--child`` runs it (each prints one JSON line of ``run_one``'s keys)
+ENGINE_SCRIPTS = {"ours": HERE / "propagation.py", "reference": HERE / "reference_propagation.py"}
+
+
+def child_command(engine: str, count: int, mode: str, args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, str(ENGINE_SCRIPTS[engine]), "--child", "--slices", str(count),
+               "--label", str(args.label), "--threads", str(args.threads), "--modes", mode]
+    if engine == "ours":
+        command += ["--winograd", args.winograd]
+        if args.cache_mib is not None:
+            command += ["--cache-mib", str(args.cache_mib)]
+    else:
+        command += ["--reference", str(args.reference)]
+    if args.size is not None:
+        command += ["--size", str(args.size)]
+    return command
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """The table of fresh-process runs, each (slice count, engine, mode) ``args.repeats`` times.
+    With several engines the runs are interleaved (ours, reference, ours, ...) so that a
+    change in the machine's load falls on both, and the ratios to the reference are printed."""
+    import torch
+
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    print(f"device: cpu, {args.threads} torch threads; torch {torch.__version__}, numpy {np.__version__}; "
+          f"winograd {args.winograd}, cache {args.cache_mib or 'default'} MiB; engines {' '.join(args.engines)}"
+          + (f" (reference: {args.reference})" if "reference" in args.engines else ""))
+    print(f"label geometry from {args.label}; synthetic image; random weights (the same in every engine); "
+          f"5 annotated slices, then 1 correction of the middle one; {args.repeats} fresh-process run(s) "
+          "per row after an in-process warm-up (median [min-max] where more than one)")
+    print(f"{'engine':>9} {'mode':>10} {'load':>5} {'slices':>9} {'seconds':>17} {'cpu s':>17} {'decoded':>7} "
+          f"{'encoded':>7} {'correction s':>12} {'(frames)':>8} {'cache':>5} {'peak RSS GiB':>17}  interactions s")
+    for count in args.slices:
+        # the reference has one protocol: one interaction after another
+        jobs = [(engine, mode) for engine in args.engines
+                for mode in (args.modes if engine == "ours" else ["sequential"])]
+        runs: dict = {job: [] for job in jobs}
+        for _ in range(max(1, args.repeats)):
+            for job in jobs:
+                done = subprocess.run(child_command(job[0], count, job[1], args), capture_output=True,
+                                      text=True, env=os.environ.copy())
+                if done.returncode != 0:
+                    print(done.stderr[-2000:])
+                    return done.returncode
+                runs[job].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for (engine, mode), rows in runs.items():
+            r = rows[0]
+            shape = f"{r['slices']}x{r['size'][0]}"
+            interactions = " ".join(f"{s:.1f}" for s in r["interaction_seconds"])
+            print(f"{engine:>9} {mode:>10} {max(x['load_average'][0] for x in rows):>5.1f} {shape:>9} "
+                  f"{_spread([x['seconds'] for x in rows]):>17} {_spread([x['cpu_seconds'] for x in rows]):>17} "
+                  f"{r['frames_decoded']:>7} {r['frames_encoded']:>7} "
+                  f"{_spread([x['correction_seconds'] for x in rows]):>12} {r['correction_frames']:>8} "
+                  f"{r['cache_frames']:>5} {_spread([x['peak_rss_gib'] for x in rows], 2):>17}  {interactions}",
+                  flush=True)
+        reference = runs.get(("reference", "sequential"))
+        if reference:
+            def median(rows, key):
+                return statistics.median(x[key] for x in rows)
+            for (engine, mode), rows in runs.items():
+                if engine == "reference":
+                    continue
+                print(f"  ratio ours {mode} / reference at {count} slices: wall "
+                      f"{median(rows, 'seconds') / median(reference, 'seconds'):.3f}, cpu "
+                      f"{median(rows, 'cpu_seconds') / median(reference, 'cpu_seconds'):.3f}, peak RSS "
+                      f"{median(rows, 'peak_rss_gib') / median(reference, 'peak_rss_gib'):.3f} (medians)",
+                      flush=True)
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end (other work on this "
+          "machine slows the wall times; cpu s is this process's CPU time, all threads)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[160])
@@ -149,49 +230,18 @@ def main() -> int:
     parser.add_argument("--cache-mib", type=int, default=None, help="feature cache budget (default: the propagator's)")
     parser.add_argument("--winograd", choices=("default", "on", "off"), default="default")
     parser.add_argument("--modes", nargs="+", choices=("sequential", "batch"), default=["sequential", "batch"])
+    parser.add_argument("--engines", nargs="+", choices=tuple(ENGINE_SCRIPTS), default=["ours"],
+                        help="ours and/or reference (interleaved, in fresh processes)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="iSegFormer v1.0 checkout (or its maskprop/MiVOS folder), for --engines reference")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(args)))
         return 0
-
-    import torch
-
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
-    print(f"device: cpu, {args.threads} torch threads; torch {torch.__version__}, numpy {np.__version__}; "
-          f"winograd {args.winograd}, cache {args.cache_mib or 'default'} MiB")
-    print(f"label geometry from {args.label}; synthetic image; random weights; 5 annotated slices, then 1 "
-          f"correction of the middle one; {args.repeats} fresh-process run(s) per row after an in-process "
-          "warm-up (median [min-max] where more than one)")
-    print(f"{'mode':>10} {'load':>5} {'slices':>9} {'seconds':>17} {'cpu s':>17} {'decoded':>7} {'encoded':>7} "
-          f"{'correction s':>12} {'(frames)':>8} {'cache':>5} {'peak RSS GiB':>17}  interactions s")
-    for count, mode in [(count, mode) for count in args.slices for mode in args.modes]:
-        command = [sys.executable, __file__, "--child", "--slices", str(count), "--label", str(args.label),
-                   "--threads", str(args.threads), "--modes", mode, "--winograd", args.winograd]
-        if args.cache_mib is not None:
-            command += ["--cache-mib", str(args.cache_mib)]
-        if args.size is not None:
-            command += ["--size", str(args.size)]
-        runs = []
-        for _ in range(max(1, args.repeats)):
-            done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-            if done.returncode != 0:
-                print(done.stderr[-2000:])
-                return done.returncode
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        r = runs[0]
-        shape = f"{r['slices']}x{r['size'][0]}"
-        interactions = " ".join(f"{s:.1f}" for s in r["interaction_seconds"])
-        print(f"{mode:>10} {max(x['load_average'][0] for x in runs):>5.1f} {shape:>9} "
-              f"{_spread([x['seconds'] for x in runs]):>17} {_spread([x['cpu_seconds'] for x in runs]):>17} "
-              f"{r['frames_decoded']:>7} {r['frames_encoded']:>7} "
-              f"{_spread([x['correction_seconds'] for x in runs]):>12} {r['correction_frames']:>8} "
-              f"{r['cache_frames']:>5} {_spread([x['peak_rss_gib'] for x in runs], 2):>17}  {interactions}",
-              flush=True)
-    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end (other work on this "
-          "machine slows the wall times; cpu s is this process's CPU time, all threads)")
-    return 0
+    if "reference" in args.engines and args.reference is None:
+        raise SystemExit("--engines reference needs --reference CHECKOUT (uncbiag/iSegFormer v1.0)")
+    return run_table(args)
 
 
 if __name__ == "__main__":
