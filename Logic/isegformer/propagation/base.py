@@ -85,6 +85,19 @@ class Propagator(ABC):
             raise
         return self.probabilities
 
+    def seed(self, labels: np.ndarray, annotated: Sequence[Tuple[int, np.ndarray]]) -> bool:
+        """Take up an earlier result instead of recomputing it: ``labels`` (T, H, W), the label
+        map an earlier propagation gave on every frame, and ``annotated``, the ``(index,
+        label_map)`` annotations that result was computed from, oldest first. Afterwards the
+        propagator behaves as if it had annotated those frames itself, so that a later
+        ``annotate`` recomputes only around its own frame. Call it on a new propagator only.
+
+        Returns False when this propagator cannot be seeded (this default; the caller then
+        annotates everything again). A propagator whose state is more than its labels (STCN's
+        soft probabilities) may give results near a new annotation that differ slightly from
+        those of the propagator that computed ``labels``."""
+        return False
+
     @property
     @abstractmethod
     def probabilities(self) -> np.ndarray:

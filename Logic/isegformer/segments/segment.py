@@ -4,12 +4,18 @@ An *annotated* slice is one the user clicked or drew; it holds the user's mask a
 that made it. The *propagated* result is a whole-volume mask that the last propagation gave.
 The segment's mask is the propagated result with every annotated slice written over it, so an
 annotated slice is never overwritten by propagation.
+
+With the propagated result the segment keeps a :class:`PropagationRecord`: the axis, the method
+and a digest of each annotated slice the result was computed from. A propagation that has no
+live propagator any more (a loaded session, a resumed scene) compares the record with the
+annotations of now and recomputes only around the ones that are new or changed.
 """
 from __future__ import annotations
 
+import hashlib
 import numbers
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -66,6 +72,41 @@ class SliceAnnotation:
         return not self.clicks
 
 
+def mask_digest(mask: np.ndarray) -> str:
+    """A digest (32 hex digits) of a 2D bool mask: equal masks give equal digests, and a mask of
+    another shape or with one voxel more gives another one."""
+    mask = np.asarray(mask, dtype=bool)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(tuple(int(n) for n in mask.shape)).encode())
+    digest.update(np.packbits(mask.reshape(-1)).tobytes())
+    return digest.hexdigest()
+
+
+#: characters of a :func:`mask_digest`
+MASK_DIGEST_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class PropagationRecord:
+    """What a propagated result was computed from: the ``axis`` and ``method`` of the
+    propagation and, for every slice annotated along that axis then, the digest of its mask
+    (``digests``: (index, digest) pairs sorted by index)."""
+
+    axis: int
+    method: str
+    digests: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def of(cls, axis: int, method: str, annotated: Mapping[int, SliceAnnotation]) -> "PropagationRecord":
+        """The record of a propagation along ``axis`` from the annotations ``annotated``
+        (slice index -> annotation)."""
+        return cls(int(axis), str(method), tuple(sorted((int(i), mask_digest(a.mask)) for i, a in annotated.items())))
+
+    @property
+    def by_index(self) -> dict[int, str]:
+        return dict(self.digests)
+
+
 @dataclass(eq=False)
 class Segment:
     """A named, coloured object being segmented in one volume."""
@@ -81,6 +122,9 @@ class Segment:
     propagated: Optional[np.ndarray] = None
     #: the axis the last propagation ran along
     propagation_axis: Optional[int] = None
+    #: the annotations ``propagated`` was computed from (None: unknown, e.g. a session file
+    #: saved before records existed, or a result that no propagator computed)
+    propagation_record: Optional[PropagationRecord] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():

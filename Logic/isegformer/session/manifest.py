@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import SessionFileError
+from ..segments.segment import MASK_DIGEST_LENGTH, PropagationRecord
 from ..volume import slicing
 
 FORMAT_NAME = "isegformer-session"
@@ -37,6 +38,7 @@ MAX_NAME_LENGTH = 1_000
 MAX_ORDER = 2 ** 53
 _ARRAY_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MASK_DIGEST = re.compile(r"^[0-9a-f]{%d}$" % MASK_DIGEST_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class SegmentEntry:
     annotations: tuple[AnnotationEntry, ...]
     propagated: Optional[ArraySpec]
     propagation_axis: Optional[int]
+    #: what ``propagated`` was computed from; None when the file has none (files written
+    #: before records existed load as before: the next propagation recomputes everything)
+    propagation_record: Optional[PropagationRecord] = None
 
 
 @dataclass(frozen=True)
@@ -310,7 +315,39 @@ def _segment(check: _Checker, raw: Any, n: int, shape: tuple[int, int, int]) -> 
         propagation_axis = check.integer(propagation_axis, f"{where}.propagation_axis", 0, 2)
     elif propagation_axis is not None:
         check.fail(f"{where}.propagation_axis", "is set without a propagated result")
-    return SegmentEntry(name, color, label_value, tuple(annotations), propagated, propagation_axis)  # type: ignore[arg-type]
+    record = _propagation_record(check, raw.get("propagation_record"), f"{where}.propagation_record",
+                                 propagation_axis, shape)
+    return SegmentEntry(name, color, label_value, tuple(annotations), propagated, propagation_axis,  # type: ignore[arg-type]
+                        record)
+
+
+def _propagation_record(check: _Checker, raw: Any, where: str, propagation_axis: Optional[int],
+                        shape: tuple[int, int, int]) -> Optional[PropagationRecord]:
+    """``{"axis": a, "method": "stcn", "annotations": [[index, digest], ...]}`` or absent/null."""
+    if raw is None:
+        return None
+    raw = check.mapping(raw, where)
+    if propagation_axis is None:
+        check.fail(where, "is set without a propagated result")
+    axis = check.integer(raw.get("axis"), f"{where}.axis", 0, 2)
+    if axis != propagation_axis:
+        check.fail(f"{where}.axis", f"must be the propagation axis {propagation_axis}, got {axis}")
+    method = check.text(raw.get("method"), f"{where}.method")
+    if not method.strip():
+        check.fail(f"{where}.method", "must not be empty")
+    digests = []
+    for n, pair in enumerate(check.array(raw.get("annotations"), f"{where}.annotations", max_items=shape[axis])):
+        at = f"{where}.annotations[{n}]"
+        pair = check.array(pair, at, max_items=2)
+        if len(pair) != 2:
+            check.fail(at, "must be [slice index, mask digest]")
+        index = check.integer(pair[0], f"{at} index", 0, shape[axis] - 1)
+        if not isinstance(pair[1], str) or not _MASK_DIGEST.match(pair[1]):
+            check.fail(f"{at} digest", f"must be {MASK_DIGEST_LENGTH} lower-case hex digits, got {_short(pair[1])}")
+        digests.append((index, pair[1]))
+    if len({index for index, _ in digests}) != len(digests):
+        check.fail(f"{where}.annotations", "name one slice twice")
+    return PropagationRecord(axis, method, tuple(sorted(digests)))
 
 
 def _kind(value: Any) -> str:

@@ -29,14 +29,16 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback
 from ..segments.history import Action, History, VolumeDiff
-from ..segments.segment import DEFAULT_COLORS, Segment, SliceAnnotation, SliceClick
+from ..segments.segment import DEFAULT_COLORS, PropagationRecord, Segment, SliceAnnotation, SliceClick, mask_digest
 from ..volume import Volume, geometry, slicing
 from . import arguments, storage
 
 log = logging.getLogger(__name__)
 
 #: How many propagators (each with whole-volume state) stay alive between calls; a segment
-#: whose propagator was dropped gets a new one, which propagates all its annotations again.
+#: whose propagator was dropped gets a new one, seeded from its propagated result where its
+#: propagation record allows (only new or changed annotations are propagated), else one that
+#: propagates all its annotations again.
 MAX_LIVE_PROPAGATORS = 2
 
 #: The registry's click model used when none is given (the paper's Swin-B, OAI-ZIB).
@@ -523,7 +525,17 @@ class Session:
         """Carry a segment's annotated slices through the volume along ``axis`` (default: the axis
         of its latest annotation). Only this segment changes; its annotated slices stay exactly
         as annotated. Returns the segment's new (k, j, i) mask. A cancel (CancelledError from
-        ``progress``) leaves the segment as it was."""
+        ``progress``) leaves the segment as it was.
+
+        Only what changed is recomputed: the slices between a new or corrected annotation and
+        its annotated neighbours. That holds in one process (the segment's live propagator)
+        and also after :meth:`load` or a resumed Slicer scene: the segment's propagation record
+        says which annotations its propagated result came from, and a new propagator is seeded
+        with that result. Seeded, the slices next to a new annotation are fused with the
+        previous *binary* result instead of the soft probabilities a never-saved session
+        holds, so they may differ slightly from that session's; every other slice is kept
+        exactly. An annotation of the record that is no longer annotated (cleared, undone)
+        makes the propagation start afresh, as in one process."""
         target = self.segment(segment)
         if not isinstance(method, str):
             raise InvalidInputError(f"A propagation method is a name ('stcn' or 'interpolation'), got {method!r}.")
@@ -543,7 +555,8 @@ class Session:
 
         if method not in METHODS and self._propagator_factory is None:  # a factory names its own
             raise InvalidInputError(f"Unknown propagation method {method!r}: use one of {', '.join(METHODS)}.")
-        if not any(a.mask.any() for a in annotated.values()):
+        empty = not any(a.mask.any() for a in annotated.values())
+        if empty:
             # Every annotated slice says "not here": the object is nowhere. No propagator is
             # asked (STCN would still paint its guesses from an all-background memory).
             result = np.zeros(self.volume.shape, bool)
@@ -552,30 +565,45 @@ class Session:
                 step(1, 1)
         else:
             result = self._propagated_result(target, axis, method, annotated, progress)
+        # What the result was computed from; an empty result is computed by nobody, so a later
+        # propagation from it starts afresh.
+        record = None if empty else PropagationRecord.of(axis, method, annotated)
         if target.propagation_axis == axis and target.propagated is not None \
                 and np.array_equal(result, target.propagated):
-            return target.mask(self.volume.shape)  # nothing changed: no undo step
-        before, before_axis = target.propagated, target.propagation_axis
+            # Nothing changed: no undo step. The record still says what this result comes from.
+            target.propagation_record = record
+            return target.mask(self.volume.shape)
+        before, before_axis, before_record = target.propagated, target.propagation_axis, target.propagation_record
         diff = VolumeDiff(before, result, axis)
 
         def redo() -> None:
             target.propagated = diff.apply(target.propagated, reverse=False)
             target.propagation_axis = axis
+            target.propagation_record = record
 
         def undo() -> None:
             target.propagated = diff.apply(target.propagated, reverse=True)
             target.propagation_axis = before_axis
+            target.propagation_record = before_record
 
         target.propagated = result
         target.propagation_axis = axis
+        target.propagation_record = record
         self.history.push(Action(f"propagate {target.name!r} ({method}, axis {axis})", undo, redo, diff.nbytes))
         self._current = target
         return target.mask(self.volume.shape)
 
     def _propagated_result(self, target: Segment, axis: int, method: str, annotated: dict,
                            progress: Optional[ProgressCallback]) -> np.ndarray:
-        """The (k, j, i) bool result of the segment's live propagator after its pending annotations."""
+        """The (k, j, i) bool result of the segment's propagator after its pending annotations.
+
+        The propagator is the segment's live one; without one (a loaded session, a resumed
+        scene, one dropped to bound memory), a new one seeded from the segment's propagated
+        result and its record (see :meth:`_recorded_consumption`), else a new one that
+        propagates every annotation."""
         propagator, consumed = self._propagator_for(target, axis, method)
+        if propagator is None:  # the recorded result is the one these annotations give
+            return target.propagated.copy()
         pending = sorted(
             (a for i, a in annotated.items() if consumed.get(i) != a.order),
             key=lambda a: a.order,
@@ -590,7 +618,24 @@ class Session:
 
         return np.ascontiguousarray(volume_from_frames(propagator.labels() == 1, axis))
 
+    def _recorded_consumption(self, segment: Segment, axis: int, method: str) -> Optional[dict[int, int]]:
+        """{index: annotation order} of the annotations that the segment's propagated result
+        was computed from and that are still annotated as they were (same mask digest); None
+        when the result cannot be taken up: no result or record, another axis or method, or an
+        annotation of the record no longer annotated (a propagator cannot forget one)."""
+        record = segment.propagation_record
+        if segment.propagated is None or record is None or record.axis != axis \
+                or segment.propagation_axis != axis or record.method != method:
+            return None
+        annotated = segment.annotations[axis]
+        if any(index not in annotated for index, _ in record.digests):
+            return None
+        return {index: annotated[index].order for index, digest in record.digests
+                if mask_digest(annotated[index].mask) == digest}
+
     def _propagator_for(self, segment: Segment, axis: int, method: str):
+        """(propagator, {index: annotation order consumed}) for a propagation; (None, consumed)
+        when no propagator is needed: every annotation is one the recorded result came from."""
         key = (segment, axis, method)
         cached = self._propagators.get(key)
         if cached is not None:
@@ -600,13 +645,48 @@ class Session:
             if all(index in annotated for index in consumed):
                 self._propagators.move_to_end(key)
                 return propagator, consumed
+        recorded = self._recorded_consumption(segment, axis, method)
+        if recorded is not None and len(recorded) == len(segment.annotations[axis]):
+            return None, recorded
+        propagator = self._new_propagator(axis, method)
+        consumed: dict[int, int] = {}
+        if recorded:
+            consumed = self._seeded(propagator, segment, axis, recorded)
+        # Each propagator holds whole-volume probabilities (and STCN a feature cache of up to
+        # a few GB): keep one per segment, and only the most recently used few.
+        for other in [k for k in self._propagators if k[0] is segment]:
+            del self._propagators[other]
+        self._propagators[key] = (propagator, consumed)
+        while len(self._propagators) > MAX_LIVE_PROPAGATORS:
+            self._propagators.popitem(last=False)
+        return self._propagators[key]
+
+    def _seeded(self, propagator: Any, segment: Segment, axis: int, recorded: dict[int, int]) -> dict[int, int]:
+        """Seed a new propagator with the segment's propagated result and the ``recorded``
+        annotations it came from (oldest first); returns what it consumed ({} when it cannot
+        be seeded: then it propagates every annotation)."""
+        from ..propagation.base import frames_along_axis
+
+        seed = getattr(propagator, "seed", None)
+        if not callable(seed):
+            return {}
+        annotated = segment.annotations[axis]
+        items = [(index, annotated[index].mask.astype(np.uint8))
+                 for index in sorted(recorded, key=lambda i: annotated[i].order)]
+        if not seed(frames_along_axis(segment.propagated, axis).astype(np.uint8), items):
+            return {}
+        log.info("Propagation of %r taken up from its saved result: %d of %d annotations unchanged.",
+                 segment.name, len(recorded), len(annotated))
+        return dict(recorded)
+
+    def _new_propagator(self, axis: int, method: str) -> Any:
         factory = self._propagator_factory
         if factory is None:
             from ..propagation.factory import create_propagator as factory
         if method == "stcn":
             self._load_stcn_weights_once()
         rows, cols = _slice_spacing(self.volume.spacing, axis)
-        propagator = factory(
+        return factory(
             method,
             self.volume.array,  # each propagator maps intensities its own way
             axis,
@@ -616,14 +696,6 @@ class Session:
             fusion_weights=self._fusion_weights if method == "stcn" else None,
             pixel_spacing=(rows, cols),
         )
-        # Each propagator holds whole-volume probabilities (and STCN a feature cache of up to
-        # a few GB): keep one per segment, and only the most recently used few.
-        for other in [k for k in self._propagators if k[0] is segment]:
-            del self._propagators[other]
-        self._propagators[key] = (propagator, {})
-        while len(self._propagators) > MAX_LIVE_PROPAGATORS:
-            self._propagators.popitem(last=False)
-        return self._propagators[key]
 
     def _load_stcn_weights_once(self) -> None:
         """Load the networks once; every later propagator reuses them. Without ``stcn_weights``

@@ -7,7 +7,9 @@ The manifest (entry ``manifest``, a JSON string) says what the arrays are:
 - the volume: its shape, dtype, IJK-to-RAS matrix, source path and SHA-256 of its voxels, and
   whether the voxels are in the file (entry ``volume``);
 - the segments: name, colour, label value, the axis of their propagated result (entry
-  ``segN_propagated``, bit-packed), and their annotated slices with clicks (entries ``segN_annM``,
+  ``segN_propagated``, bit-packed) and, optional, its ``propagation_record`` (the method and a
+  digest of each annotated slice it was computed from, so that a loaded session propagates only
+  what changed since), and their annotated slices with clicks (entries ``segN_annM``,
   bit-packed masks).
 
 Only numpy arrays and plain JSON are stored, so loading never unpickles anything. Loading reads
@@ -92,6 +94,13 @@ def save_session(session: "Session", path: str | os.PathLike, include_volume: bo
         if segment.propagated is not None:
             entry["propagated"] = f"seg{n}_propagated"
             arrays[entry["propagated"]] = _pack(segment.propagated)
+            record = segment.propagation_record
+            if record is not None:
+                entry["propagation_record"] = {
+                    "axis": record.axis,
+                    "method": record.method,
+                    "annotations": [[index, digest] for index, digest in record.digests],
+                }
         segments.append(entry)
     current = session.current_segment
     manifest = {
@@ -272,4 +281,5 @@ def _segment(entry: SegmentEntry, arrays: dict, shape: tuple[int, int, int]) -> 
     if entry.propagated is not None:
         segment.propagated = _unpack(arrays[entry.propagated.key], shape)
         segment.propagation_axis = entry.propagation_axis
+        segment.propagation_record = entry.propagation_record
     return segment

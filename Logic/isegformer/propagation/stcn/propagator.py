@@ -217,6 +217,44 @@ class STCNPropagator(Propagator):
         log.debug("STCN: %d annotations, %d frames decoded", len(checked), total)
         return self.probabilities
 
+    def seed(self, labels: np.ndarray, annotated: Sequence[Tuple[int, np.ndarray]]) -> bool:
+        """Take up an earlier propagation's result without decoding a frame (see
+        ``Propagator.seed``): every frame's probabilities become the one-hot of ``labels``, an
+        annotated frame's that of its annotation, and each annotation joins the certain memory
+        exactly as ``annotate`` puts it there (its key, and its value encoded from its mask).
+
+        A later ``annotate`` then decodes only the frames between its frame and its annotated
+        neighbours, as it would on the propagator that computed ``labels``, and leaves every
+        other frame exactly as given. The one difference: there the previous estimates were
+        soft probabilities, here they are the binary ``labels``, so the frames where a new
+        estimate is fused with the previous one (between the new annotation and an annotated
+        neighbour), and the change at the new annotation's frame that drives FusionNet's
+        attention, may come out slightly differently. Returns True."""
+        if self._annotations or self._ever_written.any():
+            raise InvalidInputError("Only a new propagator can be seeded: this one has computed results already.")
+        stack = self._validated_label_stack(labels)
+        checked = [(self._validated_index(index), self._validated_labels(mask)) for index, mask in annotated]
+        for index, mask in checked:
+            stack[index] = mask
+        order = list(OrderedDict((index, None) for index, _ in reversed(checked)))[::-1]  # the last one of a frame wins
+        last = {index: mask for index, mask in checked}
+        certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+        with torch.inference_mode():
+            for number, index in enumerate(order):
+                mask = self._one_hot(last[index])
+                feats = self._cache.get(index, order[number + 1:])
+                value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
+                certain[index] = (feats.k16.clone()[0], value[:, :, 0])  # cache views are only valid until the next get
+            for t in range(self.num_frames):
+                self._prob[:, t] = self._one_hot(stack[t])[:, 0].to(self._prob.device)
+        self._ever_written[:] = True
+        self._certain = certain
+        for index in order:
+            self._annotations[index] = last[index]
+        release_free_heap()
+        log.debug("STCN: seeded %d frames with %d annotations", self.num_frames, len(order))
+        return True
+
     def _interact(self, planned: PlannedInteraction, order: Sequence[List[int]], labels: np.ndarray,
                   certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]",
                   written: "_Journal", visits: "_Visits", step) -> None:
@@ -323,6 +361,23 @@ class STCNPropagator(Propagator):
                 f"Slice index {index} is out of range: this stack has slices 0..{self.num_frames - 1}."
             )
         return int(index)
+
+    def _validated_label_stack(self, labels) -> np.ndarray:
+        stack = np.asarray(labels)
+        expected = (self.num_frames,) + self.frame_shape
+        if stack.shape != expected:
+            raise InvalidInputError(
+                f"The label maps to seed with have shape {stack.shape}, but this stack is {expected} "
+                "(frames, rows, columns): give one label map per frame."
+            )
+        if stack.dtype.kind not in "iub":
+            raise InvalidInputError(f"The label maps to seed with must be integers, got {stack.dtype}.")
+        if stack.size and (stack.min() < 0 or stack.max() > self._k):
+            raise InvalidInputError(
+                f"The label maps to seed with hold labels {int(stack.min())}..{int(stack.max())}, but "
+                f"this propagator tracks objects 1..{self._k} (0 is background)."
+            )
+        return stack.astype(np.uint8 if self._k < 256 else np.int32, copy=True)
 
     def _validated_labels(self, label_map) -> np.ndarray:
         labels = np.asarray(label_map)

@@ -1,0 +1,298 @@
+"""Issue 11, point 5 at the package level: after Session.load (or a propagator dropped to bound
+memory), a propagation recomputes only around the annotations that are new or changed since
+the saved result, as the session that was never saved does, and keeps every other slice.
+
+The networks are real STCN and FusionNet modules (random weights: the masks mean nothing, the
+plumbing is real); the session file is the real ``.isegsession`` written by Session.save.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from isegformer.errors import InvalidInputError, SessionFileError
+from isegformer.propagation.factory import create_propagator
+from isegformer.session import Session, session as session_module
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SHAPE = (12, 32, 40)  # (k, j, i); slices along k
+FIRST = (2, 6, 10)  # annotated before saving
+
+
+def _disk(k: int, grow: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[:SHAPE[1], :SHAPE[2]]
+    return (yy - 16) ** 2 + (xx - 18 - k % 5) ** 2 < (6 + k % 3 + grow) ** 2
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(0)
+    stack = np.stack([200.0 * _disk(k) + rng.normal(100, 20, SHAPE[1:]) for k in range(SHAPE[0])])
+    return np.clip(stack, 0, None).astype(np.int16)
+
+
+class Recorder:
+    """A propagator factory that is the package's own, keeping every propagator it makes."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self, *args, **kwargs):
+        propagator = create_propagator(*args, **kwargs)
+        self.made.append(propagator)
+        return propagator
+
+    @property
+    def decoded(self) -> int:
+        return sum(getattr(p, "frames_decoded", 0) for p in self.made)  # interpolation decodes nothing
+
+
+def _open(volume, networks, recorder, fusion=True):
+    network, fusion_net = networks
+    return Session.open((volume, np.eye(4)), stcn_weights=network, fusion_weights=fusion_net if fusion else None,
+                        propagator_factory=recorder, device="cpu")
+
+
+def _load(path, networks, recorder, fusion=True):
+    network, fusion_net = networks
+    return Session.load(path, stcn_weights=network, fusion_weights=fusion_net if fusion else None,
+                        propagator_factory=recorder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def saved(volume, random_stcn_networks, tmp_path_factory):
+    """(the saved file, the result it holds): FIRST annotated and propagated with STCN."""
+    _, _, result, path = _annotated_and_saved(volume, random_stcn_networks, tmp_path_factory.mktemp("saved"))
+    return path, result
+
+
+def _annotated_and_saved(volume, networks, tmp_path, fusion=True, method="stcn"):
+    """(the live session, its recorder, its result, the saved file): FIRST annotated and propagated."""
+    recorder = Recorder()
+    session = _open(volume, networks, recorder, fusion)
+    session.add_segment("blob")
+    for k in FIRST:
+        session.set_slice_mask(0, k, _disk(k))
+    result = session.propagate(method=method)
+    path = session.save(tmp_path / "work.isegsession")
+    return session, recorder, result, path
+
+
+def _interval(index: int, annotated) -> list[int]:
+    """The slices between ``index`` and its annotated neighbours (or the ends), itself excluded."""
+    lower = max([a for a in annotated if a < index] + [-1])
+    upper = min([a for a in annotated if a > index] + [SHAPE[0]])
+    return [t for t in range(lower + 1, upper) if t != index]
+
+
+def test_a_new_annotation_after_load_recomputes_only_its_interval(volume, random_stcn_networks, tmp_path):
+    live, live_recorder, before, path = _annotated_and_saved(volume, random_stcn_networks, tmp_path)
+    assert live_recorder.decoded >= SHAPE[0] - len(FIRST)  # the first propagation: every other slice
+    new = _disk(8, grow=2)
+    decoded = live_recorder.decoded
+    live.set_slice_mask(0, 8, new)
+    live.propagate()
+    live_cost = live_recorder.decoded - decoded
+
+    recorder = Recorder()
+    loaded = _load(path, random_stcn_networks, recorder)
+    loaded.set_slice_mask(0, 8, new)
+    after = loaded.propagate()
+    interval = _interval(8, FIRST)
+    assert interval == [7, 9]
+    assert recorder.decoded == live_cost == len(interval)  # not the whole volume
+    assert recorder.made[0].frames_encoded == len(FIRST) + len(interval) + 1  # memory keys, then the interval
+    outside = [k for k in range(SHAPE[0]) if k not in interval and k != 8]
+    np.testing.assert_array_equal(after[outside], before[outside])
+    for k in FIRST:
+        np.testing.assert_array_equal(after[k], _disk(k))
+    np.testing.assert_array_equal(after[8], new)
+    assert loaded.history.undo_labels[-1].startswith("propagate")
+
+
+def test_nothing_changed_after_load_decodes_nothing_and_adds_no_undo_step(saved, random_stcn_networks):
+    path, before = saved
+    recorder = Recorder()
+    loaded = _load(path, random_stcn_networks, recorder)
+    assert not loaded.can_undo
+    np.testing.assert_array_equal(loaded.propagate(), before)
+    assert recorder.made == [] and recorder.decoded == 0  # no propagator needed at all
+    assert not loaded.can_undo
+    loaded.set_slice_mask(0, 6, _disk(6))  # drawn again, the same mask: nothing to recompute
+    np.testing.assert_array_equal(loaded.propagate(), before)
+    assert recorder.decoded == 0
+    assert loaded.history.undo_labels[-1].startswith("set slice mask")
+
+
+def test_a_removed_annotation_after_load_recomputes_everything(volume, saved, random_stcn_networks):
+    recorder = Recorder()
+    loaded = _load(saved[0], random_stcn_networks, recorder)
+    loaded.clear_slice(0, 6)
+    after = loaded.propagate()
+
+    fresh_recorder = Recorder()
+    fresh = _open(volume, random_stcn_networks, fresh_recorder)
+    fresh.add_segment("blob")
+    for k in (2, 10):
+        fresh.set_slice_mask(0, k, _disk(k))
+    expected = fresh.propagate()
+    assert recorder.decoded == fresh_recorder.decoded >= SHAPE[0] - 2  # a full run, as a fresh session's
+    np.testing.assert_array_equal(after, expected)
+
+
+def test_a_changed_annotation_after_load_recomputes_only_its_interval(saved, random_stcn_networks):
+    path, before = saved
+    corrected = _disk(6, grow=3)
+    recorder = Recorder()
+    loaded = _load(path, random_stcn_networks, recorder)
+    loaded.set_slice_mask(0, 6, corrected)
+    after = loaded.propagate()
+    interval = _interval(6, FIRST)
+    assert interval == [3, 4, 5, 7, 8, 9]
+    assert recorder.decoded == len(interval)
+    outside = [k for k in range(SHAPE[0]) if k not in interval and k != 6]
+    np.testing.assert_array_equal(after[outside], before[outside])
+    np.testing.assert_array_equal(after[6], corrected)
+
+
+def test_a_dropped_propagator_is_seeded_again(volume, random_stcn_networks, monkeypatch):
+    monkeypatch.setattr(session_module, "MAX_LIVE_PROPAGATORS", 1)
+    recorder = Recorder()
+    session = _open(volume, random_stcn_networks, recorder)
+    first = session.add_segment("first")
+    for k in FIRST:
+        session.set_slice_mask(0, k, _disk(k), segment=first)
+    before = session.propagate(first)
+    session.add_segment("second")
+    session.set_slice_mask(0, 5, _disk(5))
+    session.propagate(method="interpolation")  # drops the first segment's propagator
+    assert all(key[0] is not first for key in session._propagators)
+    decoded = recorder.decoded
+    session.set_slice_mask(0, 8, _disk(8, grow=2), segment=first)
+    after = session.propagate(first)
+    interval = _interval(8, FIRST)
+    assert recorder.decoded - decoded == len(interval)
+    outside = [k for k in range(SHAPE[0]) if k not in interval and k != 8]
+    np.testing.assert_array_equal(after[outside], before[outside])
+
+
+def test_the_record_follows_undo_and_redo(volume, random_stcn_networks, tmp_path):
+    session, recorder, before, _ = _annotated_and_saved(volume, random_stcn_networks, tmp_path, method="interpolation")
+    segment = session.segment("blob")
+    first = segment.propagation_record
+    assert (first.axis, first.method, sorted(first.by_index)) == (0, "interpolation", list(FIRST))
+    session.set_slice_mask(0, 8, _disk(8, grow=2))
+    session.propagate(method="interpolation")
+    second = segment.propagation_record
+    assert sorted(second.by_index) == [2, 6, 8, 10]
+    assert second.by_index[6] == first.by_index[6] and second.by_index[8] not in first.by_index.values()
+    assert session.undo().startswith("propagate")
+    assert segment.propagation_record == first
+    np.testing.assert_array_equal(segment.propagated, before)
+    session.redo()
+    assert segment.propagation_record == second
+    session.undo()
+    session.undo()  # the fourth annotation
+    session.undo()  # the first propagation
+    assert segment.propagated is None and segment.propagation_record is None
+    session.redo()
+    assert segment.propagation_record == first
+
+
+def test_the_record_survives_save_and_load(saved, tmp_path):
+    path, _ = saved
+    loaded = Session.load(path)
+    record = loaded.segment("blob").propagation_record
+    assert (record.axis, record.method, sorted(record.by_index)) == (0, "stcn", list(FIRST))
+    again = loaded.save(tmp_path / "again.isegsession", include_volume=False)
+    assert Session.load(again, volume=loaded.volume).segment("blob").propagation_record == record
+
+
+def test_interpolation_after_load_gives_the_live_result(volume, random_stcn_networks, tmp_path):
+    live, _, before, path = _annotated_and_saved(volume, random_stcn_networks, tmp_path, method="interpolation")
+    recorder = Recorder()
+    loaded = _load(path, random_stcn_networks, recorder)
+    np.testing.assert_array_equal(loaded.propagate(method="interpolation"), before)
+    assert recorder.made == []  # nothing changed: no propagator
+    for session in (live, loaded):
+        session.set_slice_mask(0, 8, _disk(8, grow=2))
+    np.testing.assert_array_equal(loaded.propagate(method="interpolation"), live.propagate(method="interpolation"))
+
+
+# --- the record in a session file -----------------------------------------------------------
+
+def _entries(path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _with_manifest(path, change):
+    entries = _entries(path)
+    manifest = json.loads(str(np.load(io.BytesIO(entries["manifest.npy"]))))
+    change(manifest)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.array(json.dumps(manifest)), allow_pickle=False)
+    entries["manifest.npy"] = buffer.getvalue()
+    target = path.with_name("changed.isegsession")
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return target
+
+
+def _record(manifest):
+    return manifest["segments"][0]["propagation_record"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: _record(m).update(axis=1), "propagation_record.axis must be the propagation axis 0"),
+    (lambda m: _record(m).update(axis="0"), "propagation_record.axis must be a whole number"),
+    (lambda m: _record(m).update(method=""), "propagation_record.method must not be empty"),
+    (lambda m: _record(m).update(method=7), "propagation_record.method must be text"),
+    (lambda m: _record(m).update(annotations={"3": "ab"}), "propagation_record.annotations must be a list"),
+    (lambda m: _record(m)["annotations"].append([12, "0" * 32]), r"annotations\[3\] index must be in 0..11"),
+    (lambda m: _record(m)["annotations"].append([2, "0" * 32]), "name one slice twice"),
+    (lambda m: _record(m)["annotations"][0].__setitem__(1, "XYZ"), "digest must be 32 lower-case hex digits"),
+    (lambda m: _record(m)["annotations"][0].append(1), r"annotations\[0\] has 3 items, more than the 2 allowed"),
+    (lambda m: _record(m)["annotations"][0].pop(), r"must be \[slice index, mask digest\]"),
+    (lambda m: m["segments"][0].update(propagated=None, propagation_axis=None), "is set without a propagated result"),
+    (lambda m: m["segments"][0].update(propagation_record=[0, "stcn"]), "propagation_record must be an object"),
+])
+def test_a_malformed_record_is_refused(saved, change, message):
+    bad = _with_manifest(saved[0], change)
+    with pytest.raises(SessionFileError, match=message):
+        Session.load(bad)
+
+
+def test_a_file_without_a_record_loads_and_propagates_everything(saved, random_stcn_networks):
+    path, before = saved
+    old = _with_manifest(path, lambda m: m["segments"][0].pop("propagation_record"))
+    recorder = Recorder()
+    loaded = _load(old, random_stcn_networks, recorder)
+    segment = loaded.segment("blob")
+    assert segment.propagation_record is None
+    np.testing.assert_array_equal(segment.propagated, before)
+    loaded.propagate()
+    assert recorder.decoded >= SHAPE[0] - len(FIRST)  # everything again
+
+
+def test_seeding_checks_its_input(volume, random_stcn_networks):
+    from isegformer.propagation.stcn import STCNPropagator
+
+    network, fusion = random_stcn_networks
+    labels = np.stack([_disk(k) for k in range(SHAPE[0])]).astype(np.uint8)
+    propagator = STCNPropagator(volume, 1, network, fusion, device="cpu")
+    with pytest.raises(InvalidInputError, match="one label map per frame"):
+        propagator.seed(labels[:3], [])
+    with pytest.raises(InvalidInputError, match="objects 1..1"):
+        propagator.seed(labels * 2, [])
+    assert propagator.seed(labels, [(3, labels[3]), (9, labels[9]), (3, labels[3])])
+    assert propagator.frames_decoded == 0 and list(propagator.annotated) == [9, 3]  # a frame again: a correction
+    np.testing.assert_array_equal(propagator.labels(), labels)
+    with pytest.raises(InvalidInputError, match="Only a new propagator"):
+        propagator.seed(labels, [])
