@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from .decoder import MLPDecoder
 from .disks import CLICK_RADIUS, click_disks
+from .sample_streams import run_in_streams
 from .swin import SwinBackbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,6 +71,11 @@ class ISegFormer(nn.Module):
     that dtype (torch.float16 or torch.bfloat16) when the input is on a CUDA device; the disks
     and the final upsampling stay float32 and the output is float32. It is ignored on CPU,
     where the model always computes in float32.
+
+    ``sample_streams`` (True by default): in eval mode on the CPU with two or more torch
+    threads, the samples of a batch (a click's image and its flip) run side by side, each on
+    its share of the threads; same result, faster (``sample_streams.py``). In training the
+    batch always runs as one, since batch norms see the whole batch there.
     """
 
     def __init__(self, config: ClickModelConfig | None = None) -> None:
@@ -82,6 +88,7 @@ class ISegFormer(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.autocast_dtype: torch.dtype | None = None
+        self.sample_streams = True
 
     @property
     def variant(self) -> str:
@@ -107,12 +114,18 @@ class ISegFormer(nn.Module):
         use_autocast = self.autocast_dtype is not None and image.device.type == "cuda"
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float16,
                             enabled=use_autocast):
-            features = self.backbone(normalised, click_maps)
-            quarter = self.head(features)
+            if self.sample_streams and not self.training:
+                features, quarter = run_in_streams(self._features, normalised, click_maps)
+            else:
+                features, quarter = self._features(normalised, click_maps)
         quarter = quarter.float()
         logits = F.interpolate(quarter, size=(height, width), mode="bilinear", align_corners=True)
         return {"logits": logits, "disks": disks, "features": features,
                 "head_logits_quarter": quarter}
+
+    def _features(self, normalised: torch.Tensor, click_maps: torch.Tensor):
+        features = self.backbone(normalised, click_maps)
+        return features, self.head(features)
 
     @staticmethod
     def _check_inputs(image: torch.Tensor, prev_mask: torch.Tensor, points: torch.Tensor) -> None:
