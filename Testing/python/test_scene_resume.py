@@ -228,3 +228,106 @@ def test_a_saved_scene_resumes_the_session(slicer_env, tmp_path):
     np.testing.assert_array_equal(session.annotations[(segment_id, 0, 8)][0], saved[8])
     assert session.annotated_slices(segment_id, axis=0) == [3, 6, 8]
     resumed.shutdown()
+
+
+class _RecordingFactory:
+    """The package's own propagator factory, keeping the propagators it makes."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self, *args, **kwargs):
+        from isegformer.propagation.factory import create_propagator
+
+        self.made.append(create_propagator(*args, **kwargs))
+        return self.made[-1]
+
+    @property
+    def decoded(self):
+        return sum(getattr(p, "frames_decoded", 0) for p in self.made)
+
+
+def _real_sessions(networks, factories):
+    """Patches under which the Logic opens a real isegformer Session: a fast stand-in click
+    network (the tiny checkpoint's clicks are slow), real STCN with random weights, and a
+    recording propagator factory per session opened (appended to ``factories``)."""
+    import contextlib
+    import unittest.mock
+
+    from fake_click_net import FakeClickNet
+
+    from isegformer.click_engine.predictor import ClickPredictor
+    from isegformer.session import Session
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    network, _ = networks
+
+    def open_real(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
+        factories.append(_RecordingFactory())
+        session = Session.open((np.asarray(volume), np.asarray(ijk_to_ras, float)), device="cpu",
+                               click_model=ClickPredictor(FakeClickNet(reach=6.0), device="cpu", zoom_in=False),
+                               stcn_weights=network, propagator_factory=factories[-1])
+        return SessionBridge(session, has_stcn_weights=True)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(unittest.mock.patch.object(SessionBridge, "open", classmethod(open_real)))
+    stack.enter_context(unittest.mock.patch.object(SessionBridge, "warm_up", lambda self: None))
+    stack.enter_context(unittest.mock.patch("isegformer.weights.resolve.resolve_model",
+                                            lambda name, download=False: Path(str(name))))
+    return stack
+
+
+def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_path, random_stcn_networks,
+                                                              one_torch_thread):
+    """Issue 11 point 5: save, clear, load; the widget takes the session up at the import (no
+    click); after one new point, the propagation decodes and writes only the slices between
+    that point's slice and its annotated neighbours, and the stored session carries the record."""
+    from iSegFormerSlicerLib import scene_state
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    logic.setModelSettings(device="cpu", propagation="stcn")
+    node, segment_id = logic.setSegmentation()
+    factories = []
+    with _real_sessions(random_stcn_networks, factories):
+        for k in (1, 5, 9):
+            logic.addClick(world(k, 20, 24), axis=0)
+        logic.propagate()
+    assert factories[0].decoded >= SHAPE[0] - 3
+    axis, method, digests = logic._propagationRecords[segment_id]
+    assert (axis, method, [index for index, _ in digests]) == (0, "stcn", [1, 5, 9])
+    stored = scene_state.load(node)
+    assert stored.propagation[segment_id] == (axis, method, digests)
+    saved = read(node, segment_id, volume)
+    assert saved[3].any() and saved[7].any()  # propagated between the points
+    folder = tmp_path / "scene"
+    assert slicer.util.saveScene(str(folder))
+    logic.shutdown()
+
+    slicer_env.slicer_standins.new_scene()
+    widget = slicer_env.slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
+    try:
+        slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
+        resumed = widget.logic
+        # taken up at the import, without a click or a status check
+        assert [(r.point.index, r.positive) for r in sorted(resumed._records, key=lambda r: r.order)] == \
+            [(1, True), (5, True), (9, True)]
+        assert resumed._propagationRecords[segment_id] == (axis, method, digests)
+        volume, node = resumed.volumeNode, resumed.segmentationNode
+        with _real_sessions(random_stcn_networks, factories):
+            resumed.addClick(world(7, 20, 24), axis=0)
+            clicked = read(node, segment_id, volume)
+            resumed.propagate()
+        after = read(node, segment_id, volume)
+        assert len(factories) == 2 and factories[1].decoded == 2  # slices 6 and 8, not the volume
+        changed = [k for k in range(SHAPE[0]) if not np.array_equal(after[k], clicked[k])]
+        assert set(changed) <= {6, 8}
+        np.testing.assert_array_equal(np.delete(after, [6, 8], axis=0), np.delete(clicked, [6, 8], axis=0))
+        np.testing.assert_array_equal(np.delete(clicked, 7, axis=0), np.delete(saved, 7, axis=0))
+        record = scene_state.load(node).propagation[segment_id]
+        assert [index for index, _ in record[2]] == [1, 5, 7, 9]
+        assert dict(record[2])[5] == dict(digests)[5]
+    finally:
+        widget.cleanup()

@@ -65,6 +65,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._propagated = {}  # (segment ID, axis) -> slices the last propagation wrote (not annotated)
         self._resumeChecked = None  # ID of the segmentation whose stored session was looked at
         self._digests = {}  # (segment ID, axis) -> slice digests of _written (scene_state.py)
+        self._propagationRecords = {}  # segment ID -> the session's propagation record (scene_state.py)
         self._initFinetune()
 
     # ---- state (in the parameter node) ---------------------------------------------------------
@@ -192,6 +193,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._propagated = {}
         self._resumeChecked = None
         self._digests = {}
+        self._propagationRecords = {}
         for node in self.getClickNodes(create=False):
             if node is not None:
                 node.RemoveAllControlPoints()
@@ -269,6 +271,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._propagated = {}
         self._resumeChecked = None  # a scene loaded next is looked at again
         self._digests = {}
+        self._propagationRecords = {}
 
     # ---- the session (worker thread) --------------------------------------------------------
     def _closeSession(self):
@@ -294,6 +297,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         slices = {}
         for record in sorted(self._records, key=lambda r: r.order):
             slices.setdefault(record.sliceKey, []).append(ClickSpec(record.point.row, record.point.col, record.positive))
+        restores = self._propagationRestores()  # the segments' voxels, read here on the GUI thread
 
         def openSession(progress):
             from isegformer.errors import WeightsError
@@ -317,6 +321,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
             for number, ((segmentId, axis, index), clickSpecs) in enumerate(slices.items(), start=1):
                 progress(number, len(slices), "Restoring the clicks...")
                 bridge.replay(segmentId, axis, index, clickSpecs)
+            for restore in restores:  # so that a propagation recomputes only what changed since
+                bridge.restore_propagation(*restore)
             if generation == self._generation:  # else the volume changed meanwhile
                 self._bridge = bridge
             predictor = getattr(bridge.session, "predictor", None)
@@ -574,6 +580,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         annotated = set(getattr(update, "annotated", ()) or ())
         self._propagated[(update.segment, update.axis)] = set(range(shape[update.axis])) - annotated
         self.writeSlicesIntoSegment(update.segment, update.axis, 0, shape[update.axis] - 1, update.mask, action)
+        self._recordPropagation(update)
 
     def writeSlicesIntoSegment(self, segmentId, axis, first, last, masks, action=None):
         """THE write path: slices first..last along ``axis`` of a segment (masks stacked along

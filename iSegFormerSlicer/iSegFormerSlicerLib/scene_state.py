@@ -13,11 +13,20 @@ parameter node. This file stores the rest as one JSON attribute on the segmentat
                  "axis": 0, "index": 12}, ...],                        # in the order placed
      "handEdited": [{"segment": "...", "axis": 0, "slices": [3, 4]}],
      "propagated": [{"segment": "...", "axis": 0, "slices": [0, 1, ...]}],
-     "written": [{"segment": "...", "axis": 0, "digests": ["1a2b3c4d5e6f", ...]}]}
+     "written": [{"segment": "...", "axis": 0, "digests": ["1a2b3c4d5e6f", ...]}],
+     "propagation": [{"segment": "...", "axis": 0, "method": "stcn",
+                      "annotations": [[12, "<32 hex digits>"], ...]}]}
 
 ``written`` holds one digest per slice (along each axis the segment has points on) of what
 the module last wrote, kept up to date write by write; after loading, a slice whose voxels no longer match was edited by hand
 and is kept as an annotation, never overwritten by a propagation.
+
+``propagation`` (optional: attributes written before it existed read as without it) is the
+session's propagation record of each segment: the axis and method of its last propagation and
+a digest of each annotated slice's mask it was computed from. When the session reopens, it
+gets the segment's voxels back as its propagated result with this record, so the next
+propagation recomputes only around the annotations that are new or changed (hand-edited
+slices among them), not the whole volume.
 
 Reading goes through the package's bounded JSON reader; anything malformed raises the
 package's SessionFileError naming the node, and nothing in the scene is changed.
@@ -33,6 +42,8 @@ import numpy as np
 ATTRIBUTE = "iSegFormer.Session"
 FORMAT = "isegformer-slicer-session"
 VERSION = 1
+#: characters of a slice mask digest in a propagation record (isegformer's mask_digest)
+MASK_DIGEST_LENGTH = 32
 #: the attribute stays well below this (a few KB per segment); a larger one was not written here
 MAX_BYTES = 16 * 1024 * 1024
 
@@ -52,6 +63,8 @@ class SessionState:
     handEdited: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)
     propagated: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)
     written: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)  # slice digests
+    #: segment ID -> (axis, method, ((slice index, mask digest), ...)): the propagation record
+    propagation: Dict[str, Tuple[int, str, Tuple[Tuple[int, str], ...]]] = field(default_factory=dict)
 
     def annotatedSlices(self, segmentId, axis) -> List[int]:
         return sorted({c.index for c in self.clicks if (c.segmentId, c.axis) == (segmentId, axis)})
@@ -133,6 +146,9 @@ def encode(state: SessionState) -> str:
         "propagated": slices(state.propagated, "slices"),
         "written": [{"segment": sid, "axis": axis, "digests": ["%x" % d for d in digests]}
                     for (sid, axis), digests in sorted(state.written.items())],
+        "propagation": [{"segment": sid, "axis": int(axis), "method": method,
+                         "annotations": [[int(index), digest] for index, digest in digests]}
+                        for sid, (axis, method, digests) in sorted(state.propagation.items())],
     }
     return json.dumps(document, separators=(",", ":"))
 
@@ -203,6 +219,25 @@ def decode(text: str, where: str = "the segmentation") -> SessionState:
         except (TypeError, ValueError):
             fail("a digest is not a hexadecimal number")
         state.written[(text_of(entry.get("segment"), "a segment ID"), axis_of(entry.get("axis")))] = values
+    for entry in entries("propagation"):
+        sid = text_of(entry.get("segment"), "a segment ID")
+        if sid in state.propagation:
+            fail(f"'propagation' names the segment {sid!r} twice")
+        axis, method = axis_of(entry.get("axis")), text_of(entry.get("method"), "a propagation method")
+        pairs = entry.get("annotations")
+        if not isinstance(pairs, list):
+            fail("'propagation' annotations must be a list")
+        digests = []
+        for pair in pairs:
+            if not isinstance(pair, list) or len(pair) != 2:
+                fail(f"a propagation annotation must be [slice index, mask digest], got {pair!r}")
+            if not isinstance(pair[1], str) or len(pair[1]) != MASK_DIGEST_LENGTH \
+                    or pair[1].strip("0123456789abcdef"):
+                fail(f"a mask digest must be {MASK_DIGEST_LENGTH} lower-case hex digits, got {pair[1]!r}")
+            digests.append((integer(pair[0], "a slice index"), pair[1]))
+        if len({index for index, _ in digests}) != len(digests):
+            fail("a propagation record names one slice twice")
+        state.propagation[sid] = (axis, method, tuple(sorted(digests)))
     return state
 
 
@@ -224,7 +259,7 @@ class SceneStateActions:
 
     Mixed into iSegFormerSlicerLogic (it uses its ``segmentationNode``, ``volumeNode``,
     ``segmentWriter``, ``locateClick``, ``_records``, ``_order``, ``_handEdited``, ``_written``,
-    ``_propagated``, ``_stale``, ``_bridge`` and ``_opening``).
+    ``_propagated``, ``_propagationRecords``, ``_stale``, ``_bridge`` and ``_opening``).
     """
 
     def _storeSessionState(self):
@@ -244,8 +279,39 @@ class SceneStateActions:
                 self._digests[key] = np.array(sliceDigests(self._written[sid], axis), dtype=object)
             if key in self._digests:
                 state.written[key] = [int(d) for d in self._digests[key]]
+        state.propagation = dict(self._propagationRecords)
         store(node, state)
         self._resumeChecked = node.GetID()  # what is stored now is this session's own
+
+    def _recordPropagation(self, update):
+        """Keep the session's propagation record of a propagation result just written (stored
+        with the session); a result without one forgets the segment's earlier record."""
+        if getattr(update, "method", "") and getattr(update, "digests", None) is not None:
+            self._propagationRecords[update.segment] = (int(update.axis), str(update.method),
+                                                        tuple((int(i), str(d)) for i, d in update.digests))
+        else:
+            self._propagationRecords.pop(update.segment, None)
+        self._storeSessionState()
+
+    def _propagationRestores(self):
+        """(segment ID, axis, method, voxels, digests) of each segment with a propagation
+        record, its voxels read now (GUI thread), for a session about to open
+        (``SessionBridge.restore_propagation``)."""
+        segmentation = self.segmentationNode.GetSegmentation() if self.segmentationNode is not None else None
+        if segmentation is None or self.volumeNode is None or not self._propagationRecords:
+            return []
+        writer = self.segmentWriter()
+        return [(sid, axis, method, writer.read(sid).astype(bool), digests)
+                for sid, (axis, method, digests) in sorted(self._propagationRecords.items())
+                if segmentation.GetSegment(sid) is not None]
+
+    def resumeAfterImport(self):
+        """Right after a scene import: take up the session stored on the parameter node's
+        segmentation, if it has one (the points, annotated slices and propagation records;
+        no model is loaded). Errors are logged, not raised."""
+        node = self.segmentationNode
+        if node is not None and node.GetAttribute(ATTRIBUTE):
+            self._ensureResumed()
 
     def _followWrite(self, segmentId, before, after, lows):
         """Keep the slice digests of what the module wrote in step with a write."""
@@ -320,6 +386,8 @@ class SceneStateActions:
         self._written = written
         self._digests = {}  # recomputed from what is now the module's last write
         self._propagated = {key: set(values) for key, values in state.propagated.items()}
+        self._propagationRecords = {sid: record for sid, record in state.propagation.items()
+                                    if segmentation.GetSegment(sid) is not None}
         if self._bridge is not None or self._opening:
             self._stale = True  # a session opened before the resume: reopen it with the clicks
         return True

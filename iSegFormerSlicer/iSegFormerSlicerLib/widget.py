@@ -147,7 +147,9 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._usePointLists()
 
     def onSceneEndImport(self, caller, event):
-        """A scene was loaded: show the settings its parameter node holds."""
+        """A scene was loaded: take up the session it stores (no model load), show the settings
+        its parameter node holds."""
+        self.logic.resumeAfterImport()
         if self.parent.isEntered:
             self._updateGUIFromParameters()
             self._usePointLists()

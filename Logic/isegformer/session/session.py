@@ -29,7 +29,8 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback
 from ..segments.history import Action, History, VolumeDiff
-from ..segments.segment import DEFAULT_COLORS, PropagationRecord, Segment, SliceAnnotation, SliceClick, mask_digest
+from ..segments.segment import (DEFAULT_COLORS, MASK_DIGEST_LENGTH, PropagationRecord, Segment, SliceAnnotation,
+                                SliceClick, mask_digest)
 from ..volume import Volume, geometry, slicing
 from . import arguments, storage
 
@@ -592,6 +593,57 @@ class Session:
         self.history.push(Action(f"propagate {target.name!r} ({method}, axis {axis})", undo, redo, diff.nbytes))
         self._current = target
         return target.mask(self.volume.shape)
+
+    def restore_propagated(self, segment: SegmentRef, result: np.ndarray, record: PropagationRecord) -> None:
+        """Give a segment a propagated result kept elsewhere (the Slicer module keeps it in the
+        scene: the segment's voxels) with the record of the annotations it came from, as
+        :meth:`load` does for a session file: the next propagation recomputes only around the
+        annotations that are new or changed since (see :meth:`propagate`). One undo step."""
+        target = self.segment(segment)
+        if not isinstance(record, PropagationRecord):
+            raise InvalidInputError(f"A propagation record is a PropagationRecord, got {type(record).__name__}.")
+        axis = arguments.axis(record.axis)
+        if not isinstance(record.method, str) or not record.method.strip():
+            raise InvalidInputError(f"A propagation record names its method, got {record.method!r}.")
+        for index, digest in record.digests:
+            arguments.index(self.volume.shape, axis, index)
+            if not isinstance(digest, str) or len(digest) != MASK_DIGEST_LENGTH \
+                    or digest.strip("0123456789abcdef"):
+                raise InvalidInputError(f"A propagation record's digest is {MASK_DIGEST_LENGTH} hex digits, got {digest!r}.")
+        result = np.asarray(result)
+        if result.shape != self.volume.shape:
+            raise InvalidInputError(
+                f"The propagated result has shape {result.shape}, the volume {self.volume.shape}: give "
+                "the segment's (k, j, i) mask on the volume's grid."
+            )
+        if result.dtype != bool:
+            if result.dtype.kind not in "iu" or (result.size and not np.isin(result, (0, 1)).all()):
+                raise InvalidInputError("The propagated result is a mask: true/false or 0/1 values only.")
+            result = result.astype(bool)
+        result = np.array(result, dtype=bool, copy=True)
+        before, before_axis, before_record = target.propagated, target.propagation_axis, target.propagation_record
+        diff = VolumeDiff(before, result, axis)
+        record = PropagationRecord(axis, record.method.strip().lower(), tuple(sorted(record.digests)))
+
+        def redo() -> None:
+            target.propagated = diff.apply(target.propagated, reverse=False)
+            target.propagation_axis = axis
+            target.propagation_record = record
+            self._forget_propagators(target)
+
+        def undo() -> None:
+            target.propagated = diff.apply(target.propagated, reverse=True)
+            target.propagation_axis = before_axis
+            target.propagation_record = before_record
+            self._forget_propagators(target)
+
+        redo()
+        self.history.push(Action(f"restore the propagated result of {target.name!r} (axis {axis})", undo, redo,
+                                 diff.nbytes))
+
+    def _forget_propagators(self, segment: Segment) -> None:
+        for key in [k for k in self._propagators if k[0] is segment]:
+            del self._propagators[key]
 
     def _propagated_result(self, target: Segment, axis: int, method: str, annotated: dict,
                            progress: Optional[ProgressCallback]) -> np.ndarray:

@@ -39,6 +39,10 @@ class VolumeUpdate:
     axis: int
     mask: np.ndarray  # 3D bool
     annotated: tuple[int, ...] = ()
+    #: the propagation method, and (slice index, mask digest) of each annotated slice the
+    #: result came from (the session's propagation record; empty when the session keeps none)
+    method: str = ""
+    digests: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,28 @@ class SessionBridge:
         if axis is None:
             axis = int(getattr(self._session.segment(segment), "propagation_axis", 0) or 0)
         annotated = tuple(int(i) for i in self._session.annotated_slices(segment, axis=axis))
-        return VolumeUpdate(segment, int(axis), mask, annotated)
+        record = getattr(self._session.segment(segment), "propagation_record", None)
+        if record is None:
+            return VolumeUpdate(segment, int(axis), mask, annotated)
+        return VolumeUpdate(segment, int(axis), mask, annotated, record.method, tuple(record.digests))
+
+    def restore_propagation(self, segment: str, axis: int, method: str, mask: np.ndarray,
+                            digests: Sequence[tuple[int, str]]) -> None:
+        """Give a reopened session a segment's propagated result back: ``mask`` (k, j, i), what
+        the segment shows now, computed along ``axis`` by ``method`` from the annotated slices
+        whose mask digests are ``digests`` ((index, digest) pairs, as a :class:`VolumeUpdate`
+        carried them). The next propagation then recomputes only around the annotations that
+        are new or changed since (slices edited by hand become such annotations); every other
+        slice stays as it is. A session without this ability ignores it (everything is
+        propagated again)."""
+        restore = getattr(self._session, "restore_propagated", None)
+        if not callable(restore):
+            return
+        from ..segments.segment import PropagationRecord
+
+        self._ensure_segment(segment)
+        pairs = tuple((int(index), str(digest)) for index, digest in digests)
+        restore(segment, np.asarray(mask, dtype=bool), PropagationRecord(int(axis), str(method), pairs))
 
     def segment_mask(self, segment: str) -> np.ndarray:
         self._ensure_segment(segment)
