@@ -296,3 +296,57 @@ def test_seeding_checks_its_input(volume, random_stcn_networks):
     np.testing.assert_array_equal(propagator.labels(), labels)
     with pytest.raises(InvalidInputError, match="Only a new propagator"):
         propagator.seed(labels, [])
+
+
+def test_a_restored_result_with_its_record_is_taken_up(volume, saved, random_stcn_networks):
+    """What the Slicer module does on reopening a session: the segment's voxels and the stored
+    record go back into a new session (whose annotations were replayed), one undo step."""
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    path, before = saved
+    record = Session.load(path).segment("blob").propagation_record
+    recorder = Recorder()
+    session = _open(volume, random_stcn_networks, recorder)
+    bridge = SessionBridge(session, has_stcn_weights=True)
+    session.add_segment("blob")
+    for k in FIRST:
+        session.set_slice_mask(0, k, _disk(k))
+    bridge.restore_propagation("blob", 0, "stcn", before, record.digests)
+    segment = session.segment("blob")
+    assert segment.propagation_record == record and segment.propagation_axis == 0
+    np.testing.assert_array_equal(segment.propagated, before)
+    session.set_slice_mask(0, 8, _disk(8, grow=2))
+    update = bridge.propagate("blob", axis=0)
+    assert recorder.decoded == len(_interval(8, FIRST))
+    assert (update.method, [index for index, _ in update.digests]) == ("stcn", [2, 6, 8, 10])
+    session.undo()  # the propagation
+    session.undo()  # the annotation of slice 8
+    assert session.undo().startswith("restore the propagated result")
+    assert segment.propagated is None and segment.propagation_record is None
+
+
+@pytest.mark.parametrize("result, record, message", [
+    (np.zeros((3, 4, 5), bool), None, "has shape"),
+    ("volume*2", None, "0/1 values only"),
+    ("volume", ("axis", 3), "Axis|axis"),
+    ("volume", ("method", " "), "names its method"),
+    ("volume", ("digests", ((12, "0" * 32),)), "0..11"),
+    ("volume", ("digests", ((2, "z" * 32),)), "32 hex digits"),
+])
+def test_restoring_a_result_checks_its_input(volume, saved, result, record, message):
+    from dataclasses import replace
+
+    path, before = saved
+    session = Session.load(path)
+    good = session.segment("blob").propagation_record
+    fresh = Session.open((volume, np.eye(4)))
+    fresh.add_segment("blob")
+    if isinstance(result, str):
+        result = before.astype(np.uint8) * (2 if result == "volume*2" else 1)
+    if record is not None:
+        good = replace(good, **{record[0]: record[1]})
+    with pytest.raises(InvalidInputError, match=message):
+        fresh.restore_propagated("blob", result, good)
+    assert fresh.segment("blob").propagated is None and not fresh.history.undo_labels[1:]
+    with pytest.raises(InvalidInputError, match="PropagationRecord"):
+        fresh.restore_propagated("blob", before, {"axis": 0})

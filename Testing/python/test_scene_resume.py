@@ -331,3 +331,33 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
         assert dict(record[2])[5] == dict(digests)[5]
     finally:
         widget.cleanup()
+
+
+def test_the_stored_propagation_record_round_trips_and_rejects_garbage():
+    import json
+
+    from iSegFormerSlicerLib import scene_state
+
+    from isegformer.errors import SessionFileError
+
+    state = scene_state.SessionState()
+    state.propagation["seg"] = (0, "stcn", ((1, "0" * 32), (5, "ab" * 16)))
+    again = scene_state.decode(scene_state.encode(state))
+    assert again == state
+    # a version-1 attribute written before the record existed reads as without one
+    old = json.loads(scene_state.encode(state))
+    del old["propagation"]
+    assert scene_state.decode(json.dumps(old)).propagation == {}
+    head = '{"format": "isegformer-slicer-session", "version": 1, "propagation": '
+    for bad in ('5', '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": 5}]',
+                '[{"segment": "s", "axis": 4, "method": "stcn", "annotations": []}]',
+                '[{"segment": "s", "axis": 0, "method": "", "annotations": []}]',
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[1]]}]',
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[-1, "%s"]]}]' % ("0" * 32),
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[1, "XYZ"]]}]',
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[1, "%s"], [1, "%s"]]}]'
+                % ("0" * 32, "1" * 32),
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": []},'
+                ' {"segment": "s", "axis": 1, "method": "stcn", "annotations": []}]'):
+        with pytest.raises(SessionFileError, match="iSegFormer session"):
+            scene_state.decode(head + bad + "}")

@@ -341,7 +341,9 @@ class SceneStateActions:
         changed since the module last wrote it (edited after the last write, or while the
         module was not running) becomes an annotation: propagation never overwrites it. The
         session reopens with the clicks replayed on its next use, so a new point on an
-        annotated slice continues that slice's sequence. Returns True when a session was found.
+        annotated slice continues that slice's sequence, and with each segment's voxels as its
+        propagated result and the stored propagation record, so a propagation recomputes only
+        around new or changed annotations. Returns True when a session was found.
         """
         from . import clicks
 

@@ -23,6 +23,11 @@ Differences from the reference, all without effect on its results:
 * results are written in place with an undo journal (the previous values of the frames
   written, or nothing for frames never written), so a cancel changes nothing without a second
   copy of the whole state.
+
+``seed`` takes up an earlier result (a saved session, a resumed scene) without decoding: the
+state becomes the one-hot of that result and its annotations rejoin the certain memory, so a
+later ``annotate`` decodes only its own interval. Near a new annotation the fusion then sees
+the earlier *binary* result instead of its soft probabilities (see ``seed``).
 """
 from __future__ import annotations
 
