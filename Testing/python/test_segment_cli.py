@@ -168,3 +168,37 @@ def test_bad_inputs_fail_clearly_and_write_nothing(case, golden_dir, tmp_path, c
     assert main(["segment", str(path), "--clicks", str(clicks), "--model", model, "--out", str(missing)]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists() and not missing.exists()
+
+
+def test_segment_int8_is_the_python_apis_int8_and_float32_stays_the_default(case, golden_dir, tmp_path, capsys):
+    slicerio = pytest.importorskip("slicerio")
+    volume, _, path = case
+    clicks = write_clicks(tmp_path / "tumour.mrk.json", [ClickPoint(ras(volume, 24, 22, 6)),
+                                                         ClickPoint(ras(volume, 30, 26, 6))])
+    model = golden_dir / "tiny_isegformer.pth"
+
+    def cli_mask(name, *extra):
+        out = tmp_path / f"{name}.seg.nrrd"
+        rc = main(["segment", str(path), "--clicks", str(clicks), "--segment", "tumour", "--model", str(model),
+                   "--device", "cpu", "--out", str(out), *extra])
+        assert rc == 0, capsys.readouterr().err
+        seg = slicerio.read_segmentation(str(out))
+        return np.transpose(slicerio.segment_mask(seg, "tumour"), (2, 1, 0)).astype(bool)
+
+    def api_mask(precision):
+        session = Session.open(path, click_model=model, device="cpu", click_precision=precision)
+        session.add_segment("tumour")
+        session.click_slice(0, 6, 22, 24, positive=True)
+        session.click_slice(0, 6, 26, 30, positive=True)
+        return session.segment_mask("tumour")
+
+    int8, float32 = api_mask("int8"), api_mask("float32")
+    assert (int8 != float32).any(), "this case no longer tells int8 from float32: pick other clicks"
+    np.testing.assert_array_equal(cli_mask("int8", "--precision", "int8"), int8)
+    np.testing.assert_array_equal(cli_mask("default"), float32)
+    assert int8[6].any() and not int8[[k for k in range(int8.shape[0]) if k != 6]].any()
+
+    with pytest.raises(SystemExit):
+        main(["segment", str(path), "--clicks", str(clicks), "--model", str(model), "--precision", "int4",
+              "--out", str(tmp_path / "x.seg.nrrd")])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
