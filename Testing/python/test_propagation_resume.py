@@ -160,6 +160,24 @@ def test_a_changed_annotation_after_load_recomputes_only_its_interval(saved, ran
     np.testing.assert_array_equal(after[6], corrected)
 
 
+def test_a_click_on_an_annotated_slice_after_load_recomputes_only_its_interval(saved, random_stcn_networks):
+    from fake_click_net import FakeClickNet
+
+    from isegformer.click_engine.predictor import ClickPredictor
+
+    path, before = saved
+    network, fusion = random_stcn_networks
+    recorder = Recorder()
+    loaded = Session.load(path, stcn_weights=network, fusion_weights=fusion, propagator_factory=recorder,
+                          device="cpu", click_model=ClickPredictor(FakeClickNet(reach=5.0), device="cpu", zoom_in=False))
+    clicked = loaded.click_slice(0, 10, 4.0, 4.0)  # a click on a drawn slice: a new click sequence
+    assert not np.array_equal(clicked, _disk(10))
+    after = loaded.propagate()
+    assert recorder.decoded == len(_interval(10, FIRST)) == 4  # 7, 8, 9 and, to the end, 11
+    np.testing.assert_array_equal(after[:7], before[:7])
+    np.testing.assert_array_equal(after[10], clicked)
+
+
 def test_a_dropped_propagator_is_seeded_again(volume, random_stcn_networks, monkeypatch):
     monkeypatch.setattr(session_module, "MAX_LIVE_PROPAGATORS", 1)
     recorder = Recorder()
