@@ -706,8 +706,7 @@ class Session:
             consumed = self._seeded(propagator, segment, axis, recorded)
         # Each propagator holds whole-volume probabilities (and STCN a feature cache of up to
         # a few GB): keep one per segment, and only the most recently used few.
-        for other in [k for k in self._propagators if k[0] is segment]:
-            del self._propagators[other]
+        self._forget_propagators(segment)
         self._propagators[key] = (propagator, consumed)
         while len(self._propagators) > MAX_LIVE_PROPAGATORS:
             self._propagators.popitem(last=False)
@@ -770,8 +769,7 @@ class Session:
             self._fusion_weights = network(self._fusion_weights, "mivos_fusion", stcn.load_fusion, stcn.FusionNet)
 
     def _forget_caches(self, segment: Segment) -> None:
-        for key in [k for k in self._propagators if k[0] is segment]:
-            del self._propagators[key]
+        self._forget_propagators(segment)
         if self._live is not None and self._live[0] is segment:
             self._live = None
 
