@@ -361,3 +361,23 @@ def test_the_stored_propagation_record_round_trips_and_rejects_garbage():
                 ' {"segment": "s", "axis": 1, "method": "stcn", "annotations": []}]'):
         with pytest.raises(SessionFileError, match="iSegFormer session"):
             scene_state.decode(head + bad + "}")
+
+
+def test_a_stored_record_that_does_not_fit_is_skipped_and_the_session_opens(caplog):
+    from iSegFormerSlicerLib.scene_state import SceneStateActions
+
+    from isegformer.session import Session
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    session = Session.open((knee_like_volume(), IJK_TO_RAS))
+    bridge = SessionBridge(session)
+    mask = np.zeros(SHAPE, bool)
+    mask[2:8, 12:20, 14:30] = True
+    SceneStateActions._restorePropagations(bridge, [
+        ("femur", 0, "interpolation", mask, ((SHAPE[0], "0" * 32),)),  # a slice the volume lacks
+        ("tibia", 0, "interpolation", mask, ((3, "0" * 32),)),
+    ])
+    assert "segment 'femur' is not taken up" in caplog.text
+    assert session.segment("femur").propagated is None and session.segment("femur").propagation_record is None
+    np.testing.assert_array_equal(session.segment("tibia").propagated, mask)
+    assert session.segment("tibia").propagation_record.digests == ((3, "0" * 32),)

@@ -321,8 +321,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
             for number, ((segmentId, axis, index), clickSpecs) in enumerate(slices.items(), start=1):
                 progress(number, len(slices), "Restoring the clicks...")
                 bridge.replay(segmentId, axis, index, clickSpecs)
-            for restore in restores:  # so that a propagation recomputes only what changed since
-                bridge.restore_propagation(*restore)
+            self._restorePropagations(bridge, restores)  # a propagation recomputes only what changed since
             if generation == self._generation:  # else the volume changed meanwhile
                 self._bridge = bridge
             predictor = getattr(bridge.session, "predictor", None)

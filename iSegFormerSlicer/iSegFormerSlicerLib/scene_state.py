@@ -305,6 +305,21 @@ class SceneStateActions:
                 for sid, (axis, method, digests) in sorted(self._propagationRecords.items())
                 if segmentation.GetSegment(sid) is not None]
 
+    @staticmethod
+    def _restorePropagations(bridge, restores):
+        """Hand a session that just opened (worker thread) the results of
+        :meth:`_propagationRestores`. One that the session refuses (a record that does not fit
+        the volume) is logged and skipped: that segment's next propagation recomputes it all,
+        and the session opens anyway."""
+        import logging
+
+        for segmentId, axis, method, mask, digests in restores:
+            try:
+                bridge.restore_propagation(segmentId, axis, method, mask, digests)
+            except Exception as err:  # a record that does not fit must not keep the session from opening
+                logging.warning("iSegFormer: the stored propagation of segment %r is not taken up (%s); "
+                                "its next propagation recomputes the whole volume.", segmentId, err)
+
     def resumeAfterImport(self):
         """Right after a scene import: take up the session stored on the parameter node's
         segmentation, if it has one (the points, annotated slices and propagation records;
