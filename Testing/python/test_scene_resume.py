@@ -262,7 +262,8 @@ def _real_sessions(networks, factories):
 
     network, _ = networks
 
-    def open_real(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
+    def open_real(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None,
+                  click_precision="float32"):
         factories.append(_RecordingFactory())
         session = Session.open((np.asarray(volume), np.asarray(ijk_to_ras, float)), device="cpu",
                                click_model=ClickPredictor(FakeClickNet(reach=6.0), device="cpu", zoom_in=False),

@@ -286,8 +286,9 @@ def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypa
     monkeypatch.setenv("ISEGFORMER_HOME", str(tmp_path / "home"))
     opened = []
 
-    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
-        opened.append((volume.shape, click_model, device))
+    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None,
+                  click_precision="float32"):
+        opened.append((volume.shape, click_model, device, click_precision))
         np.testing.assert_allclose(ijk_to_ras, env.world)
         return cls(FakeSession(volume.shape))
 
@@ -295,9 +296,12 @@ def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypa
     monkeypatch.setattr(SessionBridge, "warm_up", lambda self: None)
     env.logic.setModelSettings(model=str(checkpoint), device="cpu", propagation="interpolation")
     env.logic.addClick(to_world(env.world, (5, 1, 4)), axis=0)
-    assert opened == [(SHAPE, str(checkpoint), "cpu")]
+    assert opened == [(SHAPE, str(checkpoint), "cpu", "float32")]
     replayed = [c for c in env.logic._bridge.session.calls if c[0] == "click"]
     assert [(c[2], c[5]) for c in replayed] == [(3, True), (3, False), (4, True)]  # in click order
+    env.logic.setModelSettings(precision="int8")  # the fast CPU mode reopens the session too
+    env.logic.addClick(to_world(env.world, (6, 2, 4)), axis=0)
+    assert opened[1:] == [(SHAPE, str(checkpoint), "cpu", "int8")]
 
 
 def test_the_settings_live_in_the_parameter_node_and_are_checked(env):
@@ -306,6 +310,11 @@ def test_the_settings_live_in_the_parameter_node_and_are_checked(env):
     assert node is not None and node.GetAttribute("ModuleName") == "iSegFormerSlicer"
     assert (node.GetParameter("ClickModel"), node.GetParameter("Device"), node.GetParameter("PropagationMethod")) == \
         ("other_model", "cpu", "interpolation")
+    assert env.logic.clickPrecision == "float32"  # the reference's numbers unless asked
+    env.logic.setModelSettings(precision="int8")
+    assert node.GetParameter("ClickPrecision") == "int8"
+    with pytest.raises(ValueError, match="Unknown click precision 'int4'"):
+        env.logic.setModelSettings(precision="int4")
     assert node.GetNodeReference("SourceVolume") is env.volume
     assert node.GetNodeReference("Segmentation") is env.segmentation
     assert node.GetParameter("SegmentID") == env.segment_id
@@ -317,7 +326,7 @@ def test_the_settings_live_in_the_parameter_node_and_are_checked(env):
 
 
 def test_the_settings_and_point_signs_survive_saving_and_loading_the_scene(env, slicer_env, tmp_path):
-    env.logic.setModelSettings(model="other_model", device="cpu", propagation="interpolation")
+    env.logic.setModelSettings(model="other_model", device="cpu", propagation="interpolation", precision="int8")
     env.logic._stale = False  # the fake session stays (settings would reopen a real one)
     env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
     env.logic.addClick(to_world(env.world, (7, 5, 3)), axis=0, positive=False)
@@ -329,7 +338,8 @@ def test_the_settings_and_point_signs_survive_saving_and_loading_the_scene(env, 
     slicer_env.slicer_standins.new_scene()
     env.slicer.util.loadScene(str(tmp_path / "scene" / "scene.mrml"))
     logic = env.module.iSegFormerSlicerLogic()
-    assert (logic.model, logic.device, logic.propagation) == ("other_model", "cpu", "interpolation")
+    assert (logic.model, logic.device, logic.propagation, logic.clickPrecision) == \
+        ("other_model", "cpu", "interpolation", "int8")
     assert logic.volumeNode.GetName() == "volume" and logic.segmentationNode.GetName() == "iSegFormer segmentation"
     assert logic.segmentId == env.segment_id
     positive, negative = logic.getClickNodes(create=False)
@@ -521,6 +531,12 @@ def test_widget_shows_the_parameter_nodes_settings_when_entered(slicer_env, read
     assert (widget.logic.model, widget.logic.device) == (str(checkpoint), "cpu")  # not overwritten meanwhile
     ui.deviceComboBox.currentText = "auto"  # the user's choice goes back to the parameter node
     assert parameters.node.GetParameter("Device") == "auto"
+    assert not ui.fastCpuCheckBox.checked
+    ui.fastCpuCheckBox.checked = True
+    assert parameters.node.GetParameter("ClickPrecision") == "int8"
+    parameters.clickPrecision = "float32"
+    slicer_standins.enter_module(widget)
+    assert not ui.fastCpuCheckBox.checked  # the parameter node decides what the widget shows
 
 
 def test_choosing_a_volume_and_a_cached_model_warms_the_model_up_in_the_background(slicer_env, ready_widget,
@@ -532,7 +548,8 @@ def test_choosing_a_volume_and_a_cached_model_warms_the_model_up_in_the_backgrou
     checkpoint.write_bytes(b"stands for a checkpoint")
     opened, warmed = [], []
 
-    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None):
+    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None,
+                  click_precision="float32"):
         opened.append((volume.shape, click_model, device))
         return cls(FakeSession(volume.shape))
 

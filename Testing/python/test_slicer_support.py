@@ -440,6 +440,30 @@ def test_bridge_opens_the_session_with_the_volume_and_options():
     assert bridge.volume_shape == (6, 8, 10)
     with pytest.raises(InvalidInputError):
         SessionBridge.open(np.ones((6, 8)), np.eye(4), click_model="m.pth", session_factory=factory)
+    SessionBridge.open(np.ones((6, 8, 10)), np.eye(4), click_model="m.pth", device="cpu",
+                       click_precision="int8", session_factory=factory)
+    assert seen["options"] == {"click_model": "m.pth", "device": "cpu", "click_precision": "int8"}
+
+
+@pytest.mark.golden
+def test_bridge_int8_runs_the_real_fast_cpu_mode_and_a_gpu_session_stays_float32(golden_dir, monkeypatch):
+    from isegformer.click_engine import predictor as predictor_module
+
+    model = str(golden_dir / "tiny_isegformer.pth")
+    bridge = SessionBridge.open(np.zeros((4, 32, 40), np.float32), np.eye(4), click_model=model,
+                                device="cpu", click_precision="int8")
+    assert bridge.session.predictor.precision == "int8"
+    seen = {}
+
+    def factory(volume, **options):
+        seen.update(options)
+        return FakeSession(volume[0].shape)
+
+    # a CUDA session with the box still ticked: float32 there (int8 would be refused on a GPU)
+    monkeypatch.setattr("isegformer.device.resolve_device", lambda device: predictor_module.torch.device("cuda"))
+    SessionBridge.open(np.ones((6, 8, 10)), np.eye(4), click_model=model, device="cuda",
+                       click_precision="int8", session_factory=factory)
+    assert "click_precision" not in seen and seen["device"] == "cuda"
 
 
 def test_bridge_click_creates_the_segment_and_returns_the_slice_mask():

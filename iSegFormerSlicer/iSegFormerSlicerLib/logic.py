@@ -20,7 +20,7 @@ from . import clicks, geometry, models
 from .finetune import FinetuneActions, editedSlices
 from .jobs import JobQueue
 from .models import DEFAULT_MODEL, STCN_MODEL
-from .parameters import DEVICES, PROPAGATION_METHODS, ModuleParameters
+from .parameters import CLICK_PRECISIONS, DEVICES, PROPAGATION_METHODS, ModuleParameters
 from .scene_state import SceneStateActions
 from .segment_history import ActionStates, EditorLogicHistory
 
@@ -98,6 +98,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
     def propagation(self):
         return self.parameters.propagationMethod
 
+    @property
+    def clickPrecision(self):
+        return self.parameters.clickPrecision
+
     # ---- dependencies -----------------------------------------------------------------------
     @staticmethod
     def missingDependencies():
@@ -122,8 +126,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Click models of the bundled registry, read as JSON (no package import)."""
         return models.clickModelNames()
 
-    def setModelSettings(self, model=None, device=None, propagation=None):
-        """Choose the click model (registry name or checkpoint path), device and propagation.
+    def setModelSettings(self, model=None, device=None, propagation=None, precision=None):
+        """Choose the click model (registry name or checkpoint path), device, propagation and
+        click precision ("float32", or "int8": the fast CPU mode, used only when the clicks run
+        on the CPU; on a GPU the model runs in float32).
 
         Changed settings reopen the session on its next use, the clicks replayed; with a volume
         chosen, the new click model is loaded and warmed up in the background at once.
@@ -132,9 +138,12 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
             raise ValueError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
         if propagation and propagation not in PROPAGATION_METHODS:
             raise ValueError(f"Unknown propagation method {propagation!r}: choose one of {', '.join(PROPAGATION_METHODS)}.")
+        if precision and precision not in CLICK_PRECISIONS:
+            raise ValueError(f"Unknown click precision {precision!r}: choose one of {', '.join(CLICK_PRECISIONS)}.")
         parameters = self.parameters
         changed = False
-        for name, value in (("clickModel", model), ("device", device), ("propagationMethod", propagation)):
+        for name, value in (("clickModel", model), ("device", device), ("propagationMethod", propagation),
+                            ("clickPrecision", precision)):
             if value and getattr(parameters, name) != value:
                 setattr(parameters, name, value)
                 changed = True
@@ -292,7 +301,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
         volume = slicer.util.arrayFromVolume(self.volumeNode).copy()
         ijkToWorld = self.volumeIJKToWorld()
-        model, device, propagation = self.model, self.device, self.propagation
+        model, device, propagation, precision = self.model, self.device, self.propagation, self.clickPrecision
         generation = self._generation
         slices = {}
         for record in sorted(self._records, key=lambda r: r.order):
@@ -316,7 +325,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
                 except WeightsError as err:
                     logging.warning("iSegFormer: STCN weights not available yet: %s", err)
             bridge = SessionBridge.open(volume, ijkToWorld, click_model=str(checkpoint), device=device,
-                                        stcn_weights=stcnWeights)
+                                        stcn_weights=stcnWeights, click_precision=precision)
             bridge.warm_up()
             for number, ((segmentId, axis, index), clickSpecs) in enumerate(slices.items(), start=1):
                 progress(number, len(slices), "Restoring the clicks...")

@@ -16,13 +16,18 @@ SEGMENT_ID = "SegmentID"
 CLICK_MODEL = "ClickModel"
 DEVICE = "Device"
 PROPAGATION_METHOD = "PropagationMethod"
-DEFAULTS = {CLICK_MODEL: DEFAULT_MODEL, DEVICE: "auto", PROPAGATION_METHOD: "stcn", SEGMENT_ID: ""}
+CLICK_PRECISION = "ClickPrecision"
+DEFAULTS = {CLICK_MODEL: DEFAULT_MODEL, DEVICE: "auto", PROPAGATION_METHOD: "stcn", SEGMENT_ID: "",
+            CLICK_PRECISION: "float32"}
 DEVICES = ("auto", "cuda", "cpu")
 PROPAGATION_METHODS = ("stcn", "interpolation")
+#: float32: the reference's numbers; int8: the package's opt-in fast CPU mode (CPU only)
+CLICK_PRECISIONS = ("float32", "int8")
 
 
 class ModuleParameters:
-    """Source volume, segmentation, segment, click model, device and propagation method."""
+    """Source volume, segmentation, segment, click model, device, click precision and
+    propagation method."""
 
     def __init__(self, node):
         self.node = node
@@ -80,6 +85,15 @@ class ModuleParameters:
     @device.setter
     def device(self, value):
         self._set(DEVICE, value)
+
+    @property
+    def clickPrecision(self):
+        """float32, or int8 for the fast CPU mode (used only where the clicks run on the CPU)."""
+        return self._get(CLICK_PRECISION)
+
+    @clickPrecision.setter
+    def clickPrecision(self, value):
+        self._set(CLICK_PRECISION, value)
 
     @property
     def propagationMethod(self):

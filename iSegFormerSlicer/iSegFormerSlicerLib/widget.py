@@ -77,6 +77,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
+        self.ui.fastCpuCheckBox.connect("toggled(bool)", self.onModelSettingsChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onModelSettingsChanged)
         self.ui.propagationComboBox.connect("currentIndexChanged(int)", self.onModelSettingsChanged)
         self.ui.downloadModelButton.connect("clicked()", self.onDownloadModel)
@@ -169,6 +170,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.checkpointPathLineEdit.currentPath = ""
                 self.ui.modelComboBox.currentText = model
             self.ui.deviceComboBox.currentText = parameters.device
+            self.ui.fastCpuCheckBox.checked = parameters.clickPrecision == "int8"
             self.ui.propagationComboBox.currentText = parameters.propagationMethod
             if parameters.segmentation is not None:
                 self.ui.segmentEditorWidget.setSegmentationNode(parameters.segmentation)
@@ -190,6 +192,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.setModelSettings(
             model=self.ui.checkpointPathLineEdit.currentPath or self.ui.modelComboBox.currentText,
             device=self.ui.deviceComboBox.currentText or "auto",
+            precision="int8" if self.ui.fastCpuCheckBox.checked else "float32",
             propagation=self.ui.propagationComboBox.currentText or "stcn",
         )
         self.updateStatus()

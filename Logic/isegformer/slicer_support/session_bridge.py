@@ -71,11 +71,14 @@ class SessionBridge:
         device: str = "auto",
         stcn_weights: Any = None,
         session_factory: Optional[Callable[..., Any]] = None,
+        click_precision: str = "float32",
     ) -> "SessionBridge":
         """Open a session on ``volume`` (k, j, i) with its 4x4 IJK-to-world matrix.
 
         ``click_model`` is a checkpoint path (or anything ``Session.open`` takes). The model is
-        loaded on the first click (or :meth:`warm_up`), not here.
+        loaded on the first click (or :meth:`warm_up`), not here. ``click_precision`` "int8"
+        (the fast CPU mode) applies where the clicks run on the CPU; on a GPU it falls back to
+        float32, which is fast there, instead of refusing the session.
         """
         if np.ndim(volume) != 3:
             raise InvalidInputError(f"Expected a 3D volume, got an array of shape {np.shape(volume)}.")
@@ -84,6 +87,13 @@ class SessionBridge:
 
             session_factory = Session.open
         options = {"click_model": click_model, "device": device}
+        if click_precision == "int8":
+            from ..device import resolve_device
+
+            if resolve_device(device).type != "cpu":
+                click_precision = "float32"  # int8 is a CPU mode; a GPU is fast in float32
+        if click_precision != "float32":
+            options["click_precision"] = click_precision
         if stcn_weights is not None:
             options["stcn_weights"] = stcn_weights
         session = session_factory((np.asarray(volume), np.asarray(ijk_to_ras, dtype=float)), **options)
