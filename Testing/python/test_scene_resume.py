@@ -278,11 +278,9 @@ def _real_sessions(networks, factories):
     return stack
 
 
-def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_path, random_stcn_networks,
-                                                              one_torch_thread):
-    """Issue 11 point 5: save, clear, load; the widget takes the session up at the import (no
-    click); after one new point, the propagation decodes and writes only the slices between
-    that point's slice and its annotated neighbours, and the stored session carries the record."""
+def _saved_scene_with_a_propagation(slicer_env, tmp_path, networks, factories):
+    """Points on slices 1, 5 and 9, an STCN propagation, the scene saved and closed.
+    Returns (scene folder, segment ID, the propagation record, the segment's voxels)."""
     from iSegFormerSlicerLib import scene_state
 
     slicer, module = slicer_env.slicer, slicer_env.module
@@ -291,8 +289,7 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
     logic.setVolume(volume)
     logic.setModelSettings(device="cpu", propagation="stcn")
     node, segment_id = logic.setSegmentation()
-    factories = []
-    with _real_sessions(random_stcn_networks, factories):
+    with _real_sessions(networks, factories):
         for k in (1, 5, 9):
             logic.addClick(world(k, 20, 24), axis=0)
         logic.propagate()
@@ -306,8 +303,21 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
     folder = tmp_path / "scene"
     assert slicer.util.saveScene(str(folder))
     logic.shutdown()
-
     slicer_env.slicer_standins.new_scene()
+    return folder, segment_id, (axis, method, digests), saved
+
+
+def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_path, random_stcn_networks,
+                                                              one_torch_thread):
+    """Issue 11 point 5: save, clear, load; the widget takes the session up at the import (no
+    click); after one new point, the propagation decodes and writes only the slices between
+    that point's slice and its annotated neighbours, and the stored session carries the record."""
+    from iSegFormerSlicerLib import scene_state
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    factories = []
+    folder, segment_id, (axis, method, digests), saved = _saved_scene_with_a_propagation(
+        slicer_env, tmp_path, random_stcn_networks, factories)
     widget = slicer_env.slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
     try:
         slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
@@ -334,6 +344,34 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
         widget.cleanup()
 
 
+def test_a_volume_changed_since_the_save_drops_the_saved_propagation(slicer_env, tmp_path, random_stcn_networks,
+                                                                     one_torch_thread, caplog):
+    """Results computed on other voxels are not taken up: the points resume, the propagation
+    records do not, and the next propagation recomputes every slice."""
+    import nrrd
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    factories = []
+    folder, segment_id, _, _ = _saved_scene_with_a_propagation(slicer_env, tmp_path, random_stcn_networks, factories)
+    (volume_file,) = [p for p in folder.rglob("*.nrrd") if not p.name.endswith(".seg.nrrd")]
+    voxels, header = nrrd.read(str(volume_file))
+    voxels[voxels.shape[0] // 2, voxels.shape[1] // 2, :] += 50  # other voxels under the same name
+    nrrd.write(str(volume_file), voxels, header)
+
+    widget = slicer_env.slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
+    try:
+        slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
+        resumed = widget.logic
+        assert len(resumed._records) == 3 and resumed._propagationRecords == {}
+        assert "voxels changed since the session was saved" in caplog.text
+        with _real_sessions(random_stcn_networks, factories):
+            resumed.addClick(world(7, 20, 24), axis=0)
+            resumed.propagate()
+        assert factories[-1].decoded > SHAPE[0] // 2  # the whole volume again, not slices 6 and 8
+    finally:
+        widget.cleanup()
+
+
 def test_the_stored_propagation_record_round_trips_and_rejects_garbage():
     import json
 
@@ -349,6 +387,16 @@ def test_the_stored_propagation_record_round_trips_and_rejects_garbage():
     old = json.loads(scene_state.encode(state))
     del old["propagation"]
     assert scene_state.decode(json.dumps(old)).propagation == {}
+    state.volumeDigest = scene_state.volumeDigest(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    assert scene_state.decode(scene_state.encode(state)).volumeDigest == state.volumeDigest
+    changed = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    changed[1, 2, 3] += 1
+    assert scene_state.volumeDigest(changed) != state.volumeDigest
+    assert scene_state.volumeDigest(changed.reshape(4, 3, 2)) != scene_state.volumeDigest(changed)
+    assert scene_state.volumeDigest(changed.astype(np.int32)) != scene_state.volumeDigest(changed)
+    for bad in ('5', '"XYZ"', '"abc"', '"0123456789"'):
+        with pytest.raises(SessionFileError, match="'volume' must be 8"):
+            scene_state.decode(scene_state.encode(state)[:-1] + ',"volume":' + bad + "}")
     head = '{"format": "isegformer-slicer-session", "version": 1, "propagation": '
     for bad in ('5', '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": 5}]',
                 '[{"segment": "s", "axis": 4, "method": "stcn", "annotations": []}]',

@@ -15,7 +15,8 @@ parameter node. This file stores the rest as one JSON attribute on the segmentat
      "propagated": [{"segment": "...", "axis": 0, "slices": [0, 1, ...]}],
      "written": [{"segment": "...", "axis": 0, "digests": ["1a2b3c4d5e6f", ...]}],
      "propagation": [{"segment": "...", "axis": 0, "method": "stcn",
-                      "annotations": [[12, "<32 hex digits>"], ...]}]}
+                      "annotations": [[12, "<32 hex digits>"], ...]}],
+     "volume": "<8 hex digits>"}
 
 ``written`` holds one digest per slice (along each axis the segment has points on) of what
 the module last wrote, kept up to date write by write; after loading, a slice whose voxels no longer match was edited by hand
@@ -26,7 +27,10 @@ session's propagation record of each segment: the axis and method of its last pr
 a digest of each annotated slice's mask it was computed from. When the session reopens, it
 gets the segment's voxels back as its propagated result with this record, so the next
 propagation recomputes only around the annotations that are new or changed (hand-edited
-slices among them), not the whole volume.
+slices among them), not the whole volume. ``volume`` (optional, written with ``propagation``)
+is a CRC-32 of the source volume's voxels, shape and type: a volume whose voxels changed
+since (a filter run in place, another volume under the same node) drops the records, so the
+next propagation recomputes everything instead of keeping results of the old voxels.
 
 Reading goes through the package's bounded JSON reader; anything malformed raises the
 package's SessionFileError naming the node, and nothing in the scene is changed.
@@ -65,6 +69,8 @@ class SessionState:
     written: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)  # slice digests
     #: segment ID -> (axis, method, ((slice index, mask digest), ...)): the propagation record
     propagation: Dict[str, Tuple[int, str, Tuple[Tuple[int, str], ...]]] = field(default_factory=dict)
+    #: the source volume's digest (volumeDigest) when the propagation records were written
+    volumeDigest: Optional[str] = None
 
     def annotatedSlices(self, segmentId, axis) -> List[int]:
         return sorted({c.index for c in self.clicks if (c.segmentId, c.axis) == (segmentId, axis)})
@@ -150,6 +156,8 @@ def encode(state: SessionState) -> str:
                          "annotations": [[int(index), digest] for index, digest in digests]}
                         for sid, (axis, method, digests) in sorted(state.propagation.items())],
     }
+    if state.volumeDigest is not None:
+        document["volume"] = state.volumeDigest
     return json.dumps(document, separators=(",", ":"))
 
 
@@ -238,7 +246,20 @@ def decode(text: str, where: str = "the segmentation") -> SessionState:
         if len({index for index, _ in digests}) != len(digests):
             fail("a propagation record names one slice twice")
         state.propagation[sid] = (axis, method, tuple(sorted(digests)))
+    volume = document.get("volume")
+    if volume is not None:
+        if not isinstance(volume, str) or len(volume) != 8 or volume.strip("0123456789abcdef"):
+            fail(f"'volume' must be 8 lower-case hex digits, got {volume!r}")
+        state.volumeDigest = volume
     return state
+
+
+def volumeDigest(array: np.ndarray) -> str:
+    """CRC-32 (8 hex digits) of a volume's voxels, shape and type: equal volumes give equal
+    digests, and a change of any voxel changes it (barring a 1 in 2**32 coincidence)."""
+    array = np.ascontiguousarray(array)
+    crc = zlib.crc32(f"{array.shape}{array.dtype.str}".encode())
+    return "%08x" % zlib.crc32(memoryview(array).cast("B"), crc)
 
 
 def store(segmentationNode, state: SessionState) -> None:
@@ -280,8 +301,25 @@ class SceneStateActions:
             if key in self._digests:
                 state.written[key] = [int(d) for d in self._digests[key]]
         state.propagation = dict(self._propagationRecords)
+        if state.propagation:
+            state.volumeDigest = self._sourceVolumeDigest()
         store(node, state)
         self._resumeChecked = node.GetID()  # what is stored now is this session's own
+
+    def _sourceVolumeDigest(self):
+        """volumeDigest of the source volume's voxels, recomputed only when they changed (the
+        image data's modified time), since the session is stored after every click."""
+        import slicer
+
+        node = self.volumeNode
+        if node is None or node.GetImageData() is None:
+            return None
+        key = (node.GetID(), node.GetImageData().GetMTime())
+        cached = getattr(self, "_volumeDigestCache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, volumeDigest(slicer.util.arrayFromVolume(node)))
+            self._volumeDigestCache = cached
+        return cached[1]
 
     def _recordPropagation(self, update):
         """Keep the session's propagation record of a propagation result just written (stored
@@ -405,6 +443,13 @@ class SceneStateActions:
         self._propagated = {key: set(values) for key, values in state.propagated.items()}
         self._propagationRecords = {sid: record for sid, record in state.propagation.items()
                                     if segmentation.GetSegment(sid) is not None}
+        if self._propagationRecords and state.volumeDigest is not None \
+                and state.volumeDigest != self._sourceVolumeDigest():
+            import logging
+
+            logging.warning("iSegFormer: the source volume's voxels changed since the session was saved: "
+                            "the next propagation recomputes every slice instead of taking up the saved results.")
+            self._propagationRecords = {}
         if self._bridge is not None or self._opening:
             self._stale = True  # a session opened before the resume: reopen it with the clicks
         return True
