@@ -134,3 +134,16 @@ def test_an_error_in_a_stream_is_raised_and_the_thread_count_restored():
     out = run_in_streams(lambda x: (x + 1, [x * 3]), torch.tensor([[1.0], [2.0], [3.0]]))
     assert torch.equal(out[0], torch.tensor([[2.0], [3.0], [4.0]]))
     assert torch.equal(out[1][0], torch.tensor([[3.0], [6.0], [9.0]]))
+
+
+@pytest.mark.usefixtures("two_torch_threads")
+def test_a_nested_call_runs_plainly_inside_its_stream():
+    seen = []
+
+    def inner(x):
+        seen.append((threading.get_ident(), x.shape[0]))
+        return x + 1
+
+    out = run_in_streams(lambda x: run_in_streams(inner, torch.cat([x, x])), torch.tensor([[1.0], [2.0]]))
+    assert torch.equal(out, torch.tensor([[2.0], [2.0], [3.0], [3.0]]))
+    assert sorted(n for _, n in seen) == [2, 2] and len({t for t, _ in seen}) == 2  # no deadlock, no re-split

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 
 _lock = threading.Lock()  # one call at a time changes the thread count and uses the pool
+_stream = threading.local()  # set inside a stream: a nested call runs plainly, never waits on _lock
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_workers = 0
 
@@ -43,7 +44,7 @@ def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
     With one sample, one torch thread, or a tensor off the CPU it is one plain call.
     """
     streams, per_stream = stream_plan(int(tensors[0].shape[0]))
-    if streams == 1 or any(t.device.type != "cpu" for t in tensors):
+    if streams == 1 or getattr(_stream, "active", False) or any(t.device.type != "cpu" for t in tensors):
         return function(*tensors)
     batch = int(tensors[0].shape[0])
     bounds = [batch * s // streams for s in range(streams + 1)]
@@ -54,8 +55,12 @@ def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
         # OpenMP keeps a thread count per thread, which torch reads once per thread: set it
         # here, or a pool thread would keep the count of the call that started it.
         torch.set_num_threads(per_stream)
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return function(*chunk)
+        _stream.active = True
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return function(*chunk)
+        finally:
+            _stream.active = False
 
     with _lock:
         saved = torch.get_num_threads()
