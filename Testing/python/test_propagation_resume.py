@@ -368,3 +368,89 @@ def test_restoring_a_result_checks_its_input(volume, saved, result, record, mess
     assert fresh.segment("blob").propagated is None and not fresh.history.undo_labels[1:]
     with pytest.raises(InvalidInputError, match="PropagationRecord"):
         fresh.restore_propagated("blob", before, {"axis": 0})
+
+
+def _interpolation_session(volume):
+    session = Session.open((volume, np.eye(4)), device="cpu")
+    session.add_segment("blob")
+    for k in (2, 10):
+        session.set_slice_mask(0, k, _disk(k))
+    return session
+
+
+def _corner():
+    mask = np.zeros(SHAPE[1:], bool)
+    mask[:5, :5] = True
+    return mask
+
+
+def test_a_restored_result_showing_a_later_annotation_forgets_it_when_that_is_cleared(volume):
+    """The voxels a reopened module hands back show annotations made after the propagation.
+    Clearing one must give what the session that was never reopened gives, not its old mask."""
+    never = _interpolation_session(volume)
+    never.propagate(method="interpolation")
+    record = never.segment("blob").propagation_record
+    never.set_slice_mask(0, 6, _corner())  # after the propagation: not in its record
+    voxels = never.segment_mask("blob").copy()
+    assert voxels[6, :5, :5].all()
+
+    reopened = _interpolation_session(volume)
+    reopened.set_slice_mask(0, 6, _corner())
+    assert reopened.restore_propagated("blob", voxels, record)
+    assert reopened.segment("blob").propagation_record.overlaid == (6,)
+    for session in (never, reopened):
+        session.clear_slice(0, 6)
+    np.testing.assert_array_equal(reopened.propagate(method="interpolation"),
+                                  never.propagate(method="interpolation"))
+    assert not reopened.segment_mask("blob")[6, :5, :5].all()
+
+
+def test_a_result_crossed_by_annotations_of_another_axis_is_not_restored(volume):
+    never = _interpolation_session(volume)
+    never.propagate(method="interpolation")
+    record = never.segment("blob").propagation_record
+    plane = np.ones((SHAPE[0], SHAPE[1]), bool)
+    never.set_slice_mask(2, 3, plane)  # an i-plane: it crosses every k-slice of the voxels
+    voxels = never.segment_mask("blob").copy()
+
+    reopened = _interpolation_session(volume)
+    reopened.set_slice_mask(2, 3, plane)
+    steps = len(reopened.history._done)
+    assert reopened.restore_propagated("blob", voxels, record) is False
+    segment = reopened.segment("blob")
+    assert segment.propagated is None and segment.propagation_record is None
+    assert len(reopened.history._done) == steps  # nothing restored, nothing to undo
+    for session in (never, reopened):
+        session.clear_slice(2, 3)
+    np.testing.assert_array_equal(reopened.propagate(method="interpolation", axis=0),
+                                  never.propagate(method="interpolation", axis=0))
+
+
+def test_the_overlaid_slices_survive_save_and_load_and_are_checked(volume, tmp_path):
+    never = _interpolation_session(volume)
+    never.propagate(method="interpolation")
+    record = never.segment("blob").propagation_record
+    never.set_slice_mask(0, 6, _corner())
+    reopened = _interpolation_session(volume)
+    reopened.set_slice_mask(0, 6, _corner())
+    reopened.restore_propagated("blob", never.segment_mask("blob"), record)
+    path = reopened.save(tmp_path / "s.isegsession")
+    assert Session.load(path).segment("blob").propagation_record.overlaid == (6,)
+
+    for bad in ([2], [6, 6], [99], ["6"]):
+        changed = _with_manifest(path, lambda m: _record(m).update(overlaid=bad))
+        with pytest.raises(SessionFileError, match="overlaid"):
+            Session.load(changed)
+
+
+def test_restoring_refuses_malformed_digest_pairs_with_the_packages_error(volume):
+    from isegformer.segments.segment import PropagationRecord
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    session = _interpolation_session(volume)
+    good = "0" * 32
+    for digests in (((2,),), ((2, good), (2, good)), ((2, good, 3),), 5):
+        with pytest.raises(InvalidInputError):
+            session.restore_propagated("blob", np.zeros(SHAPE, bool), PropagationRecord(0, "interpolation", digests))
+    with pytest.raises(InvalidInputError):
+        SessionBridge(session).restore_propagation("blob", 0, "interpolation", np.zeros(SHAPE, bool), [("x", good)])

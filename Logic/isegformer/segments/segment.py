@@ -90,11 +90,18 @@ MASK_DIGEST_LENGTH = 32
 class PropagationRecord:
     """What a propagated result was computed from: the ``axis`` and ``method`` of the
     propagation and, for every slice annotated along that axis then, the digest of its mask
-    (``digests``: (index, digest) pairs sorted by index)."""
+    (``digests``: (index, digest) pairs sorted by index).
+
+    ``overlaid``: slices along ``axis`` whose voxels in the result are not the propagation's
+    but an annotation's that the record does not count (a result restored from what Slicer
+    shows, taken while an annotation made after the propagation was on it). While they stay
+    annotated that does not matter (annotations are written over the result); once one is
+    cleared, what the propagation gave there is unknown, so the result is not taken up."""
 
     axis: int
     method: str
     digests: tuple[tuple[int, str], ...]
+    overlaid: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, axis: int, method: str, annotated: Mapping[int, SliceAnnotation]) -> "PropagationRecord":

@@ -323,7 +323,8 @@ def _segment(check: _Checker, raw: Any, n: int, shape: tuple[int, int, int]) -> 
 
 def _propagation_record(check: _Checker, raw: Any, where: str, propagation_axis: Optional[int],
                         shape: tuple[int, int, int]) -> Optional[PropagationRecord]:
-    """``{"axis": a, "method": "stcn", "annotations": [[index, digest], ...]}`` or absent/null."""
+    """``{"axis": a, "method": "stcn", "annotations": [[index, digest], ...], "overlaid": [index, ...]}``
+    (``overlaid`` optional) or absent/null."""
     if raw is None:
         return None
     raw = check.mapping(raw, where)
@@ -347,7 +348,12 @@ def _propagation_record(check: _Checker, raw: Any, where: str, propagation_axis:
         digests.append((index, pair[1]))
     if len({index for index, _ in digests}) != len(digests):
         check.fail(f"{where}.annotations", "name one slice twice")
-    return PropagationRecord(axis, method, tuple(sorted(digests)))
+    overlaid = [check.integer(index, f"{where}.overlaid[{n}]", 0, shape[axis] - 1)
+                for n, index in enumerate(check.array(raw.get("overlaid", []), f"{where}.overlaid",
+                                                      max_items=shape[axis]))]
+    if len(set(overlaid)) != len(overlaid) or set(overlaid) & {index for index, _ in digests}:
+        check.fail(f"{where}.overlaid", "must name each slice once, and none of the record's annotations")
+    return PropagationRecord(axis, method, tuple(sorted(digests)), tuple(sorted(overlaid)))
 
 
 def _kind(value: Any) -> str:

@@ -594,22 +594,35 @@ class Session:
         self._current = target
         return target.mask(self.volume.shape)
 
-    def restore_propagated(self, segment: SegmentRef, result: np.ndarray, record: PropagationRecord) -> None:
+    def restore_propagated(self, segment: SegmentRef, result: np.ndarray, record: PropagationRecord) -> bool:
         """Give a segment a propagated result kept elsewhere (the Slicer module keeps it in the
         scene: the segment's voxels) with the record of the annotations it came from, as
         :meth:`load` does for a session file: the next propagation recomputes only around the
-        annotations that are new or changed since (see :meth:`propagate`). One undo step."""
+        annotations that are new or changed since (see :meth:`propagate`). One undo step.
+
+        ``result`` may show annotations the record does not count (made after that
+        propagation): along the record's axis they are noted as ``overlaid``, and clearing one
+        of them later makes the next propagation recompute everything. Annotations along
+        another axis cross every slice of ``result`` and cannot be told from it: then nothing
+        is restored and False is returned (the next propagation recomputes everything)."""
         target = self.segment(segment)
         if not isinstance(record, PropagationRecord):
             raise InvalidInputError(f"A propagation record is a PropagationRecord, got {type(record).__name__}.")
         axis = arguments.axis(record.axis)
         if not isinstance(record.method, str) or not record.method.strip():
             raise InvalidInputError(f"A propagation record names its method, got {record.method!r}.")
-        for index, digest in record.digests:
+        if not isinstance(record.digests, (tuple, list)):
+            raise InvalidInputError(f"A propagation record's digests are (slice index, digest) pairs, got {record.digests!r}.")
+        for pair in record.digests:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InvalidInputError(f"A propagation record's digests are (slice index, digest) pairs, got {pair!r}.")
+            index, digest = pair
             arguments.index(self.volume.shape, axis, index)
             if not isinstance(digest, str) or len(digest) != MASK_DIGEST_LENGTH \
                     or digest.strip("0123456789abcdef"):
                 raise InvalidInputError(f"A propagation record's digest is {MASK_DIGEST_LENGTH} hex digits, got {digest!r}.")
+        if len({int(index) for index, _ in record.digests}) != len(record.digests):
+            raise InvalidInputError("A propagation record names one slice twice.")
         result = np.asarray(result)
         if result.shape != self.volume.shape:
             raise InvalidInputError(
@@ -621,9 +634,17 @@ class Session:
                 raise InvalidInputError("The propagated result is a mask: true/false or 0/1 values only.")
             result = result.astype(bool)
         result = np.array(result, dtype=bool, copy=True)
+        crossing = [a for a in range(3) if a != axis and target.annotations[a]]
+        if crossing:
+            log.info("The propagated result of %r is not restored: annotations along axis %s cross its "
+                     "slices; its next propagation recomputes every slice.", target.name, crossing[0])
+            return False
+        counted = {int(index) for index, _ in record.digests}
+        overlaid = tuple(sorted(i for i in target.annotations[axis] if i not in counted))
         before, before_axis, before_record = target.propagated, target.propagation_axis, target.propagation_record
         diff = VolumeDiff(before, result, axis)
-        record = PropagationRecord(axis, record.method.strip().lower(), tuple(sorted(record.digests)))
+        record = PropagationRecord(axis, record.method.strip().lower(),
+                                   tuple(sorted((int(i), d) for i, d in record.digests)), overlaid)
 
         def redo() -> None:
             target.propagated = diff.apply(target.propagated, reverse=False)
@@ -640,6 +661,7 @@ class Session:
         redo()
         self.history.push(Action(f"restore the propagated result of {target.name!r} (axis {axis})", undo, redo,
                                  diff.nbytes))
+        return True
 
     def _forget_propagators(self, segment: Segment) -> None:
         for key in [k for k in self._propagators if k[0] is segment]:
@@ -680,7 +702,8 @@ class Session:
                 or segment.propagation_axis != axis or record.method != method:
             return None
         annotated = segment.annotations[axis]
-        if any(index not in annotated for index, _ in record.digests):
+        if any(index not in annotated for index, _ in record.digests) \
+                or any(index not in annotated for index in record.overlaid):
             return None
         return {index: annotated[index].order for index, digest in record.digests
                 if mask_digest(annotated[index].mask) == digest}

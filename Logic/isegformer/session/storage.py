@@ -101,6 +101,8 @@ def save_session(session: "Session", path: str | os.PathLike, include_volume: bo
                     "method": record.method,
                     "annotations": [[index, digest] for index, digest in record.digests],
                 }
+                if record.overlaid:
+                    entry["propagation_record"]["overlaid"] = list(record.overlaid)
         segments.append(entry)
     current = session.current_segment
     manifest = {

@@ -203,22 +203,26 @@ class SessionBridge:
         return VolumeUpdate(segment, int(axis), mask, annotated, record.method, tuple(record.digests))
 
     def restore_propagation(self, segment: str, axis: int, method: str, mask: np.ndarray,
-                            digests: Sequence[tuple[int, str]]) -> None:
+                            digests: Sequence[tuple[int, str]]) -> bool:
         """Give a reopened session a segment's propagated result back: ``mask`` (k, j, i), what
         the segment shows now, computed along ``axis`` by ``method`` from the annotated slices
         whose mask digests are ``digests`` ((index, digest) pairs, as a :class:`VolumeUpdate`
         carried them). The next propagation then recomputes only around the annotations that
         are new or changed since (slices edited by hand become such annotations); every other
-        slice stays as it is. A session without this ability ignores it (everything is
-        propagated again)."""
+        slice stays as it is. Returns whether the session took it up: a session without this
+        ability, or one that cannot tell the result from the segment's annotations (see
+        ``Session.restore_propagated``), propagates everything again."""
         restore = getattr(self._session, "restore_propagated", None)
         if not callable(restore):
-            return
+            return False
         from ..segments.segment import PropagationRecord
 
         self._ensure_segment(segment)
-        pairs = tuple((int(index), str(digest)) for index, digest in digests)
-        restore(segment, np.asarray(mask, dtype=bool), PropagationRecord(int(axis), str(method), pairs))
+        try:
+            pairs = tuple((int(index), str(digest)) for index, digest in digests)
+        except (TypeError, ValueError) as err:
+            raise InvalidInputError(f"A propagation record's digests are (slice index, digest) pairs: {err}.") from err
+        return bool(restore(segment, np.asarray(mask, dtype=bool), PropagationRecord(int(axis), str(method), pairs)))
 
     def segment_mask(self, segment: str) -> np.ndarray:
         self._ensure_segment(segment)
