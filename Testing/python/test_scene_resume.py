@@ -346,8 +346,9 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
 
 def test_a_volume_changed_since_the_save_drops_the_saved_propagation(slicer_env, tmp_path, random_stcn_networks,
                                                                      one_torch_thread, caplog):
-    """Results computed on other voxels are not taken up: the points resume, the propagation
-    records do not, and the next propagation recomputes every slice."""
+    """Results computed on other voxels are not taken up: the points resume, the session that
+    opens on the changed voxels drops the propagation records, and its next propagation
+    recomputes every slice."""
     import nrrd
 
     slicer, module = slicer_env.slicer, slicer_env.module
@@ -362,10 +363,11 @@ def test_a_volume_changed_since_the_save_drops_the_saved_propagation(slicer_env,
     try:
         slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
         resumed = widget.logic
-        assert len(resumed._records) == 3 and resumed._propagationRecords == {}
-        assert "voxels changed since the session was saved" in caplog.text
+        assert len(resumed._records) == 3
         with _real_sessions(random_stcn_networks, factories):
-            resumed.addClick(world(7, 20, 24), axis=0)
+            resumed.addClick(world(7, 20, 24), axis=0)  # opens a session on the changed voxels
+            assert resumed._propagationRecords == {}
+            assert "voxels are not the ones the last propagations ran on" in caplog.text
             resumed.propagate()
         assert factories[-1].decoded > SHAPE[0] // 2  # the whole volume again, not slices 6 and 8
     finally:
@@ -430,3 +432,47 @@ def test_a_stored_record_that_does_not_fit_is_skipped_and_the_session_opens(capl
     assert session.segment("femur").propagated is None and session.segment("femur").propagation_record is None
     np.testing.assert_array_equal(session.segment("tibia").propagated, mask)
     assert session.segment("tibia").propagation_record.digests == ((3, "0" * 32),)
+
+
+def test_voxels_changed_in_place_after_a_propagation_are_caught_at_the_next_opening(
+        slicer_env, tmp_path, random_stcn_networks, one_torch_thread, caplog):
+    """The digest stored is the one of the voxels the propagation ran on, not of the node when
+    the session is stored: a filter run in place, then a point, then save and reload, still
+    makes the next propagation start afresh."""
+    slicer, module = slicer_env.slicer, slicer_env.module
+    volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
+    logic = module.iSegFormerSlicerLogic()
+    logic.setVolume(volume)
+    logic.setModelSettings(device="cpu", propagation="stcn")
+    node, segment_id = logic.setSegmentation()
+    factories = []
+    with _real_sessions(random_stcn_networks, factories):
+        for k in (1, 5, 9):
+            logic.addClick(world(k, 20, 24), axis=0)
+        logic.propagate()
+        recorded = logic._recordsVolumeDigest
+        voxels = slicer.util.arrayFromVolume(volume)
+        voxels[:, 10:20, 10:20] += 30  # a filter run in place
+        slicer.util.arrayFromVolumeModified(volume)
+        logic.addClick(world(3, 20, 24), axis=0)  # the session is stored again
+    from iSegFormerSlicerLib import scene_state
+
+    assert scene_state.load(node).volumeDigest == recorded  # what the propagation ran on
+    assert recorded != scene_state.volumeDigest(slicer.util.arrayFromVolume(volume))
+    folder = tmp_path / "scene"
+    assert slicer.util.saveScene(str(folder))
+    logic.shutdown()
+    slicer_env.slicer_standins.new_scene()
+
+    widget = slicer_env.slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
+    try:
+        slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
+        resumed = widget.logic
+        assert resumed._propagationRecords  # taken up at the import...
+        with _real_sessions(random_stcn_networks, factories):
+            resumed.addClick(world(7, 20, 24), axis=0)
+            assert resumed._propagationRecords == {}  # ...and dropped by the session on other voxels
+            resumed.propagate()
+        assert factories[-1].decoded > SHAPE[0] // 2
+    finally:
+        widget.cleanup()

@@ -66,6 +66,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._resumeChecked = None  # ID of the segmentation whose stored session was looked at
         self._digests = {}  # (segment ID, axis) -> slice digests of _written (scene_state.py)
         self._propagationRecords = {}  # segment ID -> the session's propagation record (scene_state.py)
+        self._recordsVolumeDigest = None  # digest of the voxels those records were computed on
+        self._sessionVolumeDigest = None  # digest of the voxels the last session opened on
         self._initFinetune()
 
     # ---- state (in the parameter node) ---------------------------------------------------------
@@ -306,7 +308,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         slices = {}
         for record in sorted(self._records, key=lambda r: r.order):
             slices.setdefault(record.sliceKey, []).append(ClickSpec(record.point.row, record.point.col, record.positive))
-        restores = self._propagationRestores()  # the segments' voxels, read here on the GUI thread
+        from .scene_state import volumeDigest
+
+        # the segments' voxels, read here on the GUI thread, with the records made on these voxels
+        restores = self._propagationRestores(volumeDigest(volume))
 
         def openSession(progress):
             from isegformer.errors import WeightsError

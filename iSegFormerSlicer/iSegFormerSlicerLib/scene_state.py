@@ -27,10 +27,12 @@ session's propagation record of each segment: the axis and method of its last pr
 a digest of each annotated slice's mask it was computed from. When the session reopens, it
 gets the segment's voxels back as its propagated result with this record, so the next
 propagation recomputes only around the annotations that are new or changed (hand-edited
-slices among them), not the whole volume. ``volume`` (optional, written with ``propagation``)
-is a CRC-32 of the source volume's voxels, shape and type: a volume whose voxels changed
-since (a filter run in place, another volume under the same node) drops the records, so the
-next propagation recomputes everything instead of keeping results of the old voxels.
+slices among them), not the whole volume. ``volume`` (written with ``propagation``) is a
+CRC-32 of the voxels, shape and type of the volume those propagations ran on (the copy the
+session opened on, not the node as it is when the attribute is written). A session opening on
+other voxels (a filter run in place, another volume under the same node, an attribute without
+``volume``) drops the records, so its next propagation recomputes everything instead of
+taking up results of other voxels.
 
 Reading goes through the package's bounded JSON reader; anything malformed raises the
 package's SessionFileError naming the node, and nothing in the scene is changed.
@@ -280,7 +282,8 @@ class SceneStateActions:
 
     Mixed into iSegFormerSlicerLogic (it uses its ``segmentationNode``, ``volumeNode``,
     ``segmentWriter``, ``locateClick``, ``_records``, ``_order``, ``_handEdited``, ``_written``,
-    ``_propagated``, ``_propagationRecords``, ``_stale``, ``_bridge`` and ``_opening``).
+    ``_propagated``, ``_propagationRecords``, ``_recordsVolumeDigest``, ``_sessionVolumeDigest``,
+    ``_stale``, ``_bridge`` and ``_opening``).
     """
 
     def _storeSessionState(self):
@@ -302,41 +305,41 @@ class SceneStateActions:
                 state.written[key] = [int(d) for d in self._digests[key]]
         state.propagation = dict(self._propagationRecords)
         if state.propagation:
-            state.volumeDigest = self._sourceVolumeDigest()
+            state.volumeDigest = self._recordsVolumeDigest
         store(node, state)
         self._resumeChecked = node.GetID()  # what is stored now is this session's own
-
-    def _sourceVolumeDigest(self):
-        """volumeDigest of the source volume's voxels, recomputed only when they changed (the
-        image data's modified time), since the session is stored after every click."""
-        import slicer
-
-        node = self.volumeNode
-        if node is None or node.GetImageData() is None:
-            return None
-        key = (node.GetID(), node.GetImageData().GetMTime())
-        cached = getattr(self, "_volumeDigestCache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, volumeDigest(slicer.util.arrayFromVolume(node)))
-            self._volumeDigestCache = cached
-        return cached[1]
 
     def _recordPropagation(self, update):
         """Keep the session's propagation record of a propagation result just written (stored
         with the session); a result without one forgets the segment's earlier record."""
         if getattr(update, "method", "") and getattr(update, "digests", None) is not None:
+            if self._recordsVolumeDigest != self._sessionVolumeDigest:
+                self._propagationRecords = {}  # computed on other voxels: none is valid with this one
+            self._recordsVolumeDigest = self._sessionVolumeDigest
             self._propagationRecords[update.segment] = (int(update.axis), str(update.method),
                                                         tuple((int(i), str(d)) for i, d in update.digests))
         else:
             self._propagationRecords.pop(update.segment, None)
         self._storeSessionState()
 
-    def _propagationRestores(self):
+    def _propagationRestores(self, digest):
         """(segment ID, axis, method, voxels, digests) of each segment with a propagation
-        record, its voxels read now (GUI thread), for a session about to open
-        (``SessionBridge.restore_propagation``)."""
+        record, its voxels read now (GUI thread), for a session about to open on voxels whose
+        digest is ``digest`` (``volumeDigest``; see ``SessionBridge.restore_propagation``).
+        Records made on other voxels are dropped instead: that session propagates everything
+        again."""
+        import logging
+
+        self._sessionVolumeDigest = digest
         segmentation = self.segmentationNode.GetSegmentation() if self.segmentationNode is not None else None
         if segmentation is None or self.volumeNode is None or not self._propagationRecords:
+            return []
+        if self._recordsVolumeDigest != digest:
+            logging.warning("iSegFormer: the source volume's voxels are not the ones the last propagations ran on "
+                            "(changed since, or not recorded): the next propagation recomputes every slice instead "
+                            "of taking up their results.")
+            self._propagationRecords = {}
+            self._storeSessionState()
             return []
         writer = self.segmentWriter()
         return [(sid, axis, method, writer.read(sid).astype(bool), digests)
@@ -443,13 +446,7 @@ class SceneStateActions:
         self._propagated = {key: set(values) for key, values in state.propagated.items()}
         self._propagationRecords = {sid: record for sid, record in state.propagation.items()
                                     if segmentation.GetSegment(sid) is not None}
-        if self._propagationRecords and state.volumeDigest is not None \
-                and state.volumeDigest != self._sourceVolumeDigest():
-            import logging
-
-            logging.warning("iSegFormer: the source volume's voxels changed since the session was saved: "
-                            "the next propagation recomputes every slice instead of taking up the saved results.")
-            self._propagationRecords = {}
+        self._recordsVolumeDigest = state.volumeDigest  # checked when a session opens on the voxels
         if self._bridge is not None or self._opening:
             self._stale = True  # a session opened before the resume: reopen it with the clicks
         return True
