@@ -47,8 +47,10 @@ def test_plan_splits_threads_between_samples():
     assert stream_plan(2, 2) == (2, 1)
     assert stream_plan(2, 16) == (2, 8)
     assert stream_plan(4, 2) == (2, 1)
+    assert stream_plan(4, 6) == (3, 2)
     assert stream_plan(1, 2) == (1, 2)  # one sample: the batch as it is
     assert stream_plan(2, 1) == (1, 1)  # one thread: nothing to share
+    assert stream_plan(2, 3) == (1, 3)  # 1 + 1 would leave a thread idle
 
 
 @pytest.mark.usefixtures("two_torch_threads")
@@ -147,3 +149,70 @@ def test_a_nested_call_runs_plainly_inside_its_stream():
     out = run_in_streams(lambda x: run_in_streams(inner, torch.cat([x, x])), torch.tensor([[1.0], [2.0]]))
     assert torch.equal(out, torch.tensor([[2.0], [2.0], [3.0], [3.0]]))
     assert sorted(n for _, n in seen) == [2, 2] and len({t for t, _ in seen}) == 2  # no deadlock, no re-split
+
+
+def test_int8_gives_each_sample_its_own_result_whatever_the_thread_count(tiny_model):
+    """int8 layers quantize a call's input with one scale: the flip pair must not share it, or
+    a click's mask would depend on the thread count."""
+    from isegformer.click_engine.fast_cpu import quantize_linear_layers
+
+    fast = quantize_linear_layers(tiny_model)
+    images, prevs, points = _flip_pair()
+    saved = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                results[threads] = fast(images, prevs, points)
+                alone = fast(images[1:], prevs[1:], points[1:])
+            assert torch.equal(results[threads][1:], alone)  # as if the flip ran by itself
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(results[1], results[2])
+    fast.split_samples = False  # one scale over the pair: another result, which is why it is set
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            shared = fast(images, prevs, points)
+    finally:
+        torch.set_num_threads(saved)
+    assert not torch.equal(shared, results[1])
+
+
+@pytest.mark.usefixtures("two_torch_threads")
+def test_cpu_autocast_runs_the_batch_as_one():
+    seen = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run_in_streams(lambda x: seen.append(threading.get_ident()) or x, torch.zeros(2, 1))
+    assert seen == [threading.get_ident()]  # one call, in the caller's thread, under its autocast
+
+
+def test_a_prepared_thread_keeps_its_thread_count_through_a_stream_call_elsewhere():
+    from isegformer.click_engine.sample_streams import prepare_thread
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prepared, started, release, seen = threading.Event(), threading.Event(), threading.Event(), []
+
+        def slow(x):
+            started.set()
+            release.wait(10)
+            return x
+
+        def other():
+            prepare_thread()  # before the stream call lowers the count
+            prepared.set()
+            started.wait(10)
+            seen.append(torch.get_num_threads())
+            release.set()
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        prepared.wait(10)
+        run_in_streams(slow, torch.zeros(2, 1))
+        worker.join(10)
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

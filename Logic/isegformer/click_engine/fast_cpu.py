@@ -58,4 +58,7 @@ def quantize_linear_layers(model: nn.Module) -> nn.Module:
             model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
             dtype=torch.qint8, inplace=True)
     quantized.int8_engine = engine
+    # One activation scale per call: the image and its flip each get their own, so that a
+    # click's result does not depend on the thread count (see sample_streams.py).
+    quantized.split_samples = True
     return quantized

@@ -89,6 +89,9 @@ class ISegFormer(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.autocast_dtype: torch.dtype | None = None
         self.sample_streams = True
+        #: set by the int8 fast CPU mode: its layers quantize each call's input with one scale,
+        #: so every sample runs on its own whatever the thread count (``sample_streams.py``)
+        self.split_samples = False
 
     @property
     def variant(self) -> str:
@@ -114,8 +117,10 @@ class ISegFormer(nn.Module):
         use_autocast = self.autocast_dtype is not None and image.device.type == "cuda"
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float16,
                             enabled=use_autocast):
-            if self.sample_streams and not self.training:
-                features, quarter = run_in_streams(self._features, normalised, click_maps)
+            if not self.training and (self.sample_streams or self.split_samples):
+                features, quarter = run_in_streams(self._features, normalised, click_maps,
+                                                   split_always=self.split_samples,
+                                                   parallel=self.sample_streams)
             else:
                 features, quarter = self._features(normalised, click_maps)
         quarter = quarter.float()

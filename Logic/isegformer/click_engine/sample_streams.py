@@ -9,9 +9,17 @@ performance table), with the same result: in inference every operation of the cl
 computes each sample of a batch independently of the others.
 
 Torch's thread count is one setting for the whole process, so it is lowered for the call and
-restored after it; nothing else in the process should run torch operations on the CPU at the
-same time (the Slicer module's worker runs one job at a time). Grad and inference modes are
-per thread in torch, so each stream enters the caller's.
+restored after it. Nothing else in the process should run torch operations on the CPU at the
+same time (the Slicer module's worker runs one job at a time): they would run on one thread
+meanwhile, and a thread whose first torch operation falls in that window keeps one thread
+(``prepare_thread`` avoids that for a thread known to use torch later, e.g. the one that
+starts a background warm-up). Grad and inference modes are per thread in torch, so each stream
+enters the caller's; under CPU autocast the batch runs as one. Forward hooks inside
+``function`` run once per stream, with that stream's part of the batch, in its thread.
+
+``split_always`` (the int8 fast CPU mode): the samples run one by one even on one thread, since
+int8 layers quantize their input with one scale per call: a sample's result must not depend
+on the thread count or on the other sample of the batch.
 """
 from __future__ import annotations
 
@@ -29,26 +37,49 @@ _pool_workers = 0
 
 def stream_plan(batch: int, threads: Optional[int] = None) -> tuple[int, int]:
     """(streams, torch threads per stream) for ``batch`` samples on ``threads`` threads
-    (default: torch's current count). One stream means: run the batch as it is."""
+    (default: torch's current count): the most streams that share the threads evenly (3
+    threads and 2 samples stay one batch on 3 threads, rather than leave a thread idle). One
+    stream means: run the batch as it is."""
     threads = torch.get_num_threads() if threads is None else int(threads)
     streams = min(int(batch), threads)
+    while streams > 1 and threads % streams:
+        streams -= 1
     if streams < 2:
         return 1, max(threads, 1)
     return streams, threads // streams
 
 
-def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
+def prepare_thread() -> None:
+    """Fix the calling thread's torch thread count now (torch reads it once per thread, at the
+    thread's first parallel operation), so that it never takes the lowered count of a stream
+    call running in another thread at that moment."""
+    torch.get_num_threads()
+
+
+def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor, split_always: bool = False,
+                   parallel: bool = True) -> Any:
     """``function(*tensors)``, computed on slices of the batch (dim 0 of every tensor) in
     parallel streams and joined again along dim 0 (a tensor, or a list or tuple of them).
 
-    With one sample, one torch thread, or a tensor off the CPU it is one plain call.
+    With one sample, one torch thread, a tensor off the CPU or CPU autocast on, it is one plain
+    call (or, with ``split_always``, one call per sample in turn); ``parallel=False`` makes it
+    so always.
     """
-    streams, per_stream = stream_plan(int(tensors[0].shape[0]))
-    if streams == 1 or getattr(_stream, "active", False) or any(t.device.type != "cpu" for t in tensors):
-        return function(*tensors)
     batch = int(tensors[0].shape[0])
+    streams, per_stream = stream_plan(batch)
+    if not parallel or getattr(_stream, "active", False) or any(t.device.type != "cpu" for t in tensors) \
+            or _cpu_autocast_enabled():
+        streams = 1
+    if streams == 1:
+        if not split_always or batch < 2:
+            return function(*tensors)
+        return _joined([function(*(t[i:i + 1] for t in tensors)) for i in range(batch)])
     bounds = [batch * s // streams for s in range(streams + 1)]
     chunks = [tuple(t[lo:hi] for t in tensors) for lo, hi in zip(bounds, bounds[1:])]
+    if split_always and any(len(chunk[0]) > 1 for chunk in chunks):
+        per_sample = function
+        function = lambda *part: _joined([per_sample(*(t[i:i + 1] for t in part))  # noqa: E731
+                                          for i in range(int(part[0].shape[0]))])
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def run(chunk) -> Any:
@@ -74,6 +105,13 @@ def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor) -> Any:
         finally:
             torch.set_num_threads(saved)
     return _joined([first, *results])
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # older torch: no device argument
+        return bool(torch.is_autocast_cpu_enabled())
 
 
 def _joined(parts: list) -> Any:

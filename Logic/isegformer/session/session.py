@@ -1001,8 +1001,13 @@ class Session:
         if self._predictor is not None:
             return ClickModelWarmUp.finished(self._predictor)
         loading, created = self._click_model_loading(warm=True)
-        if created:
-            loading.start() if background else loading.run()
+        if created and background:
+            from ..click_engine.sample_streams import prepare_thread
+
+            prepare_thread()  # this thread's torch work (a propagation) keeps its threads meanwhile
+            loading.start()
+        elif created:
+            loading.run()
         if not background:
             loading.result()
         return loading
