@@ -722,6 +722,7 @@ class Session:
                 return propagator, consumed
         recorded = self._recorded_consumption(segment, axis, method)
         if recorded is not None and len(recorded) == len(segment.annotations[axis]):
+            self._forget_propagators(segment)  # a stale one would hold its memory for nothing
             return None, recorded
         propagator = self._new_propagator(axis, method)
         consumed: dict[int, int] = {}
