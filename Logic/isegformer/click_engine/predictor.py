@@ -72,7 +72,7 @@ class ClickPredictor:
     ``model`` is a loaded network (``ISegFormer``), a checkpoint path or a state dict.
     ``precision`` ("float32", "float16" or "bfloat16") applies autocast on CUDA only; the CPU
     always computes in float32 with them. ``precision="int8"`` is the opt-in fast CPU mode:
-    the linear layers of a copy of the model run in int8 (about 1.5x faster per click, not
+    the linear layers of a copy of the model run in int8 (about 1.4x faster per click than float32, not
     the reference's exact numbers; see ``fast_cpu.py``). It runs on the CPU only.
     """
 
