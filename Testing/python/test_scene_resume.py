@@ -278,11 +278,9 @@ def _real_sessions(networks, factories):
     return stack
 
 
-def _saved_scene_with_a_propagation(slicer_env, tmp_path, networks, factories):
-    """Points on slices 1, 5 and 9, an STCN propagation, the scene saved and closed.
-    Returns (scene folder, segment ID, the propagation record, the segment's voxels)."""
-    from iSegFormerSlicerLib import scene_state
-
+def _knee_propagated(slicer_env, networks, factories):
+    """A knee-like volume with points on slices 1, 5 and 9 and their STCN propagation, through
+    the module Logic on a real Session. Returns (volume node, logic, segmentation node, segment ID)."""
     slicer, module = slicer_env.slicer, slicer_env.module
     volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
     logic = module.iSegFormerSlicerLogic()
@@ -293,6 +291,16 @@ def _saved_scene_with_a_propagation(slicer_env, tmp_path, networks, factories):
         for k in (1, 5, 9):
             logic.addClick(world(k, 20, 24), axis=0)
         logic.propagate()
+    return volume, logic, node, segment_id
+
+
+def _saved_scene_with_a_propagation(slicer_env, tmp_path, networks, factories):
+    """Points on slices 1, 5 and 9, an STCN propagation, the scene saved and closed.
+    Returns (scene folder, segment ID, the propagation record, the segment's voxels)."""
+    from iSegFormerSlicerLib import scene_state
+
+    slicer = slicer_env.slicer
+    volume, logic, node, segment_id = _knee_propagated(slicer_env, networks, factories)
     assert factories[0].decoded >= SHAPE[0] - 3
     axis, method, digests = logic._propagationRecords[segment_id]
     assert (axis, method, [index for index, _ in digests]) == (0, "stcn", [1, 5, 9])
@@ -440,16 +448,9 @@ def test_voxels_changed_in_place_after_a_propagation_are_caught_at_the_next_open
     the session is stored: a filter run in place, then a point, then save and reload, still
     makes the next propagation start afresh."""
     slicer, module = slicer_env.slicer, slicer_env.module
-    volume = slicer.util.addVolumeFromArray(knee_like_volume(), IJK_TO_RAS, name="knee")
-    logic = module.iSegFormerSlicerLogic()
-    logic.setVolume(volume)
-    logic.setModelSettings(device="cpu", propagation="stcn")
-    node, segment_id = logic.setSegmentation()
     factories = []
+    volume, logic, node, segment_id = _knee_propagated(slicer_env, random_stcn_networks, factories)
     with _real_sessions(random_stcn_networks, factories):
-        for k in (1, 5, 9):
-            logic.addClick(world(k, 20, 24), axis=0)
-        logic.propagate()
         recorded = logic._recordsVolumeDigest
         voxels = slicer.util.arrayFromVolume(volume)
         voxels[:, 10:20, 10:20] += 30  # a filter run in place

@@ -377,12 +377,7 @@ class STCNPropagator(Propagator):
             )
         if stack.dtype.kind not in "iub":
             raise InvalidInputError(f"The label maps to seed with must be integers, got {stack.dtype}.")
-        if stack.size and (stack.min() < 0 or stack.max() > self._k):
-            raise InvalidInputError(
-                f"The label maps to seed with hold labels {int(stack.min())}..{int(stack.max())}, but "
-                f"this propagator tracks objects 1..{self._k} (0 is background)."
-            )
-        return stack.astype(np.uint8 if self._k < 256 else np.int32, copy=True)
+        return self._labels_in_range(stack, "The label maps to seed with hold")
 
     def _validated_labels(self, label_map) -> np.ndarray:
         labels = np.asarray(label_map)
@@ -397,10 +392,15 @@ class STCNPropagator(Propagator):
                                         "found fractional, NaN or infinite values.")
         elif labels.dtype.kind not in "iub":
             raise InvalidInputError(f"The annotation must be a label map of integers, got {labels.dtype}.")
+        return self._labels_in_range(labels, "The annotation holds")
+
+    def _labels_in_range(self, labels: np.ndarray, what: str) -> np.ndarray:
+        """A copy of ``labels`` in the state's label type, or InvalidInputError (``what`` starts
+        the message) when a label is not 0..K."""
         if labels.size and (labels.min() < 0 or labels.max() > self._k):
             raise InvalidInputError(
-                f"The annotation holds labels {int(labels.min())}..{int(labels.max())}, but this "
-                f"propagator tracks objects 1..{self._k} (0 is background)."
+                f"{what} labels {int(labels.min())}..{int(labels.max())}, but this propagator "
+                f"tracks objects 1..{self._k} (0 is background)."
             )
         return labels.astype(np.uint8 if self._k < 256 else np.int32, copy=True)
 
