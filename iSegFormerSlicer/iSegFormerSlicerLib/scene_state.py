@@ -48,8 +48,6 @@ import numpy as np
 ATTRIBUTE = "iSegFormer.Session"
 FORMAT = "isegformer-slicer-session"
 VERSION = 1
-#: characters of a slice mask digest in a propagation record (isegformer's mask_digest)
-MASK_DIGEST_LENGTH = 32
 #: the attribute stays well below this (a few KB per segment); a larger one was not written here
 MAX_BYTES = 16 * 1024 * 1024
 
@@ -167,6 +165,7 @@ def decode(text: str, where: str = "the segmentation") -> SessionState:
     """Parse an attribute written by :func:`encode`; SessionFileError when it is not one."""
     from isegformer.errors import SessionFileError
     from isegformer.json_io import loads_bounded
+    from isegformer.segments.segment import MASK_DIGEST_LENGTH, is_mask_digest
 
     def fail(what):
         raise SessionFileError(
@@ -241,8 +240,7 @@ def decode(text: str, where: str = "the segmentation") -> SessionState:
         for pair in pairs:
             if not isinstance(pair, list) or len(pair) != 2:
                 fail(f"a propagation annotation must be [slice index, mask digest], got {pair!r}")
-            if not isinstance(pair[1], str) or len(pair[1]) != MASK_DIGEST_LENGTH \
-                    or pair[1].strip("0123456789abcdef"):
+            if not is_mask_digest(pair[1]):
                 fail(f"a mask digest must be {MASK_DIGEST_LENGTH} lower-case hex digits, got {pair[1]!r}")
             digests.append((integer(pair[0], "a slice index"), pair[1]))
         if len({index for index, _ in digests}) != len(digests):

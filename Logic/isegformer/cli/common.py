@@ -16,6 +16,16 @@ def add_axis_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--axis", default="0", type=parse_axis, metavar="{0,1,2,k,j,i}", help=help_text)
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` of the click model (``ClickPredictor``'s precisions; listed here so that
+    building the parser imports no torch)."""
+    parser.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16", "int8"),
+                        help="click model arithmetic: float32 (default, the reference's numbers); "
+                             "float16/bfloat16: autocast on CUDA (the CPU ignores them); int8: the "
+                             "opt-in fast CPU mode (int8 linear layers: faster clicks whose masks "
+                             "are close to, but not, the reference's; see the README)")
+
+
 def parse_axis(text: str) -> int:
     value = AXES.get(str(text).strip().lower())
     if value is None:

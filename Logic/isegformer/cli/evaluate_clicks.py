@@ -7,7 +7,7 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .common import AXES
+from .common import AXES, add_precision_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-iou", type=float, default=0.90,
                    help="stop a sample once its IoU reaches this (default 0.90)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="float32",
-                   choices=("float32", "float16", "bfloat16", "int8"),
-                   help="float16/bfloat16: autocast on CUDA (the CPU ignores them); int8: the "
-                        "opt-in fast CPU mode (int8 linear layers, not the reference's numbers)")
+    add_precision_argument(p)
     p.add_argument("--no-zoom-in", action="store_true", help="turn the zoom-in transform off")
     p.add_argument("--no-flip", action="store_true", help="turn flip averaging off")
     p.add_argument("--out", type=Path, help="folder for results.json and noc_curve.png")

@@ -34,11 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="click model: a registry name or a checkpoint file "
                              "(default: isegformer_swin_base_oaizib)")
     add_model_arguments(parser)
-    parser.add_argument("--precision", default="float32", choices=("float32", "float16", "bfloat16", "int8"),
-                        help="click model arithmetic: float32 (default, the reference's numbers); "
-                             "float16/bfloat16: autocast on CUDA; int8: the opt-in fast CPU mode "
-                             "(int8 linear layers: faster clicks whose masks are close to, but not, "
-                             "the reference's; see the README)")
+    common.add_precision_argument(parser)
     parser.add_argument("--overlay", type=Path, metavar="PNG", help="also write a PNG montage of the result")
     parser.add_argument("--session", type=Path, metavar="FILE",
                         help="also save the whole session (to continue in Python with Session.load)")

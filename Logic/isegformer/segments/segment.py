@@ -86,6 +86,11 @@ def mask_digest(mask: np.ndarray) -> str:
 MASK_DIGEST_LENGTH = 32
 
 
+def is_mask_digest(value: object) -> bool:
+    """Whether ``value`` has the form of a :func:`mask_digest` (32 lower-case hex digits)."""
+    return isinstance(value, str) and len(value) == MASK_DIGEST_LENGTH and not value.strip("0123456789abcdef")
+
+
 @dataclass(frozen=True)
 class PropagationRecord:
     """What a propagated result was computed from: the ``axis`` and ``method`` of the

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import SessionFileError
-from ..segments.segment import MASK_DIGEST_LENGTH, PropagationRecord
+from ..segments.segment import MASK_DIGEST_LENGTH, PropagationRecord, is_mask_digest
 from ..volume import slicing
 
 FORMAT_NAME = "isegformer-session"
@@ -38,7 +38,6 @@ MAX_NAME_LENGTH = 1_000
 MAX_ORDER = 2 ** 53
 _ARRAY_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MASK_DIGEST = re.compile(r"^[0-9a-f]{%d}$" % MASK_DIGEST_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -343,7 +342,7 @@ def _propagation_record(check: _Checker, raw: Any, where: str, propagation_axis:
         if len(pair) != 2:
             check.fail(at, "must be [slice index, mask digest]")
         index = check.integer(pair[0], f"{at} index", 0, shape[axis] - 1)
-        if not isinstance(pair[1], str) or not _MASK_DIGEST.match(pair[1]):
+        if not is_mask_digest(pair[1]):
             check.fail(f"{at} digest", f"must be {MASK_DIGEST_LENGTH} lower-case hex digits, got {_short(pair[1])}")
         digests.append((index, pair[1]))
     if len({index for index, _ in digests}) != len(digests):

@@ -30,7 +30,7 @@ from ..errors import InvalidInputError
 from ..progress import ProgressCallback
 from ..segments.history import Action, History, VolumeDiff
 from ..segments.segment import (DEFAULT_COLORS, MASK_DIGEST_LENGTH, PropagationRecord, Segment, SliceAnnotation,
-                                SliceClick, mask_digest)
+                                SliceClick, is_mask_digest, mask_digest)
 from ..volume import Volume, geometry, slicing
 from . import arguments, storage
 
@@ -574,25 +574,32 @@ class Session:
             # Nothing changed: no undo step. The record still says what this result comes from.
             target.propagation_record = record
             return target.mask(self.volume.shape)
+        self._set_propagated(target, result, axis, record, f"propagate {target.name!r} ({method}, axis {axis})")
+        self._current = target
+        return target.mask(self.volume.shape)
+
+    def _set_propagated(self, target: Segment, result: np.ndarray, axis: int, record: Optional[PropagationRecord],
+                        label: str, forget_propagators: bool = False) -> None:
+        """Give ``target`` the propagated ``result`` along ``axis`` with its ``record``, as one
+        undo step that restores all three. ``forget_propagators``: the segment's live
+        propagator does not hold ``result`` (nor, after an undo, what it replaced), so undo and
+        redo drop it as well."""
         before, before_axis, before_record = target.propagated, target.propagation_axis, target.propagation_record
         diff = VolumeDiff(before, result, axis)
 
-        def redo() -> None:
-            target.propagated = diff.apply(target.propagated, reverse=False)
-            target.propagation_axis = axis
-            target.propagation_record = record
-
-        def undo() -> None:
-            target.propagated = diff.apply(target.propagated, reverse=True)
-            target.propagation_axis = before_axis
-            target.propagation_record = before_record
+        def apply(reverse: bool) -> None:
+            target.propagated = diff.apply(target.propagated, reverse=reverse)
+            target.propagation_axis = before_axis if reverse else axis
+            target.propagation_record = before_record if reverse else record
+            if forget_propagators:
+                self._forget_propagators(target)
 
         target.propagated = result
         target.propagation_axis = axis
         target.propagation_record = record
-        self.history.push(Action(f"propagate {target.name!r} ({method}, axis {axis})", undo, redo, diff.nbytes))
-        self._current = target
-        return target.mask(self.volume.shape)
+        if forget_propagators:
+            self._forget_propagators(target)
+        self.history.push(Action(label, lambda: apply(True), lambda: apply(False), diff.nbytes))
 
     def restore_propagated(self, segment: SegmentRef, result: np.ndarray, record: PropagationRecord) -> bool:
         """Give a segment a propagated result kept elsewhere (the Slicer module keeps it in the
@@ -618,8 +625,7 @@ class Session:
                 raise InvalidInputError(f"A propagation record's digests are (slice index, digest) pairs, got {pair!r}.")
             index, digest = pair
             arguments.index(self.volume.shape, axis, index)
-            if not isinstance(digest, str) or len(digest) != MASK_DIGEST_LENGTH \
-                    or digest.strip("0123456789abcdef"):
+            if not is_mask_digest(digest):
                 raise InvalidInputError(f"A propagation record's digest is {MASK_DIGEST_LENGTH} hex digits, got {digest!r}.")
         if len({int(index) for index, _ in record.digests}) != len(record.digests):
             raise InvalidInputError("A propagation record names one slice twice.")
@@ -632,7 +638,6 @@ class Session:
         if result.dtype != bool:
             if result.dtype.kind not in "iu" or (result.size and not np.isin(result, (0, 1)).all()):
                 raise InvalidInputError("The propagated result is a mask: true/false or 0/1 values only.")
-            result = result.astype(bool)
         result = np.array(result, dtype=bool, copy=True)
         crossing = [a for a in range(3) if a != axis and target.annotations[a]]
         if crossing:
@@ -641,26 +646,10 @@ class Session:
             return False
         counted = {int(index) for index, _ in record.digests}
         overlaid = tuple(sorted(i for i in target.annotations[axis] if i not in counted))
-        before, before_axis, before_record = target.propagated, target.propagation_axis, target.propagation_record
-        diff = VolumeDiff(before, result, axis)
         record = PropagationRecord(axis, record.method.strip().lower(),
                                    tuple(sorted((int(i), d) for i, d in record.digests)), overlaid)
-
-        def redo() -> None:
-            target.propagated = diff.apply(target.propagated, reverse=False)
-            target.propagation_axis = axis
-            target.propagation_record = record
-            self._forget_propagators(target)
-
-        def undo() -> None:
-            target.propagated = diff.apply(target.propagated, reverse=True)
-            target.propagation_axis = before_axis
-            target.propagation_record = before_record
-            self._forget_propagators(target)
-
-        redo()
-        self.history.push(Action(f"restore the propagated result of {target.name!r} (axis {axis})", undo, redo,
-                                 diff.nbytes))
+        self._set_propagated(target, result, axis, record,
+                             f"restore the propagated result of {target.name!r} (axis {axis})", forget_propagators=True)
         return True
 
     def _forget_propagators(self, segment: Segment) -> None:

@@ -246,10 +246,8 @@ class STCNPropagator(Propagator):
         certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
         with torch.inference_mode():
             for number, index in enumerate(order):
-                mask = self._one_hot(last[index])
-                feats = self._cache.get(index, order[number + 1:])
-                value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
-                certain[index] = (feats.k16.clone()[0], value[:, :, 0])  # cache views are only valid until the next get
+                index_k16, value = self._annotated_memory(index, self._one_hot(last[index]), order[number + 1:])
+                certain[index] = (index_k16[0], value[:, :, 0])
             for t in range(self.num_frames):
                 self._prob[:, t] = self._one_hot(stack[t])[:, 0].to(self._prob.device)
         self._ever_written[:] = True
@@ -273,9 +271,7 @@ class STCNPropagator(Propagator):
         change = mask - previous
         pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
 
-        feats = self._cache.get(index, visits.after(index))
-        value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
-        index_k16 = feats.k16.clone()  # cache views are only valid until the next get
+        index_k16, value = self._annotated_memory(index, mask, visits.after(index))
         certain.pop(index, None)
         certain[index] = (index_k16[0], value[:, :, 0])
 
@@ -319,6 +315,14 @@ class STCNPropagator(Propagator):
                                      pos_change, neg_change)
                 written.write(t, out[:, 0].cpu())
             step()
+
+    def _annotated_memory(self, index: int, mask: torch.Tensor,
+                          later_reads: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(key (1, C, h, w), value) of annotated frame ``index`` with its one-hot ``mask``, as it
+        joins the certain memory; ``later_reads``: the frames read after it (for the cache)."""
+        feats = self._cache.get(index, later_reads)
+        value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
+        return feats.k16.clone(), value  # cache views are only valid until the next get
 
     def _fuse(self, bound: int, index: int, t: int, current: torch.Tensor, previous: torch.Tensor,
               index_k16: torch.Tensor, query_k16: torch.Tensor, pos_change: torch.Tensor,
