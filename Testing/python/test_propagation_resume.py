@@ -222,13 +222,65 @@ def test_the_record_follows_undo_and_redo(volume, random_stcn_networks, tmp_path
     assert segment.propagation_record == first
 
 
-def test_the_record_survives_save_and_load(saved, tmp_path):
+def test_the_record_survives_save_and_load(saved, tmp_path, random_stcn_networks):
+    from isegformer.propagation.network_digest import network_digest
+
     path, _ = saved
     loaded = Session.load(path)
     record = loaded.segment("blob").propagation_record
     assert (record.axis, record.method, sorted(record.by_index)) == (0, "stcn", list(FIRST))
+    assert record.networks == network_digest(*random_stcn_networks)  # the weights it ran with
     again = loaded.save(tmp_path / "again.isegsession", include_volume=False)
     assert Session.load(again, volume=loaded.volume).segment("blob").propagation_record == record
+
+
+def test_other_networks_after_load_recompute_everything(volume, saved, random_stcn_networks):
+    """The record names the weights: a session loaded with another STCN (or without the
+    FusionNet the result was fused with) does not take the result up; it computes what a
+    session that only ever had its own weights computes."""
+    import torch
+
+    from isegformer.propagation.stcn import STCNNetwork
+
+    path, before = saved
+    torch.manual_seed(2)
+    others = [(STCNNetwork().eval(), random_stcn_networks[1]), (random_stcn_networks[0], None)]
+    for network, fusion in others:
+        recorder = Recorder()
+        loaded = Session.load(path, stcn_weights=network, fusion_weights=fusion, propagator_factory=recorder,
+                              device="cpu")
+        loaded.set_slice_mask(0, 8, _disk(8, grow=2))
+        after = loaded.propagate()
+        assert recorder.decoded >= SHAPE[0] - len(FIRST) - 1  # every slice again, not 7 and 9
+        fresh = Session.open((volume, np.eye(4)), stcn_weights=network, fusion_weights=fusion, device="cpu")
+        fresh.add_segment("blob")
+        for k in FIRST:
+            fresh.set_slice_mask(0, k, _disk(k))
+        fresh.set_slice_mask(0, 8, _disk(8, grow=2))
+        np.testing.assert_array_equal(after, fresh.propagate())
+        assert loaded.segment("blob").propagation_record.networks != \
+            Session.load(path).segment("blob").propagation_record.networks
+
+
+def test_the_networks_digest_tells_weights_apart():
+    import torch
+
+    from isegformer.propagation.network_digest import network_digest
+    from isegformer.segments.segment import is_mask_digest
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    copy = torch.nn.Linear(3, 2)
+    copy.load_state_dict(layer.state_dict())
+    digest = network_digest(layer)
+    assert is_mask_digest(digest) and network_digest(copy) == digest
+    with torch.no_grad():
+        copy.weight[1, 2] += 1e-6
+    assert network_digest(copy) != digest
+    assert network_digest(layer, None) != digest != network_digest(None, layer)
+    import copy as copying
+
+    assert network_digest(copying.deepcopy(layer).double()) != digest  # same values, another dtype
 
 
 def test_interpolation_after_load_gives_the_live_result(volume, random_stcn_networks, tmp_path):
@@ -280,6 +332,8 @@ def _record(manifest):
     (lambda m: _record(m)["annotations"][0].pop(), r"must be \[slice index, mask digest\]"),
     (lambda m: m["segments"][0].update(propagated=None, propagation_axis=None), "is set without a propagated result"),
     (lambda m: m["segments"][0].update(propagation_record=[0, "stcn"]), "propagation_record must be an object"),
+    (lambda m: _record(m).update(networks="XYZ"), "propagation_record.networks must be 32 lower-case hex digits"),
+    (lambda m: _record(m).update(networks=5), "propagation_record.networks must be 32 lower-case hex digits"),
 ])
 def test_a_malformed_record_is_refused(saved, change, message):
     bad = _with_manifest(saved[0], change)
@@ -329,7 +383,7 @@ def test_a_restored_result_with_its_record_is_taken_up(volume, saved, random_stc
     session.add_segment("blob")
     for k in FIRST:
         session.set_slice_mask(0, k, _disk(k))
-    bridge.restore_propagation("blob", 0, "stcn", before, record.digests)
+    bridge.restore_propagation("blob", 0, "stcn", before, record.digests, record.networks)
     segment = session.segment("blob")
     assert segment.propagation_record == record and segment.propagation_axis == 0
     np.testing.assert_array_equal(segment.propagated, before)
@@ -337,6 +391,7 @@ def test_a_restored_result_with_its_record_is_taken_up(volume, saved, random_stc
     update = bridge.propagate("blob", axis=0)
     assert recorder.decoded == len(_interval(8, FIRST))
     assert (update.method, [index for index, _ in update.digests]) == ("stcn", [2, 6, 8, 10])
+    assert update.networks == record.networks
     session.undo()  # the propagation
     session.undo()  # the annotation of slice 8
     assert session.undo().startswith("restore the propagated result")
@@ -348,6 +403,7 @@ def test_a_restored_result_with_its_record_is_taken_up(volume, saved, random_stc
     ("volume*2", None, "0/1 values only"),
     ("volume", ("axis", 3), "Axis|axis"),
     ("volume", ("method", " "), "names its method"),
+    ("volume", ("networks", "XYZ"), "networks digest is empty or 32 hex digits"),
     ("volume", ("digests", ((12, "0" * 32),)), "0..11"),
     ("volume", ("digests", ((2, "z" * 32),)), "32 hex digits"),
 ])

@@ -302,17 +302,20 @@ def _saved_scene_with_a_propagation(slicer_env, tmp_path, networks, factories):
     slicer = slicer_env.slicer
     volume, logic, node, segment_id = _knee_propagated(slicer_env, networks, factories)
     assert factories[0].decoded >= SHAPE[0] - 3
-    axis, method, digests = logic._propagationRecords[segment_id]
+    from isegformer.propagation.network_digest import network_digest
+
+    axis, method, digests, weights = logic._propagationRecords[segment_id]
     assert (axis, method, [index for index, _ in digests]) == (0, "stcn", [1, 5, 9])
+    assert weights == network_digest(networks[0], None)  # the STCN the session ran, no FusionNet
     stored = scene_state.load(node)
-    assert stored.propagation[segment_id] == (axis, method, digests)
+    assert stored.propagation[segment_id] == (axis, method, digests, weights)
     saved = read(node, segment_id, volume)
     assert saved[3].any() and saved[7].any()  # propagated between the points
     folder = tmp_path / "scene"
     assert slicer.util.saveScene(str(folder))
     logic.shutdown()
     slicer_env.slicer_standins.new_scene()
-    return folder, segment_id, (axis, method, digests), saved
+    return folder, segment_id, (axis, method, digests, weights), saved
 
 
 def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_path, random_stcn_networks,
@@ -324,7 +327,7 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
 
     slicer, module = slicer_env.slicer, slicer_env.module
     factories = []
-    folder, segment_id, (axis, method, digests), saved = _saved_scene_with_a_propagation(
+    folder, segment_id, (axis, method, digests, weights), saved = _saved_scene_with_a_propagation(
         slicer_env, tmp_path, random_stcn_networks, factories)
     widget = slicer_env.slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
     try:
@@ -333,7 +336,7 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
         # taken up at the import, without a click or a status check
         assert [(r.point.index, r.positive) for r in sorted(resumed._records, key=lambda r: r.order)] == \
             [(1, True), (5, True), (9, True)]
-        assert resumed._propagationRecords[segment_id] == (axis, method, digests)
+        assert resumed._propagationRecords[segment_id] == (axis, method, digests, weights)
         volume, node = resumed.volumeNode, resumed.segmentationNode
         with _real_sessions(random_stcn_networks, factories):
             resumed.addClick(world(7, 20, 24), axis=0)
@@ -348,6 +351,34 @@ def test_a_resumed_scene_propagates_only_around_the_new_point(slicer_env, tmp_pa
         record = scene_state.load(node).propagation[segment_id]
         assert [index for index, _ in record[2]] == [1, 5, 7, 9]
         assert dict(record[2])[5] == dict(digests)[5]
+    finally:
+        widget.cleanup()
+
+
+def test_a_scene_resumed_with_other_stcn_weights_recomputes_every_slice(slicer_env, tmp_path, random_stcn_networks,
+                                                                       one_torch_thread):
+    """The stored record names the weights the propagation ran with: a session opening with
+    other STCN weights takes the points up but not the result, and its next propagation
+    recomputes the whole volume rather than keep slices the other weights computed."""
+    import torch
+
+    from isegformer.propagation.stcn import STCNNetwork
+
+    slicer, module = slicer_env.slicer, slicer_env.module
+    factories = []
+    folder, segment_id, _, saved = _saved_scene_with_a_propagation(slicer_env, tmp_path, random_stcn_networks,
+                                                                   factories)
+    torch.manual_seed(2)
+    other = (STCNNetwork().eval(), None)
+    widget = slicer_env.slicer_standins.build_module_widget(module.iSegFormerSlicerWidget)
+    try:
+        slicer.util.loadScene(str(next(folder.glob("*.mrml"))))
+        resumed = widget.logic
+        assert len(resumed._records) == 3 and resumed._propagationRecords
+        with _real_sessions(other, factories):
+            resumed.addClick(world(7, 20, 24), axis=0)
+            resumed.propagate()
+        assert factories[-1].decoded >= SHAPE[0] - 4  # every slice but the annotated ones, not 6 and 8
     finally:
         widget.cleanup()
 
@@ -390,7 +421,8 @@ def test_the_stored_propagation_record_round_trips_and_rejects_garbage():
     from isegformer.errors import SessionFileError
 
     state = scene_state.SessionState()
-    state.propagation["seg"] = (0, "stcn", ((1, "0" * 32), (5, "ab" * 16)))
+    state.propagation["seg"] = (0, "stcn", ((1, "0" * 32), (5, "ab" * 16)), "cd" * 16)
+    state.propagation["other"] = (2, "interpolation", ((3, "1" * 32),), "")
     again = scene_state.decode(scene_state.encode(state))
     assert again == state
     # a version-1 attribute written before the record existed reads as without one
@@ -414,6 +446,8 @@ def test_the_stored_propagation_record_round_trips_and_rejects_garbage():
                 '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[1]]}]',
                 '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[-1, "%s"]]}]' % ("0" * 32),
                 '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[1, "XYZ"]]}]',
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [], "networks": "XYZ"}]',
+                '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [], "networks": 5}]',
                 '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": [[1, "%s"], [1, "%s"]]}]'
                 % ("0" * 32, "1" * 32),
                 '[{"segment": "s", "axis": 0, "method": "stcn", "annotations": []},'
@@ -433,9 +467,11 @@ def test_a_stored_record_that_does_not_fit_is_skipped_and_the_session_opens(capl
     mask = np.zeros(SHAPE, bool)
     mask[2:8, 12:20, 14:30] = True
     SceneStateActions._restorePropagations(bridge, [
-        ("femur", 0, "interpolation", mask, ((SHAPE[0], "0" * 32),)),  # a slice the volume lacks
-        ("tibia", 0, "interpolation", mask, ((3, "0" * 32),)),
+        ("femur", 0, "interpolation", mask, ((SHAPE[0], "0" * 32),), ""),  # a slice the volume lacks
+        ("tibia", 0, "interpolation", mask, ((3, "0" * 32),), ""),
+        ("patella", 0, "stcn", mask, ((3, "0" * 32),), "XYZ"),  # not a digest
     ])
+    assert "segment 'patella' is not taken up" in caplog.text
     assert "segment 'femur' is not taken up" in caplog.text
     assert session.segment("femur").propagated is None and session.segment("femur").propagation_record is None
     np.testing.assert_array_equal(session.segment("tibia").propagated, mask)

@@ -15,7 +15,8 @@ parameter node. This file stores the rest as one JSON attribute on the segmentat
      "propagated": [{"segment": "...", "axis": 0, "slices": [0, 1, ...]}],
      "written": [{"segment": "...", "axis": 0, "digests": ["1a2b3c4d5e6f", ...]}],
      "propagation": [{"segment": "...", "axis": 0, "method": "stcn",
-                      "annotations": [[12, "<32 hex digits>"], ...]}],
+                      "annotations": [[12, "<32 hex digits>"], ...],
+                      "networks": "<32 hex digits>"}],
      "volume": "<8 hex digits>"}
 
 ``written`` holds one digest per slice (along each axis the segment has points on) of what
@@ -23,8 +24,9 @@ the module last wrote, kept up to date write by write; after loading, a slice wh
 and is kept as an annotation, never overwritten by a propagation.
 
 ``propagation`` (optional: attributes written before it existed read as without it) is the
-session's propagation record of each segment: the axis and method of its last propagation and
-a digest of each annotated slice's mask it was computed from. When the session reopens, it
+session's propagation record of each segment: the axis and method of its last propagation, a
+digest of each annotated slice's mask it was computed from and (optional) one of the weights
+of the networks it ran with (a session with other weights recomputes everything). When the session reopens, it
 gets the segment's voxels back as its propagated result with this record, so the next
 propagation recomputes only around the annotations that are new or changed (hand-edited
 slices among them), not the whole volume. ``volume`` (written with ``propagation``) is a
@@ -67,8 +69,9 @@ class SessionState:
     handEdited: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)
     propagated: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)
     written: Dict[Tuple[str, int], List[int]] = field(default_factory=dict)  # slice digests
-    #: segment ID -> (axis, method, ((slice index, mask digest), ...)): the propagation record
-    propagation: Dict[str, Tuple[int, str, Tuple[Tuple[int, str], ...]]] = field(default_factory=dict)
+    #: segment ID -> (axis, method, ((slice index, mask digest), ...), networks digest or ""):
+    #: the propagation record
+    propagation: Dict[str, Tuple[int, str, Tuple[Tuple[int, str], ...], str]] = field(default_factory=dict)
     #: the source volume's digest (volumeDigest) when the propagation records were written
     volumeDigest: Optional[str] = None
 
@@ -152,9 +155,10 @@ def encode(state: SessionState) -> str:
         "propagated": slices(state.propagated, "slices"),
         "written": [{"segment": sid, "axis": axis, "digests": ["%x" % d for d in digests]}
                     for (sid, axis), digests in sorted(state.written.items())],
-        "propagation": [{"segment": sid, "axis": int(axis), "method": method,
-                         "annotations": [[int(index), digest] for index, digest in digests]}
-                        for sid, (axis, method, digests) in sorted(state.propagation.items())],
+        "propagation": [dict({"segment": sid, "axis": int(axis), "method": method,
+                              "annotations": [[int(index), digest] for index, digest in digests]},
+                             **({"networks": networks} if networks else {}))
+                        for sid, (axis, method, digests, networks) in sorted(state.propagation.items())],
     }
     if state.volumeDigest is not None:
         document["volume"] = state.volumeDigest
@@ -245,7 +249,10 @@ def decode(text: str, where: str = "the segmentation") -> SessionState:
             digests.append((integer(pair[0], "a slice index"), pair[1]))
         if len({index for index, _ in digests}) != len(digests):
             fail("a propagation record names one slice twice")
-        state.propagation[sid] = (axis, method, tuple(sorted(digests)))
+        networks = entry.get("networks", "")
+        if networks != "" and not is_mask_digest(networks):
+            fail(f"a networks digest must be {MASK_DIGEST_LENGTH} lower-case hex digits, got {networks!r}")
+        state.propagation[sid] = (axis, method, tuple(sorted(digests)), networks)
     volume = document.get("volume")
     if volume is not None:
         if not isinstance(volume, str) or len(volume) != 8 or volume.strip("0123456789abcdef"):
@@ -315,13 +322,14 @@ class SceneStateActions:
                 self._propagationRecords = {}  # computed on other voxels: none is valid with this one
             self._recordsVolumeDigest = self._sessionVolumeDigest
             self._propagationRecords[update.segment] = (int(update.axis), str(update.method),
-                                                        tuple((int(i), str(d)) for i, d in update.digests))
+                                                        tuple((int(i), str(d)) for i, d in update.digests),
+                                                        str(getattr(update, "networks", "")))
         else:
             self._propagationRecords.pop(update.segment, None)
         self._storeSessionState()
 
     def _propagationRestores(self, digest):
-        """(segment ID, axis, method, voxels, digests) of each segment with a propagation
+        """(segment ID, axis, method, voxels, digests, networks) of each segment with a propagation
         record, its voxels read now (GUI thread), for a session about to open on voxels whose
         digest is ``digest`` (``volumeDigest``; see ``SessionBridge.restore_propagation``).
         Records made on other voxels are dropped instead: that session propagates everything
@@ -340,8 +348,8 @@ class SceneStateActions:
             self._storeSessionState()
             return []
         writer = self.segmentWriter()
-        return [(sid, axis, method, writer.read(sid).astype(bool), digests)
-                for sid, (axis, method, digests) in sorted(self._propagationRecords.items())
+        return [(sid, axis, method, writer.read(sid).astype(bool), digests, networks)
+                for sid, (axis, method, digests, networks) in sorted(self._propagationRecords.items())
                 if segmentation.GetSegment(sid) is not None]
 
     @staticmethod
@@ -352,9 +360,9 @@ class SceneStateActions:
         and the session opens anyway."""
         import logging
 
-        for segmentId, axis, method, mask, digests in restores:
+        for segmentId, axis, method, mask, digests, networks in restores:
             try:
-                bridge.restore_propagation(segmentId, axis, method, mask, digests)
+                bridge.restore_propagation(segmentId, axis, method, mask, digests, networks)
             except Exception as err:  # a record that does not fit must not keep the session from opening
                 logging.warning("iSegFormer: the stored propagation of segment %r is not taken up (%s); "
                                 "its next propagation recomputes the whole volume.", segmentId, err)

@@ -97,6 +97,11 @@ class PropagationRecord:
     propagation and, for every slice annotated along that axis then, the digest of its mask
     (``digests``: (index, digest) pairs sorted by index).
 
+    ``networks``: the digest of the weights the propagation ran with (STCN and FusionNet; see
+    ``propagation.network_digest``; empty for a method without weights, such as
+    interpolation). Other weights give other results, so a session whose networks have another
+    digest does not take the result up: its next propagation recomputes every slice.
+
     ``overlaid``: slices along ``axis`` whose voxels in the result are not the propagation's
     but an annotation's that the record does not count (a result restored from what Slicer
     shows, taken while an annotation made after the propagation was on it). While they stay
@@ -107,12 +112,15 @@ class PropagationRecord:
     method: str
     digests: tuple[tuple[int, str], ...]
     overlaid: tuple[int, ...] = ()
+    networks: str = ""
 
     @classmethod
-    def of(cls, axis: int, method: str, annotated: Mapping[int, SliceAnnotation]) -> "PropagationRecord":
+    def of(cls, axis: int, method: str, annotated: Mapping[int, SliceAnnotation],
+           networks: str = "") -> "PropagationRecord":
         """The record of a propagation along ``axis`` from the annotations ``annotated``
-        (slice index -> annotation)."""
-        return cls(int(axis), str(method), tuple(sorted((int(i), mask_digest(a.mask)) for i, a in annotated.items())))
+        (slice index -> annotation), run with the networks whose digest is ``networks``."""
+        return cls(int(axis), str(method), tuple(sorted((int(i), mask_digest(a.mask)) for i, a in annotated.items())),
+                   networks=str(networks))
 
     @property
     def by_index(self) -> dict[int, str]:

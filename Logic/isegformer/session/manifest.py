@@ -322,8 +322,8 @@ def _segment(check: _Checker, raw: Any, n: int, shape: tuple[int, int, int]) -> 
 
 def _propagation_record(check: _Checker, raw: Any, where: str, propagation_axis: Optional[int],
                         shape: tuple[int, int, int]) -> Optional[PropagationRecord]:
-    """``{"axis": a, "method": "stcn", "annotations": [[index, digest], ...], "overlaid": [index, ...]}``
-    (``overlaid`` optional) or absent/null."""
+    """``{"axis": a, "method": "stcn", "annotations": [[index, digest], ...], "overlaid": [index, ...],
+    "networks": digest}`` (``overlaid`` and ``networks`` optional) or absent/null."""
     if raw is None:
         return None
     raw = check.mapping(raw, where)
@@ -352,7 +352,10 @@ def _propagation_record(check: _Checker, raw: Any, where: str, propagation_axis:
                                                       max_items=shape[axis]))]
     if len(set(overlaid)) != len(overlaid) or set(overlaid) & {index for index, _ in digests}:
         check.fail(f"{where}.overlaid", "must name each slice once, and none of the record's annotations")
-    return PropagationRecord(axis, method, tuple(sorted(digests)), tuple(sorted(overlaid)))
+    networks = raw.get("networks", "")
+    if networks != "" and not is_mask_digest(networks):
+        check.fail(f"{where}.networks", f"must be {MASK_DIGEST_LENGTH} lower-case hex digits, got {_short(networks)}")
+    return PropagationRecord(axis, method, tuple(sorted(digests)), tuple(sorted(overlaid)), networks)
 
 
 def _kind(value: Any) -> str:

@@ -85,6 +85,7 @@ class Session:
         self._click_loading_lock = threading.Lock()
         self._stcn_weights = stcn_weights
         self._fusion_weights = fusion_weights
+        self._networks_digest_of: Optional[tuple] = None  # (ids of the networks, their digest)
         self._propagator_factory = propagator_factory
         self._segments: list[Segment] = []
         self._current: Optional[Segment] = None
@@ -568,7 +569,7 @@ class Session:
             result = self._propagated_result(target, axis, method, annotated, progress)
         # What the result was computed from; an empty result is computed by nobody, so a later
         # propagation from it starts afresh.
-        record = None if empty else PropagationRecord.of(axis, method, annotated)
+        record = None if empty else PropagationRecord.of(axis, method, annotated, self._networks_digest(method))
         if target.propagation_axis == axis and target.propagated is not None \
                 and np.array_equal(result, target.propagated):
             # Nothing changed: no undo step. The record still says what this result comes from.
@@ -629,6 +630,9 @@ class Session:
                 raise InvalidInputError(f"A propagation record's digest is {MASK_DIGEST_LENGTH} hex digits, got {digest!r}.")
         if len({int(index) for index, _ in record.digests}) != len(record.digests):
             raise InvalidInputError("A propagation record names one slice twice.")
+        if record.networks != "" and not is_mask_digest(record.networks):
+            raise InvalidInputError(
+                f"A propagation record's networks digest is empty or {MASK_DIGEST_LENGTH} hex digits, got {record.networks!r}.")
         result = np.asarray(result)
         if result.shape != self.volume.shape:
             raise InvalidInputError(
@@ -647,7 +651,7 @@ class Session:
         counted = {int(index) for index, _ in record.digests}
         overlaid = tuple(sorted(i for i in target.annotations[axis] if i not in counted))
         record = PropagationRecord(axis, record.method.strip().lower(),
-                                   tuple(sorted((int(i), d) for i, d in record.digests)), overlaid)
+                                   tuple(sorted((int(i), d) for i, d in record.digests)), overlaid, record.networks)
         self._set_propagated(target, result, axis, record,
                              f"restore the propagated result of {target.name!r} (axis {axis})", forget_propagators=True)
         return True
@@ -684,11 +688,16 @@ class Session:
     def _recorded_consumption(self, segment: Segment, axis: int, method: str) -> Optional[dict[int, int]]:
         """{index: annotation order} of the annotations that the segment's propagated result
         was computed from and that are still annotated as they were (same mask digest); None
-        when the result cannot be taken up: no result or record, another axis or method, or an
-        annotation of the record no longer annotated (a propagator cannot forget one)."""
+        when the result cannot be taken up: no result or record, another axis or method, other
+        networks, or an annotation of the record no longer annotated (a propagator cannot forget
+        one)."""
         record = segment.propagation_record
         if segment.propagated is None or record is None or record.axis != axis \
                 or segment.propagation_axis != axis or record.method != method:
+            return None
+        if record.networks != self._networks_digest(method):
+            log.info("The propagated result of %r was computed with other networks than this session's: "
+                     "its next propagation recomputes every slice.", segment.name)
             return None
         annotated = segment.annotations[axis]
         if any(index not in annotated for index, _ in record.digests) \
@@ -780,6 +789,23 @@ class Session:
         self._stcn_weights = network(self._stcn_weights, "stcn", stcn.load_stcn, stcn.STCNNetwork)
         if self._fusion_weights is not None:
             self._fusion_weights = network(self._fusion_weights, "mivos_fusion", stcn.load_fusion, stcn.FusionNet)
+
+    def _networks_digest(self, method: str) -> str:
+        """The digest of the networks that ``method`` propagates with in this session ("" for a
+        method without networks); loads them (once) for STCN."""
+        if method != "stcn":
+            return ""
+        self._load_stcn_weights_once()
+        networks = (self._stcn_weights, self._fusion_weights)
+        cached = self._networks_digest_of
+        # Keyed by the network objects (they are kept, so their ids stay theirs); loaded
+        # networks are not changed in place by the session.
+        if cached is None or cached[0] != tuple(id(n) for n in networks):
+            from ..propagation.network_digest import network_digest
+
+            cached = (tuple(id(n) for n in networks), network_digest(*networks))
+            self._networks_digest_of = cached
+        return cached[1]
 
     def _forget_caches(self, segment: Segment) -> None:
         self._forget_propagators(segment)

@@ -7,9 +7,9 @@ The manifest (entry ``manifest``, a JSON string) says what the arrays are:
 - the volume: its shape, dtype, IJK-to-RAS matrix, source path and SHA-256 of its voxels, and
   whether the voxels are in the file (entry ``volume``);
 - the segments: name, colour, label value, the axis of their propagated result (entry
-  ``segN_propagated``, bit-packed) and, optional, its ``propagation_record`` (the method and a
-  digest of each annotated slice it was computed from, so that a loaded session propagates only
-  what changed since), and their annotated slices with clicks (entries ``segN_annM``,
+  ``segN_propagated``, bit-packed) and, optional, its ``propagation_record`` (the method, a
+  digest of each annotated slice it was computed from and one of the networks' weights, so that
+  a loaded session propagates only what changed since), and their annotated slices with clicks (entries ``segN_annM``,
   bit-packed masks).
 
 Only numpy arrays and plain JSON are stored, so loading never unpickles anything. Loading reads
@@ -103,6 +103,8 @@ def save_session(session: "Session", path: str | os.PathLike, include_volume: bo
                 }
                 if record.overlaid:
                     entry["propagation_record"]["overlaid"] = list(record.overlaid)
+                if record.networks:
+                    entry["propagation_record"]["networks"] = record.networks
         segments.append(entry)
     current = session.current_segment
     manifest = {

@@ -39,10 +39,12 @@ class VolumeUpdate:
     axis: int
     mask: np.ndarray  # 3D bool
     annotated: tuple[int, ...] = ()
-    #: the propagation method, and (slice index, mask digest) of each annotated slice the
-    #: result came from (the session's propagation record; empty when the session keeps none)
+    #: the propagation method, (slice index, mask digest) of each annotated slice the result
+    #: came from and the digest of the networks it ran with (the session's propagation record;
+    #: empty when the session keeps none)
     method: str = ""
     digests: tuple[tuple[int, str], ...] = ()
+    networks: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,14 +202,16 @@ class SessionBridge:
         record = getattr(self._session.segment(segment), "propagation_record", None)
         if record is None:
             return VolumeUpdate(segment, int(axis), mask, annotated)
-        return VolumeUpdate(segment, int(axis), mask, annotated, record.method, tuple(record.digests))
+        return VolumeUpdate(segment, int(axis), mask, annotated, record.method, tuple(record.digests),
+                            record.networks)
 
     def restore_propagation(self, segment: str, axis: int, method: str, mask: np.ndarray,
-                            digests: Sequence[tuple[int, str]]) -> bool:
+                            digests: Sequence[tuple[int, str]], networks: str = "") -> bool:
         """Give a reopened session a segment's propagated result back: ``mask`` (k, j, i), what
         the segment shows now, computed along ``axis`` by ``method`` from the annotated slices
         whose mask digests are ``digests`` ((index, digest) pairs, as a :class:`VolumeUpdate`
-        carried them). The next propagation then recomputes only around the annotations that
+        carried them), with the networks whose digest is ``networks`` (a session with other
+        networks recomputes everything at its next propagation). The next propagation then recomputes only around the annotations that
         are new or changed since (slices edited by hand become such annotations); every other
         slice stays as it is. Returns whether the session took it up: a session without this
         ability, or one that cannot tell the result from the segment's annotations (see
@@ -222,7 +226,10 @@ class SessionBridge:
             pairs = tuple((int(index), str(digest)) for index, digest in digests)
         except (TypeError, ValueError) as err:
             raise InvalidInputError(f"A propagation record's digests are (slice index, digest) pairs: {err}.") from err
-        return bool(restore(segment, np.asarray(mask, dtype=bool), PropagationRecord(int(axis), str(method), pairs)))
+        if not isinstance(networks, str):
+            raise InvalidInputError(f"A propagation record's networks digest is text, got {type(networks).__name__}.")
+        record = PropagationRecord(int(axis), str(method), pairs, networks=networks)
+        return bool(restore(segment, np.asarray(mask, dtype=bool), record))
 
     def segment_mask(self, segment: str) -> np.ndarray:
         self._ensure_segment(segment)
