@@ -302,6 +302,18 @@ def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypa
     env.logic.setModelSettings(precision="int8")  # the fast CPU mode reopens the session too
     env.logic.addClick(to_world(env.world, (6, 2, 4)), axis=0)
     assert opened[1:] == [(SHAPE, str(checkpoint), "cpu", "int8")]
+    env.logic.setModelSettings(propagation="stcn")  # a propagation names its method: no reopen
+    env.logic.addClick(to_world(env.world, (6, 3, 4)), axis=0)
+    assert len(opened) == 2
+    env.logic.setModelSettings(device="cuda")
+    env.logic.addClick(to_world(env.world, (6, 2, 5)), axis=0)
+    assert opened[2:] == [(SHAPE, str(checkpoint), "cuda", "int8")] and env.logic.activeDevice == "cuda"
+    env.logic.setModelSettings(precision="float32")  # float32 on a GPU either way: the clicks are not replayed
+    env.logic.addClick(to_world(env.world, (6, 3, 5)), axis=0)
+    assert len(opened) == 3 and env.logic.clickPrecision == "float32"
+    env.logic.setModelSettings(device="cpu")  # back on the CPU, with the precision chosen meanwhile
+    env.logic.addClick(to_world(env.world, (6, 4, 5)), axis=0)
+    assert opened[3:] == [(SHAPE, str(checkpoint), "cpu", "float32")]
 
 
 def test_the_settings_live_in_the_parameter_node_and_are_checked(env):
@@ -564,9 +576,14 @@ def test_choosing_a_volume_and_a_cached_model_warms_the_model_up_in_the_backgrou
     poll_until_idle(widget, widget.logic)
     assert opened == [(SHAPE, str(checkpoint), "auto")] and len(warmed) == 1
     assert widget.logic._bridge is not None and widget._progressDialog is None  # no dialog for it
-    widget.ui.propagationComboBox.currentText = "interpolation"  # another setting: opened again
+    widget.ui.propagationComboBox.currentText = "interpolation"  # a propagation names its method: no reopen
     poll_until_idle(widget, widget.logic)
-    assert len(opened) == 2 and len(warmed) == 2
+    assert len(opened) == 1 and len(warmed) == 1
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"stands for another checkpoint")
+    widget.ui.checkpointPathLineEdit.currentPath = str(other)  # another click model: opened again
+    poll_until_idle(widget, widget.logic)
+    assert opened[1:] == [(SHAPE, str(other), "auto")] and len(warmed) == 2
     widget.ui.inputVolumeSelector.setCurrentNode(volume)  # the same choice again: nothing to do
     assert not widget.logic.isBusy() and len(opened) == 2
 

@@ -133,8 +133,12 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         click precision ("float32", or "int8": the fast CPU mode, used only when the clicks run
         on the CPU; on a GPU the model runs in float32).
 
-        Changed settings reopen the session on its next use, the clicks replayed; with a volume
-        chosen, the new click model is loaded and warmed up in the background at once.
+        A changed model or device, or precision while the clicks run on the CPU, reopens the
+        session on its next use, the clicks replayed (with a volume chosen, the new click model
+        is loaded and warmed up in the background at once). The propagation method needs no
+        new session (a propagation names its method; STCN weights downloaded since a session
+        opened reopen it at the next propagation), nor does the precision on a GPU, where the
+        model runs in float32 either way: replaying every click would only cost time.
         """
         if device and device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
@@ -143,13 +147,16 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         if precision and precision not in CLICK_PRECISIONS:
             raise ValueError(f"Unknown click precision {precision!r}: choose one of {', '.join(CLICK_PRECISIONS)}.")
         parameters = self.parameters
-        changed = False
+        changed = set()
         for name, value in (("clickModel", model), ("device", device), ("propagationMethod", propagation),
                             ("clickPrecision", precision)):
             if value and getattr(parameters, name) != value:
                 setattr(parameters, name, value)
-                changed = True
-        if changed and (self._bridge is not None or self._opening):
+                changed.add(name)
+        clicksOnGpu = self._bridge is not None and not self._opening \
+            and str(self.activeDevice or "").startswith("cuda")
+        if (changed & {"clickModel", "device"} or ("clickPrecision" in changed and not clicksOnGpu)) \
+                and (self._bridge is not None or self._opening):
             self._stale = True  # reopened with the new settings, clicks replayed, on next use
 
     def _isPath(self, name):
