@@ -163,3 +163,29 @@ def test_winograd_and_direct_propagations_agree_within_float_rounding(stack, ran
     direct, fast = results
     assert not np.array_equal(direct, fast)  # it did run a different algorithm
     np.testing.assert_allclose(fast, direct, atol=1e-5)
+
+
+#: (layer path, input size) of the Winograd layers at a 384x384 frame's resolution
+_LAYER_SIZES = {"decoder.compress": 24, "decoder.up_16_8.skip_conv": 48, "decoder.up_16_8.out_conv": 48,
+                "decoder.up_8_4": 96}
+
+
+@pytest.mark.parametrize("path", [p for p in WINOGRAD_LAYERS if p.startswith(("decoder.compress", "decoder.up_16_8.skip"))])
+def test_winograd_on_the_full_width_layers_is_the_convolution_within_float_rounding(trained_like_network, path):
+    """The 1/16 compress block (1024 and 512 channels) and the 1/8 skip projection, at their
+    real widths and a 384x384 frame's sizes: as close to the float64 convolution as the
+    layers that used Winograd before (a sum over 9216 products per output)."""
+    conv = trained_like_network
+    for name in path.split("."):
+        conv = getattr(conv, name)
+    size = next(s for prefix, s in _LAYER_SIZES.items() if path.startswith(prefix))
+    generator = torch.Generator().manual_seed(len(path))
+    x = torch.relu(torch.randn(1, conv.in_channels, size, size, generator=generator))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        direct = conv(x)
+        fast = WinogradConv2d(conv)(x)
+    # measured 8-9e-6 of the largest output (direct float32: 3e-6); a wrong transform is order 1
+    assert _relative(fast, exact) < 1.5e-5
+    assert _relative(fast, exact) < 5 * max(_relative(direct, exact), 2e-6)

@@ -4,7 +4,7 @@ the decoder's large 3x3 convolutions computed by Winograd's algorithm on the CPU
 The view shares every parameter it does not change with the given network, which is left as
 it was (its state dict, its modules); only the folded convolutions (the two encoders' ResNet
 trunks, about 45 MB) and the Winograd weights (four times the weights of the layers that use
-it, about 75 MB) are new. A later change of the network's weights is not seen by a view made
+it, about 300 MB) are new. A later change of the network's weights is not seen by a view made
 before it.
 
 * Folding: ``bn(conv(x)) = conv'(x)`` with ``w' = w * g / sqrt(var + eps)`` and
@@ -12,10 +12,10 @@ before it.
   outputs differ from the unfolded network's by float rounding only (measured in
   ``Testing/python/test_stcn_fast.py``); it saves the batch norms' passes over the encoders'
   activations.
-* Winograd: see :mod:`.winograd`; the decoder's upsampling blocks at 48x48 and 96x96 and its
-  96x96 skip projection (46 of the 71 GFLOP of decoding and projecting a 384x384 frame) run
-  about twice as fast, with about three times the rounding error of a direct
-  convolution.
+* Winograd: see :mod:`.winograd`; the decoder's compress block at 24x24, its upsampling blocks
+  at 48x48 and 96x96 and its two skip projections run about twice as fast, with about three
+  times the rounding error of a direct convolution (measured on the full-width layers:
+  8-9e-6 of the largest output against 3e-6).
 """
 from __future__ import annotations
 
@@ -28,10 +28,15 @@ from torch import nn
 from .network import STCNNetwork
 from .winograd import WinogradConv2d, is_winograd_compatible
 
-#: the decoder's layers at 1/8 and 1/4 resolution, and the 1/4 skip projection (the 1/16
-#: layers and the 1/8 skip projection, computed once per frame, would cost 230 MB more weights
-#: for a few percent)
+#: the decoder's 3x3 convolutions from 512 channels up, at every resolution, and its two skip
+#: projections: the 1/16 compress block runs once per decoded frame and the 1/8 skip projection
+#: once per encoded frame, together 227 MB of transformed weights for about a tenth of a
+#: batch propagation's time
 WINOGRAD_LAYERS = (
+    "decoder.compress.downsample",
+    "decoder.compress.conv1",
+    "decoder.compress.conv2",
+    "decoder.up_16_8.skip_conv",
     "decoder.up_16_8.out_conv.downsample",
     "decoder.up_16_8.out_conv.conv1",
     "decoder.up_16_8.out_conv.conv2",
