@@ -189,3 +189,23 @@ def test_winograd_on_the_full_width_layers_is_the_convolution_within_float_round
     # measured 8-9e-6 of the largest output (direct float32: 3e-6); a wrong transform is order 1
     assert _relative(fast, exact) < 1.5e-5
     assert _relative(fast, exact) < 5 * max(_relative(direct, exact), 2e-6)
+
+
+def test_a_dropped_propagator_is_freed_at_once(stack, random_stcn_networks):
+    """No reference cycle keeps a propagator (its network view and feature cache) alive after
+    its last reference goes: the garbage collector is off here."""
+    import gc
+    import weakref
+
+    volume, labels = stack
+    network, fusion = random_stcn_networks
+    prop = STCNPropagator(volume, 1, network, fusion, device="cpu")
+    prop.annotate(5, labels[5])
+    gone = weakref.ref(prop)
+    view = weakref.ref(prop._net)
+    gc.disable()
+    try:
+        del prop
+        assert gone() is None and view() is None
+    finally:
+        gc.enable()

@@ -32,6 +32,7 @@ the earlier *binary* result instead of its soft probabilities (see ``seed``).
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -126,7 +127,11 @@ class STCNPropagator(Propagator):
         if feature_cache_bytes is None:
             feature_cache_bytes = (DEFAULT_CUDA_CACHE_BYTES if self._device.type == "cuda"
                                    else DEFAULT_CPU_CACHE_BYTES)
-        self._cache = FeatureCache(self._encode_frames, feature_cache_bytes, t, batch_size)
+        # the cache reaches the encoder through a weak reference: a bound method would make a
+        # cycle, and a dropped propagator (its network view, 0.3 GiB on the CPU, and its
+        # cache) would stay resident until the garbage collector happens to run
+        encode = weakref.WeakMethod(self._encode_frames)
+        self._cache = FeatureCache(lambda indices: encode()(indices), feature_cache_bytes, t, batch_size)
         #: frames decoded so far (one per frame per pass; for tests and benchmarks)
         self.frames_decoded = 0
 
