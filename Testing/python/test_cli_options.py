@@ -115,3 +115,40 @@ def test_an_os_error_is_one_line_not_a_traceback(capsys, monkeypatch):
     assert main([]) == 1
     err = capsys.readouterr().err
     assert "Permission denied (/shared/cache/cache.json)" in err and "Traceback" not in err
+
+
+def _no_int8_engine(monkeypatch):
+    from isegformer.click_engine import fast_cpu
+
+    monkeypatch.setattr(fast_cpu, "_ENGINES", ("no-such-engine",))  # as on a torch built without one
+
+
+@pytest.mark.parametrize("problem, message", [
+    (["--precision", "int8", "--device", "cuda"], "(CUDA|cuda)"),  # no GPU here, or int8 off the CPU on one
+    (["--precision", "int8", "--device", "cpu", "NO_ENGINE"], "no int8 engine"),
+])
+def test_a_precision_the_device_cannot_run_is_refused_before_the_model(volume_file, tmp_path, capsys,
+                                                                       monkeypatch, problem, message):
+    """segment and evaluate-clicks answer before the click model is downloaded or read: the
+    registry name below would otherwise be fetched first (the fixture refuses that), and
+    evaluate-clicks would read every sample first."""
+    from isegformer.cli import evaluate_clicks
+
+    if "NO_ENGINE" in problem:
+        problem = [p for p in problem if p != "NO_ENGINE"]
+        _no_int8_engine(monkeypatch)
+    monkeypatch.setattr(evaluate_clicks, "_samples", lambda args: pytest.fail("the samples were read first"))
+    clicks = tmp_path / "c.mrk.json"
+    clicks.write_text("{}")
+    assert main(["segment", str(volume_file), "--clicks", str(clicks), "--model", "isegformer_swin_base_oaizib",
+                 "--out", str(tmp_path / "o.seg.nrrd"), *problem]) == 1
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    assert main(["evaluate-clicks", "--model", "isegformer_swin_base_oaizib", "--images", str(images),
+                 "--masks", str(masks), *problem]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o.seg.nrrd").exists()

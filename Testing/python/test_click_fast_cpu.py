@@ -79,3 +79,27 @@ def test_session_passes_click_precision_to_its_predictor():
     assert session.predictor.precision == "int8"
     assert "torch.nn.modules.linear.Linear" not in _linear_types(session.predictor.model)
     assert session.click_slice(0, 1, row=12, col=12).shape == (24, 24)
+
+
+def test_session_checks_click_precision_when_it_opens_not_at_the_first_click(monkeypatch):
+    """A typo, int8 on a torch without an int8 engine, or a predictor built with another
+    precision is answered by Session.open, before the click model is resolved (a registry
+    name would be downloaded first)."""
+    import isegformer
+    from isegformer.click_engine import fast_cpu
+    from isegformer.session import session as session_module
+
+    volume = (np.zeros((2, 24, 24), np.float32), np.eye(4))
+    monkeypatch.setattr(session_module.Session, "_build_predictor",
+                        lambda self: pytest.fail("the click model was resolved before the precision was checked"))
+    for precision in ("fp8", None, 8):
+        with pytest.raises(InvalidInputError, match="Unknown precision"):
+            isegformer.Session.open(volume, device="cpu", click_precision=precision)
+    with pytest.raises(InvalidInputError, match="the ClickPredictor given runs in float32"):
+        isegformer.Session.open(volume, device="cpu", click_precision="int8",
+                                click_model=ClickPredictor(build_isegformer("tiny"), device="cpu"))
+    monkeypatch.setattr(fast_cpu, "_ENGINES", ("no-such-engine",))
+    with pytest.raises(InvalidInputError, match="no int8 engine"):
+        isegformer.Session.open(volume, device="cpu", click_precision="int8")
+    # float32 (the default) needs no check and imports nothing at opening
+    assert isegformer.Session.open(volume, device="cpu").segments == []

@@ -97,10 +97,12 @@ def test_only_last_object_like_the_reference_script(tmp_path, trained_checkpoint
     out = tmp_path / "out"
     code = main(["evaluate-clicks", "--model", str(trained_checkpoint), "--images", str(images),
                  "--masks", str(masks), "--objects", "last", "--max-clicks", "1", "--no-flip",
-                 "--device", "cpu", "--out", str(out)])
+                 "--device", "cpu", "--precision", "float16", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in result["samples"]] == ["a.png#2"]
+    # float16 autocast applies on CUDA only: the file says what ran
+    assert (result["device"], result["precision"]) == ("cpu", "float32")
 
 
 def test_volume_slices(tmp_path, trained_checkpoint, reference):

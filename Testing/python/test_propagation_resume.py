@@ -510,3 +510,44 @@ def test_restoring_refuses_malformed_digest_pairs_with_the_packages_error(volume
             session.restore_propagated("blob", np.zeros(SHAPE, bool), PropagationRecord(0, "interpolation", digests))
     with pytest.raises(InvalidInputError):
         SessionBridge(session).restore_propagation("blob", 0, "interpolation", np.zeros(SHAPE, bool), [("x", good)])
+
+
+@pytest.mark.parametrize("axis, method, mask, networks, message", [
+    ("k", "interpolation", None, "", "An axis is 0"),
+    (None, "interpolation", None, "", "An axis is 0"),
+    (1.7, "interpolation", None, "", "An axis is 0"),  # never truncated to axis 1
+    (0, None, None, "", "method is a name"),
+    (0, "interpolation", [[[0, 1]], [[0]]], "", "not a .* mask array|has shape"),
+    (0, "interpolation", "2s", "", "0/1 values only"),
+    (0, "stcn", None, 5, "networks digest is text"),
+    (0, "stcn", None, "XYZ", "networks digest is empty or 32 hex digits"),
+])
+def test_the_bridge_refuses_a_malformed_stored_record_with_the_packages_error(volume, axis, method, mask,
+                                                                              networks, message):
+    from isegformer.slicer_support.session_bridge import SessionBridge
+
+    session = _interpolation_session(volume)
+    if mask is None:
+        mask = np.zeros(SHAPE, bool)
+    elif mask == "2s":
+        mask = np.full(SHAPE, 2, np.uint8)  # a label value, not a mask: never read as "everywhere"
+    with pytest.raises(InvalidInputError, match=message):
+        SessionBridge(session).restore_propagation("blob", axis, method, mask, [(2, "0" * 32)], networks)
+    assert session.segment("blob").propagated is None
+
+
+def test_weights_changed_in_place_are_other_networks(volume, random_stcn_networks, tmp_path):
+    """The session keeps the networks it was given; a weight changed in place afterwards (a
+    load_state_dict, a fine-tuning step) makes the saved result another networks' result."""
+    import copy
+
+    import torch
+
+    network, fusion = (copy.deepcopy(n) for n in random_stcn_networks)
+    _, _, _, path = _annotated_and_saved(volume, (network, fusion), tmp_path)
+    loaded = Session.load(path, stcn_weights=network, fusion_weights=fusion, device="cpu")
+    before = loaded._networks_digest("stcn")
+    assert before == Session.load(path).segment("blob").propagation_record.networks
+    with torch.no_grad():
+        next(network.parameters()).add_(1e-3)
+    assert loaded._networks_digest("stcn") != before

@@ -278,6 +278,47 @@ def test_stcn_without_weights_says_what_to_do(env, monkeypatch):
         env.logic.propagate()
 
 
+@pytest.mark.parametrize("cached_at_open", [True, False])
+def test_stcn_chosen_or_downloaded_after_the_session_opened_needs_no_new_session(env, monkeypatch, tmp_path,
+                                                                                 cached_at_open):
+    """Switching the method to STCN while (or after) the session opens, or STCN weights
+    downloaded after it opened, propagate at the first try, on the same session: no reopen
+    and no replay of the clicks (a session given no STCN weights takes them from the cache)."""
+    import time
+
+    from isegformer.errors import WeightsError
+
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stands for a model")
+    cache = {"stcn": cached_at_open}
+
+    def resolve(name, download=True, **kwargs):
+        if str(name) == "stcn" and not cache["stcn"]:
+            raise WeightsError("stcn is not in the cache")
+        return Path(str(name))
+
+    opened = []
+
+    def fake_open(cls, volume, ijk_to_ras, click_model, device="auto", stcn_weights=None, session_factory=None,
+                  click_precision="float32"):
+        time.sleep(0.3)  # a model load takes time: the user keeps working meanwhile
+        opened.append(stcn_weights)
+        return cls(FakeSession(volume.shape), has_stcn_weights=stcn_weights is not None)
+
+    monkeypatch.setattr("isegformer.weights.resolve.resolve_model", resolve)
+    monkeypatch.setattr(SessionBridge, "open", classmethod(fake_open))
+    monkeypatch.setattr(SessionBridge, "warm_up", lambda self: None)
+    env.logic.setModelSettings(model=str(checkpoint), device="cpu", propagation="interpolation")
+    env.logic.addClick(to_world(env.world, (4, 4, 1)), axis=0)  # opens the session
+    assert env.logic._opening or env.logic._bridge is not None
+    env.logic.setModelSettings(propagation="stcn")
+    cache["stcn"] = True  # downloaded meanwhile (already there when cached_at_open)
+    env.logic.propagate()
+    assert opened == (["stcn"] if cached_at_open else [None])  # one session, looked up whatever the method
+    assert ("propagate", "stcn", 0) in env.logic._bridge.session.calls
+    assert len([c for c in env.logic._bridge.session.calls if c[0] == "click"]) == 1  # never replayed
+
+
 def test_changed_settings_reopen_the_session_and_replay_the_clicks(env, monkeypatch, tmp_path):
     env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
     env.logic.addClick(to_world(env.world, (7, 5, 3)), axis=0, positive=False)

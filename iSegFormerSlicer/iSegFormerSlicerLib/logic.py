@@ -331,10 +331,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
             except WeightsError as err:
                 raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
             stcnWeights = None
-            if propagation == "stcn":
-                try:  # clicks work without STCN; Propagate says what is missing
-                    stcnWeights = str(resolve_model(STCN_MODEL, download=False))
-                except WeightsError as err:
+            try:  # whatever the method now: it may change without a new session; loaded when used
+                stcnWeights = str(resolve_model(STCN_MODEL, download=False))
+            except WeightsError as err:  # clicks work without STCN; Propagate says what is missing
+                if propagation == "stcn":
                     logging.warning("iSegFormer: STCN weights not available yet: %s", err)
             bridge = SessionBridge.open(volume, ijkToWorld, click_model=str(checkpoint), device=device,
                                         stcn_weights=stcnWeights, click_precision=precision)
@@ -509,11 +509,14 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         if axis is not None and written is not None:  # the session adopts these; fine-tuning uses them too
             self._handEdited.setdefault((segmentId, axis), set()).update(editedSlices(current, written, axis))
         method = self.propagation
-        if method == "stcn" and self._bridge is not None and not self._bridge.has_stcn_weights \
-                and STCN_MODEL not in self.modelsToDownload():
-            self._stale = True  # STCN weights arrived since the session opened
 
         def propagate(bridge, progress):
+            if method == "stcn" and not bridge.has_stcn_weights:
+                if _stcnWeightsInCache():
+                    # Downloaded since the session opened (or while it opened): a session given
+                    # no STCN weights takes the registry's from the cache, so no new session
+                    # (and no replay of every click) is needed.
+                    bridge.has_stcn_weights = True
             if method == "stcn" and not bridge.has_stcn_weights:
                 raise RuntimeError(
                     "The STCN propagation weights are not downloaded: press Download in the Setup "
@@ -656,3 +659,15 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Propagate a segment's annotated slices through the volume and wait for it."""
         self.submitPropagation(segmentId)
         self.waitForJobs()
+
+
+def _stcnWeightsInCache():
+    """Whether the registry's STCN weights are in the verified cache now (no download)."""
+    from isegformer.errors import WeightsError
+    from isegformer.weights.resolve import resolve_model
+
+    try:
+        resolve_model(STCN_MODEL, download=False)
+    except WeightsError:
+        return False
+    return True

@@ -107,8 +107,7 @@ def run(args) -> int:
     import torch
 
     from .. import __version__
-    from ..click_engine.predictor import ClickPredictor
-    from ..device import resolve_device
+    from ..click_engine.predictor import ClickPredictor, check_click_precision
     from ..errors import InvalidInputError
     from ..evaluation.noc import evaluate
     from ..evaluation.plot import plot_iou_curve
@@ -133,7 +132,7 @@ def run(args) -> int:
     check_outputs(  # the folder is created at the end
         [("--model", args.model), ("--images", args.images), ("--masks", args.masks),
          ("--volume", args.volume), ("--labels", args.labels)], outputs, writable=False)
-    device = resolve_device(args.device)
+    device = check_click_precision(args.precision, args.device)  # before any sample or weight is read
     samples, total = _samples(args)
     model = _load_model(args.model, device)
     predictor = ClickPredictor(model, zoom_in=not args.no_zoom_in, flip=not args.no_flip,
@@ -157,7 +156,7 @@ def run(args) -> int:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": str(args.model),
             "device": report.device,
-            "precision": args.precision,
+            "precision": _precision_run(args.precision, device),
             "torch": torch.__version__,
             "machine": platform.platform(),
             "protocol": {"max_clicks": report.max_clicks, "stop_iou": report.stop_iou,
@@ -177,3 +176,11 @@ def run(args) -> int:
                        title=f"NoC curve, {report.metrics['samples']} samples")
         print(f"wrote {args.out / 'results.json'} and {args.out / 'noc_curve.png'}")
     return 0
+
+
+def _precision_run(asked: str, device) -> str:
+    """The precision the clicks were computed in: float16/bfloat16 autocast applies on CUDA
+    only, so on the CPU they ran in float32 (results.json says what ran, not what was asked)."""
+    if asked in ("float16", "bfloat16") and device.type != "cuda":
+        return "float32"
+    return asked

@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
         arguments.name(args.segment, "--segment")
     started = time.perf_counter()
-    from ..click_engine.predictor import ClickPredictor
+    from ..click_engine.predictor import ClickPredictor, check_click_precision
 
+    check_click_precision(args.precision, args.device)  # before the model's download
     predictor = ClickPredictor(common.resolve_weights(args.model), device=args.device, precision=args.precision)
     stcn, fusion = load_propagation_networks(args) if args.propagate else (None, None)
     session = Session.open(args.volume, click_model=predictor, stcn_weights=stcn, fusion_weights=fusion,

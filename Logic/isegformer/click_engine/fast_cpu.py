@@ -36,7 +36,7 @@ def quantized_engine() -> str:
             return engine
     raise InvalidInputError(
         "This PyTorch build has no int8 engine (fbgemm, x86 or qnnpack), so precision='int8' "
-        f"cannot run here (supported: {supported}); use precision='float32'."
+        f"cannot run here (supported: {supported}); use the float32 precision."
     )
 
 

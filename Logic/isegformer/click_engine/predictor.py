@@ -66,6 +66,25 @@ def clicks_to_points(click_lists: Sequence[Sequence[Click]]) -> np.ndarray:
     return points
 
 
+def check_click_precision(precision: Any, device: Union[str, torch.device]) -> torch.device:
+    """The resolved device, once ``precision`` is known to run there; raises InvalidInputError
+    before any weights are read otherwise (a typo, or int8 off the CPU or on a torch without
+    an int8 engine, should not cost a 355 MB download or load first)."""
+    device = resolve_device(device)
+    if not isinstance(precision, str) or (precision not in PRECISIONS and precision != INT8):
+        raise InvalidInputError(
+            f"Unknown precision {precision!r}: use one of {', '.join([*PRECISIONS, INT8])}.")
+    if precision == INT8:
+        if device.type != "cpu":
+            raise InvalidInputError(
+                f"The int8 precision is a CPU mode, but the device is {device}: on a GPU use float16 "
+                "or bfloat16, or run on the CPU.")
+        from .fast_cpu import quantized_engine
+
+        quantized_engine()
+    return device
+
+
 class ClickPredictor:
     """Runs an iSegFormer model on clicks, with the reference's zoom-in and flip.
 
@@ -79,15 +98,7 @@ class ClickPredictor:
     def __init__(self, model: Union[nn.Module, str, PathLike, Mapping[str, Any]], *,
                  zoom_in: bool = True, flip: bool = True, threshold: float = 0.49,
                  device: Union[str, torch.device] = "auto", precision: str = "float32") -> None:
-        self.device = resolve_device(device)
-        # Checked before any weights are read: a typo should not cost a 355 MB load first.
-        if precision not in PRECISIONS and precision != INT8:
-            raise InvalidInputError(
-                f"Unknown precision {precision!r}: use one of {', '.join([*PRECISIONS, INT8])}.")
-        if precision == INT8 and self.device.type != "cpu":
-            raise InvalidInputError(
-                f"precision='int8' is a CPU mode, but the device is {self.device}: on a GPU "
-                "use 'float16' or 'bfloat16' (or device='cpu').")
+        self.device = check_click_precision(precision, device)  # before any weights are read
         if not isinstance(model, nn.Module):
             from .build import load_click_model
 

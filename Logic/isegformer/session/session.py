@@ -77,6 +77,17 @@ class Session:
         self.source = source
         self._window = _checked_window(window)
         self._click_model = click_model
+        if click_precision != "float32":
+            # Checked now, not at the first click: a typo, or int8 on a GPU, should not cost the
+            # click model's download and load first.
+            from ..click_engine.predictor import ClickPredictor, check_click_precision
+
+            check_click_precision(click_precision, self.device)
+            if isinstance(click_model, ClickPredictor) and click_model.precision != click_precision:
+                raise InvalidInputError(
+                    f"click_precision={click_precision!r} applies to a click model the session loads, "
+                    f"but the ClickPredictor given runs in {click_model.precision}: build it with "
+                    f"precision={click_precision!r}, or leave click_precision out.")
         self._click_precision = click_precision
         self._predictor = None
         # The click model's loading (and warm-up), shared by warm_up_click_model and the first
@@ -696,8 +707,12 @@ class Session:
                 or segment.propagation_axis != axis or record.method != method:
             return None
         if record.networks != self._networks_digest(method):
-            log.info("The propagated result of %r was computed with other networks than this session's: "
-                     "its next propagation recomputes every slice.", segment.name)
+            if not record.networks:
+                log.info("The propagation record of %r does not name the weights it ran with (written by an "
+                         "older version): its next propagation recomputes every slice.", segment.name)
+            else:
+                log.info("The propagated result of %r was computed with other networks than this session's: "
+                         "its next propagation recomputes every slice.", segment.name)
             return None
         annotated = segment.annotations[axis]
         if any(index not in annotated for index, _ in record.digests) \
@@ -797,13 +812,16 @@ class Session:
             return ""
         self._load_stcn_weights_once()
         networks = (self._stcn_weights, self._fusion_weights)
+        # Keyed by the network objects (kept here, so their ids stay theirs) and their tensors'
+        # version counters, which any in-place change of a weight bumps (load_state_dict, an
+        # optimiser step): hashing 220 MB of weights takes a third of a second.
+        key = tuple((id(n), sum(t._version for t in n.state_dict().values()) if n is not None else 0)
+                    for n in networks)
         cached = self._networks_digest_of
-        # Keyed by the network objects (they are kept, so their ids stay theirs); loaded
-        # networks are not changed in place by the session.
-        if cached is None or cached[0] != tuple(id(n) for n in networks):
+        if cached is None or cached[0] != key:
             from ..propagation.network_digest import network_digest
 
-            cached = (tuple(id(n) for n in networks), network_digest(*networks))
+            cached = (key, network_digest(*networks))
             self._networks_digest_of = cached
         return cached[1]
 

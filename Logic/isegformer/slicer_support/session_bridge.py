@@ -220,16 +220,23 @@ class SessionBridge:
         if not callable(restore):
             return False
         from ..segments.segment import PropagationRecord
+        from ..session import arguments
 
         self._ensure_segment(segment)
+        axis = arguments.axis(axis)
+        if not isinstance(method, str):
+            raise InvalidInputError(f"A propagation method is a name, got {type(method).__name__}.")
         try:
             pairs = tuple((int(index), str(digest)) for index, digest in digests)
         except (TypeError, ValueError) as err:
             raise InvalidInputError(f"A propagation record's digests are (slice index, digest) pairs: {err}.") from err
         if not isinstance(networks, str):
             raise InvalidInputError(f"A propagation record's networks digest is text, got {type(networks).__name__}.")
-        record = PropagationRecord(int(axis), str(method), pairs, networks=networks)
-        return bool(restore(segment, np.asarray(mask, dtype=bool), record))
+        try:
+            mask = np.asarray(mask)
+        except (TypeError, ValueError) as err:
+            raise InvalidInputError(f"The propagated result is not a (k, j, i) mask array: {err}.") from err
+        return bool(restore(segment, mask, PropagationRecord(axis, method, pairs, networks=networks)))
 
     def segment_mask(self, segment: str) -> np.ndarray:
         self._ensure_segment(segment)
