@@ -191,6 +191,79 @@ def test_winograd_on_the_full_width_layers_is_the_convolution_within_float_round
     assert _relative(fast, exact) < 5 * max(_relative(direct, exact), 2e-6)
 
 
+def test_f16_is_kept_only_for_reads_that_need_it_and_refetched_when_missing():
+    """The cache's f16 slab: kept for a frame only while a later read needs it, encoded again
+    (the same features) when a read needs it and it was not kept."""
+    from isegformer.propagation.stcn.cache import FeatureCache, FrameFeatures
+
+    encoded = []
+
+    def encode(indices):
+        encoded.extend(indices)
+        base = torch.tensor(indices, dtype=torch.float32).view(-1, 1, 1, 1)
+        return FrameFeatures(base.expand(-1, 2, 1, 1) + 0, base.expand(-1, 2, 1, 1) + 0.5,
+                             base.expand(-1, 8, 1, 1) + 0.25, base.expand(-1, 2, 2, 2) + 0,
+                             base.expand(-1, 2, 4, 4) + 0)
+
+    main_bytes = 4 * (2 + 2 + 8 + 32)  # k16, f16_thin, skip8, skip4
+    f16_bytes = 4 * 8
+    # 6 frames and 6 // (5 - 1) = 1 f16 slot
+    cache = FeatureCache(encode, 6 * main_bytes + 1 * f16_bytes, num_frames=10, batch_size=1, value_every=5)
+    assert cache.get(0, [1, 2, 3], f16=True, upcoming_f16=[]).f16.flatten()[0] == 0.25
+    assert (cache.capacity, cache.f16_capacity) == (6, 1)
+    assert cache.nbytes == 6 * main_bytes + f16_bytes
+    cache.get(1, [2, 3], f16=False, upcoming_f16=[])
+    cache.get(2, [3, 2], f16=False, upcoming_f16=[2])  # its f16 is kept for its next read
+    cache.get(3, [1, 2], f16=False, upcoming_f16=[2])
+    assert encoded == [0, 1, 2, 3]
+    assert cache.get(1, [2], f16=False).f16 is None  # cached without its f16
+    again = cache.get(2, [0], f16=True, upcoming_f16=[])  # kept: no encoding
+    assert encoded == [0, 1, 2, 3] and again.f16.flatten()[0] == 2.25
+    refetched = cache.get(0, [], f16=True)  # frame 0 is cached, but not its f16
+    assert encoded == [0, 1, 2, 3, 0]
+    assert refetched.f16.flatten()[0] == 0.25 and refetched.k16.flatten()[0] == 0
+
+
+def test_a_cache_that_keeps_few_f16_gives_bitwise_the_roomy_result(stack, random_stcn_networks):
+    """With every frame cached but f16 kept for one frame at a time, the frames that need it
+    are encoded again and the result is bitwise the same."""
+    from isegformer.propagation.stcn.cache import FeatureCache
+
+    volume, labels = stack
+    network, fusion = random_stcn_networks
+    items = [(index, labels[index]) for index in (1, 8, 15)]
+    roomy = STCNPropagator(volume, 1, network, fusion, device="cpu", batch_size=1, memory_every=2)
+    roomy.annotate_many(items)
+    assert roomy.frames_encoded == T
+    assert roomy._cache.f16_capacity == T  # memory_every 2: a slot per frame
+    starved = STCNPropagator(volume, 1, network, fusion, device="cpu", batch_size=1, memory_every=2)
+    slabs = roomy._cache._slabs
+    f16_bytes = slabs.f16[0].element_size() * slabs.f16[0].nelement()
+    main_bytes = roomy._cache.nbytes // T - f16_bytes
+    starved._cache = FeatureCache(starved._encode_frames, T * main_bytes + f16_bytes, T, 1, value_every=T * 2)
+    starved.annotate_many(items)
+    assert (starved._cache.capacity, starved._cache.f16_capacity) == (T, 1)
+    assert starved.frames_encoded > T
+    np.testing.assert_array_equal(starved.probabilities, roomy.probabilities)
+
+
+def test_labels_are_the_argmax_of_the_probabilities_ties_to_the_background(stack, random_stcn_networks):
+    from isegformer.propagation.base import Propagator
+
+    volume, labels = stack
+    network, fusion = random_stcn_networks
+    two = np.where(labels > 0, 1 + (np.arange(W) > W // 2), 0).astype(np.uint8)
+    prop = STCNPropagator(volume, 2, network, fusion, device="cpu")
+    prop.annotate_many([(index, two[index]) for index in (4, 11)])
+    expected = Propagator.labels(prop)
+    assert set(np.unique(expected)) == {0, 1, 2}
+    got = prop.labels()
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+    untouched = STCNPropagator(volume, 2, network, fusion, device="cpu")  # background 1e-7, objects 0
+    np.testing.assert_array_equal(untouched.labels(), Propagator.labels(untouched))
+
+
 def test_a_dropped_propagator_is_freed_at_once(stack, random_stcn_networks):
     """No reference cycle keeps a propagator (its network view and feature cache) alive after
     its last reference goes: the garbage collector is off here."""

@@ -14,8 +14,12 @@ The propagator passes every read of the call ahead, so one cached segment betwee
 annotated frames serves both passes that cross it. Dropped frames are recomputed when needed
 again: slower, never different.
 
-The returned features are views into the slabs: valid until the next ``get``. Copy what must
-outlive that.
+A frame's ``f16`` is needed only where it becomes a memory value, so the cache keeps it only
+for the frames whose later reads need it (and in free slots), which leaves room for more
+frames in the same budget (see ``FeatureCache``).
+
+The returned features are views into the slabs (or the encoder's output): valid until the
+next ``get``. Copy what must outlive that.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 class FrameFeatures(NamedTuple):
     k16: torch.Tensor  # (N, 64, h, w)
     f16_thin: torch.Tensor  # (N, 512, h, w)
-    f16: torch.Tensor  # (N, 1024, h, w)
+    f16: Optional[torch.Tensor]  # (N, 1024, h, w); from ``FeatureCache.get`` only when asked for
     skip8: torch.Tensor  # (N, 512, 2h, 2w) decoder projection of f8
     skip4: torch.Tensor  # (N, 256, 4h, 4w) decoder projection of f4
 
@@ -44,16 +48,27 @@ Encoder = Callable[[Sequence[int]], FrameFeatures]
 
 
 class FeatureCache:
-    """Frame index -> :class:`FrameFeatures`, bounded to ``budget_bytes``."""
+    """Frame index -> :class:`FrameFeatures`, bounded to ``budget_bytes``.
 
-    def __init__(self, encode: Encoder, budget_bytes: int, num_frames: int, batch_size: int = 4):
+    ``f16`` (2.4 MB of a 384x384 frame's 17.9) is read only when a frame becomes a memory
+    value, about one visit in ``value_every``, so it has its own smaller slab: a frame's
+    ``f16`` is kept only while a later read that needs it is ahead (``upcoming_f16``), in
+    ``capacity // (value_every - 1)`` slots; a cached frame whose ``f16`` was not kept is
+    encoded again when it is asked for (the same features: slower, never different).
+    """
+
+    def __init__(self, encode: Encoder, budget_bytes: int, num_frames: int, batch_size: int = 4,
+                 value_every: int = 1):
         self._encode = encode
         self._budget = int(budget_bytes)
         self._num_frames = int(num_frames)
         self._batch = max(1, min(int(batch_size), self._num_frames))
-        self._slabs: Optional[FrameFeatures] = None
+        self._value_every = max(1, int(value_every))
+        self._slabs: Optional[FrameFeatures] = None  # its f16 slab is ``f16_capacity`` deep
         self._slot: "OrderedDict[int, int]" = OrderedDict()  # frame -> slot, in recency order
         self._free: List[int] = []
+        self._f16_slot: Dict[int, int] = {}
+        self._f16_free: List[int] = []
         #: how many frames went through the key encoder (for tests and benchmarks)
         self.encoded = 0
 
@@ -68,15 +83,25 @@ class FeatureCache:
         return 0 if self._slabs is None else self._slabs.k16.shape[0]
 
     @property
-    def nbytes(self) -> int:
-        return 0 if self._slabs is None else self.capacity * self._slabs.frame_nbytes()
+    def f16_capacity(self) -> int:
+        return 0 if self._slabs is None else self._slabs.f16.shape[0]
 
-    def get(self, index: int, upcoming: Iterable[int] = ()) -> FrameFeatures:
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._slabs is None else sum(t.element_size() * t.nelement() for t in self._slabs)
+
+    def get(self, index: int, upcoming: Iterable[int] = (), *, f16: bool = True,
+            upcoming_f16: Optional[Iterable[int]] = None) -> FrameFeatures:
         """Features (each (1, C, h', w')) of frame ``index``. On a miss, the next missing
-        ``upcoming`` frames (those the pass visits next) are encoded in the same batch."""
+        ``upcoming`` frames (those the pass visits next) are encoded in the same batch.
+
+        ``f16``: whether this read needs ``f16`` (without it, ``f16`` may be None);
+        ``upcoming_f16``: the upcoming reads that will need it, in order (default: all)."""
+        upcoming = list(upcoming)
+        later_f16 = upcoming if upcoming_f16 is None else list(upcoming_f16)
         slot = self._slot.get(index)
-        if slot is None:
-            upcoming = list(upcoming)
+        fresh_f16 = None
+        if slot is None or (f16 and index not in self._f16_slot):
             batch = [index]
             for other in upcoming:
                 if len(batch) >= self._batch:
@@ -87,26 +112,54 @@ class FeatureCache:
             self.encoded += len(batch)
             if self._slabs is None:
                 self._allocate(features)
-            next_use = {frame: order for order, frame in enumerate(upcoming)}
+            next_use = _first_uses(upcoming)
+            next_f16_use = _first_uses(later_f16)
             for position, frame in enumerate(batch):
-                slot = self._take_slot(protect=batch, next_use=next_use)
-                for slab, part in zip(self._slabs, features):
+                slot = self._slot.get(frame)
+                if slot is None:
+                    slot = self._take_slot(protect=batch, next_use=next_use)
+                for slab, part in zip(self._slabs[:2], features[:2]):
+                    slab[slot] = part[position]
+                for slab, part in zip(self._slabs[3:], features[3:]):
                     slab[slot] = part[position]
                 self._slot[frame] = slot
+                f16_slot = self._take_f16_slot(frame, protect=batch, next_use=next_f16_use)
+                if f16_slot is not None:
+                    self._slabs.f16[f16_slot] = features.f16[position]
+                    self._f16_slot[frame] = f16_slot
             slot = self._slot[index]
+            fresh_f16 = features.f16[0:1]  # ``index`` is the batch's first frame
         self._slot.move_to_end(index)
-        return FrameFeatures(*(slab[slot:slot + 1] for slab in self._slabs))
+        f16_slot = self._f16_slot.get(index)
+        if fresh_f16 is None and f16_slot is not None:
+            fresh_f16 = self._slabs.f16[f16_slot:f16_slot + 1]
+        k16, f16_thin, _, skip8, skip4 = (slab[slot:slot + 1] for slab in self._slabs)
+        return FrameFeatures(k16, f16_thin, fresh_f16, skip8, skip4)
 
     def _allocate(self, example: FrameFeatures) -> None:
-        frame_bytes = example.frame_nbytes()
-        capacity = max(self._batch, min(self._num_frames, self._budget // max(1, frame_bytes)))
+        parts = [t[0].element_size() * t[0].nelement() for t in example]
+        f16_bytes = parts[2]
+        main_bytes = sum(parts) - f16_bytes
+        capacity = min(self._num_frames, self._budget // max(1, main_bytes))
+        while capacity > self._batch and capacity * main_bytes + self._f16_slots(capacity) * f16_bytes > self._budget:
+            capacity -= 1
+        capacity = max(self._batch, capacity)
+        # the f16 slots a pass needs, and as many more as the budget leaves (all of them when
+        # the whole stack fits: later calls, whose reads are not known yet, then find them all)
+        f16_depth = min(capacity, max(self._f16_slots(capacity), (self._budget - capacity * main_bytes) // f16_bytes))
+        depths = [capacity, capacity, f16_depth, capacity, capacity]
         self._slabs = FrameFeatures(*(
-            torch.empty((capacity,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device,
-                        memory_format=_layout_of(t)) for t in example
+            torch.empty((depth,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device,
+                        memory_format=_layout_of(t)) for depth, t in zip(depths, example)
         ))
         self._free = list(range(capacity - 1, -1, -1))
-        log.info("Feature cache: %d frames of %.1f MB (%.2f GiB).", capacity, frame_bytes / 1e6,
-                 capacity * frame_bytes / 2**30)
+        self._f16_free = list(range(depths[2] - 1, -1, -1))
+        log.info("Feature cache: %d frames of %.1f MB and %d f16 of %.1f MB (%.2f GiB).", capacity,
+                 main_bytes / 1e6, depths[2], f16_bytes / 1e6, self.nbytes / 2**30)
+
+    def _f16_slots(self, capacity: int) -> int:
+        """f16 slots for ``capacity`` frames: a pass adds every ``value_every``-th frame."""
+        return min(capacity, max(1, capacity // max(1, self._value_every - 1)))
 
     def _take_slot(self, protect: Sequence[int], next_use: Dict[int, int]) -> int:
         if self._free:
@@ -115,12 +168,44 @@ class FeatureCache:
         unneeded = [k for k in candidates if k not in next_use]
         # least recently used frame the pass will not need; else the one it needs last
         victim = unneeded[0] if unneeded else max(candidates, key=next_use.__getitem__)
+        self._drop_f16(victim)
         return self._slot.pop(victim)
+
+    def _take_f16_slot(self, frame: int, protect: Sequence[int], next_use: Dict[int, int]) -> Optional[int]:
+        """A slot for ``frame``'s f16: a free one (also for a frame with no known later need:
+        a later call may read it), else the one of a frame needed later than ``frame`` or not
+        at all (Belady); None when every kept one is needed sooner or ``frame`` is not needed."""
+        if frame in self._f16_slot:
+            return self._f16_slot[frame]
+        if self._f16_free:
+            return self._f16_free.pop()
+        candidates = [k for k in self._f16_slot if k not in protect]
+        if not candidates or frame not in next_use:
+            return None
+        victim = max(candidates, key=lambda k: next_use.get(k, len(next_use) + 1))
+        if next_use.get(victim, len(next_use) + 1) <= next_use[frame]:
+            return None
+        return self._f16_slot.pop(victim)
+
+    def _drop_f16(self, frame: int) -> None:
+        slot = self._f16_slot.pop(frame, None)
+        if slot is not None:
+            self._f16_free.append(slot)
 
     def clear(self) -> None:
         self._slot.clear()
+        self._f16_slot.clear()
         self._slabs = None
         self._free = []
+        self._f16_free = []
+
+
+def _first_uses(frames: Sequence[int]) -> Dict[int, int]:
+    """Frame -> position of its first occurrence in ``frames`` (its next use)."""
+    uses: Dict[int, int] = {}
+    for order, frame in enumerate(frames):
+        uses.setdefault(frame, order)
+    return uses
 
 
 def _layout_of(tensor: torch.Tensor) -> torch.memory_format:

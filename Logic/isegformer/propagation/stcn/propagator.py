@@ -55,11 +55,13 @@ from .preprocess import normalize_frames, pad_to_multiple, padding_for, unpad, v
 log = logging.getLogger(__name__)
 
 MEMORY_EVERY = 5
-#: feature cache budget when none is given. A 384x384 frame takes 17.9 MB: on the CPU 25 such
-#: frames stay cached, most of a segment between two of 5 annotated slices of 160, which both
-#: passes crossing it read one after the other (see ``_pass_orders``); with 33 (576 MiB) a
-#: 160 x 384 x 384 propagation from 5 slices peaked at 2.61 GiB. Frames read again later (a
-#: correction, one-by-one annotations) are recomputed: slower, never different.
+#: feature cache budget when none is given. A 384x384 frame takes 15.5 MB, and 2.4 MB more for
+#: its f16 while it is still to become a memory value (about one frame in four, see
+#: ``FeatureCache``): on the CPU 29 frames stay cached, most of a segment between two of 5
+#: annotated slices of 160, which both passes crossing it read one after the other (see
+#: ``_pass_orders``); with 33 frames of 17.9 MB (576 MiB) a 160 x 384 x 384 propagation from 5
+#: slices peaked at 2.61 GiB. Frames read again later (a correction, one-by-one annotations)
+#: are recomputed: slower, never different.
 DEFAULT_CPU_CACHE_BYTES = 448 * 2**20
 DEFAULT_CUDA_CACHE_BYTES = 8 * 2**30
 
@@ -131,7 +133,8 @@ class STCNPropagator(Propagator):
         # cycle, and a dropped propagator (its network view, 0.3 GiB on the CPU, and its
         # cache) would stay resident until the garbage collector happens to run
         encode = weakref.WeakMethod(self._encode_frames)
-        self._cache = FeatureCache(lambda indices: encode()(indices), feature_cache_bytes, t, batch_size)
+        self._cache = FeatureCache(lambda indices: encode()(indices), feature_cache_bytes, t,
+                                   batch_size, value_every=self._every)
         #: frames decoded so far (one per frame per pass; for tests and benchmarks)
         self.frames_decoded = 0
 
@@ -173,6 +176,16 @@ class STCNPropagator(Propagator):
         view.flags.writeable = False
         return view
 
+    def labels(self) -> np.ndarray:
+        """The current label map (T, H, W) uint8, as ``Propagator.labels`` (argmax, ties to the
+        background), one frame at a time: the whole-volume argmax's int64 indices would take
+        twice the probability state (189 MB at 160 x 384 x 384) on top of it."""
+        probabilities = self.probabilities
+        out = np.empty(probabilities.shape[1:], dtype=np.uint8)
+        for t in range(out.shape[0]):
+            out[t] = np.argmax(probabilities[:, t], axis=0)
+        return out
+
     @property
     def frames_encoded(self) -> int:
         """Frames that went through the key encoder so far."""
@@ -206,8 +219,11 @@ class STCNPropagator(Propagator):
 
         report(progress, 0, total, "propagating")
         orders = _pass_orders(plan, next(reversed(self._annotations), None))
-        visits = _Visits([frame for planned, order in zip(plan, orders)
-                          for frame in [planned.index] + [t for frames in order for t in frames]])
+        visits = _Visits([read for planned, order in zip(plan, orders)
+                          for read in [(planned.index, True)] + [
+                              (t, t in added) for frames in order
+                              for added in [set(_memory_frames(planned.index, frames, self._every))]
+                              for t in frames]])
         # the memory goes aside and results are journaled until all is done: a cancel changes nothing
         written = _Journal(self._prob, self._ever_written)
         certain = OrderedDict(self._certain)
@@ -251,7 +267,8 @@ class STCNPropagator(Propagator):
         certain: "OrderedDict[int, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
         with torch.inference_mode():
             for number, index in enumerate(order):
-                index_k16, value = self._annotated_memory(index, self._one_hot(last[index]), order[number + 1:])
+                later = order[number + 1:]
+                index_k16, value = self._annotated_memory(index, self._one_hot(last[index]), (later, later))
                 certain[index] = (index_k16[0], value[:, :, 0])
             for t in range(self.num_frames):
                 self._prob[:, t] = self._one_hot(stack[t])[:, 0].to(self._prob.device)
@@ -276,7 +293,7 @@ class STCNPropagator(Propagator):
         change = mask - previous
         pos_change, neg_change = change.clamp(0, 1), (-change).clamp(0, 1)
 
-        index_k16, value = self._annotated_memory(index, mask, visits.after(index))
+        index_k16, value = self._annotated_memory(index, mask, visits.after(index)[:2])
         certain.pop(index, None)
         certain[index] = (index_k16[0], value[:, :, 0])
 
@@ -302,17 +319,16 @@ class STCNPropagator(Propagator):
         memory = MemoryBank(capacity, hw, self._k, self._device, self._net.top_k)
         for k16, value in certain.values():
             memory.add(k16, value)
-        last_added = index
-        end = frames[-1]  # a frame added after the last decoded one would never be read
+        added = set(_memory_frames(index, frames, self._every))
         for t in frames:
-            feats = self._cache.get(t, visits.after(t))
+            upcoming, upcoming_f16, needs_f16 = visits.after(t)
+            feats = self._cache.get(t, upcoming, f16=needs_f16, upcoming_f16=upcoming_f16)
             prob = self._net.decode_readout(memory.read(feats.k16), feats.f16_thin,
                                             feats.skip8, feats.skip4)
             self.frames_decoded += 1
             out = soft_aggregate(prob)  # (K+1, 1, Hp, Wp)
-            if t != end and abs(t - last_added) >= self._every:
+            if t in added:
                 memory.add(feats.k16, self._net.encode_value(self._image(t), feats.f16, out[1:]))
-                last_added = t
             if t in planned.needed:
                 if 0 <= bound < self.num_frames:
                     previous = written.current(t).unsqueeze(1).to(self._device)
@@ -322,10 +338,12 @@ class STCNPropagator(Propagator):
             step()
 
     def _annotated_memory(self, index: int, mask: torch.Tensor,
-                          later_reads: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+                          later_reads: Tuple[Sequence[int], Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(key (1, C, h, w), value) of annotated frame ``index`` with its one-hot ``mask``, as it
-        joins the certain memory; ``later_reads``: the frames read after it (for the cache)."""
-        feats = self._cache.get(index, later_reads)
+        joins the certain memory; ``later_reads``: the frames read after it, and those of them
+        that read ``f16`` (for the cache)."""
+        upcoming, upcoming_f16 = later_reads
+        feats = self._cache.get(index, upcoming, f16=True, upcoming_f16=upcoming_f16)
         value = self._net.encode_value(self._image(index), feats.f16, mask[1:])
         return feats.k16.clone(), value  # cache views are only valid until the next get
 
@@ -449,22 +467,41 @@ class _Journal:
 
 
 class _Visits:
-    """The frames whose features a call reads, in order: the cache keeps those read soonest
-    (evicting the one read furthest ahead, Belady's rule), and encodes the next missing ones
-    in the same batch."""
+    """The frames whose features a call reads, in order, each with whether that read needs
+    ``f16`` (an annotated frame, or a frame that becomes a memory value): the cache keeps
+    those read soonest (evicting the one read furthest ahead, Belady's rule), encodes the next
+    missing ones in the same batch, and keeps ``f16`` only for frames that will need it."""
 
     #: how far ahead the cache looks; beyond that a frame counts as not needed again
     LOOKAHEAD = 1024
 
-    def __init__(self, frames: Sequence[int]):
-        self._frames = list(frames)
+    def __init__(self, reads: Sequence[Tuple[int, bool]]):
+        self._frames = [frame for frame, _ in reads]
+        self._needs_f16 = [bool(needs) for _, needs in reads]
         self._next = 0
 
-    def after(self, frame: int) -> List[int]:
-        """The visits after this one, which must be ``frame`` (the propagator reads in plan order)."""
+    def after(self, frame: int) -> Tuple[List[int], List[int], bool]:
+        """(the visits after this one, those of them that need ``f16``, whether this one does);
+        this visit must be ``frame`` (the propagator reads in plan order)."""
         assert self._frames[self._next] == frame, "feature reads out of plan order"
+        needs = self._needs_f16[self._next]
         self._next += 1
-        return self._frames[self._next:self._next + self.LOOKAHEAD]
+        window = slice(self._next, self._next + self.LOOKAHEAD)
+        upcoming = self._frames[window]
+        upcoming_f16 = [t for t, n in zip(upcoming, self._needs_f16[window]) if n]
+        return upcoming, upcoming_f16, needs
+
+
+def _memory_frames(index: int, frames: Sequence[int], every: int) -> List[int]:
+    """The frames of a pass from annotated frame ``index`` (visited in order ``frames``) that
+    join its memory: every ``every`` frames from the last one added, never the pass's last
+    frame (it would never be read)."""
+    added, last_added = [], index
+    for t in frames[:-1]:
+        if abs(t - last_added) >= every:
+            added.append(t)
+            last_added = t
+    return added
 
 
 def _pass_orders(plan: Sequence[PlannedInteraction], annotated_last: Optional[int]) -> List[List[List[int]]]:
