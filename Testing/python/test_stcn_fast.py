@@ -282,3 +282,47 @@ def test_a_dropped_propagator_is_freed_at_once(stack, random_stcn_networks):
         assert gone() is None and view() is None
     finally:
         gc.enable()
+
+
+def test_the_default_cpu_cache_holds_a_segment_of_384_frames_and_its_f16_share():
+    """The default budget, for the features of 384x384 frames: 32 frames, the 31 between two of
+    5 annotated slices of 160 and one more (see the next test), and their f16 slots."""
+    from isegformer.propagation.stcn.cache import FeatureCache, FrameFeatures
+    from isegformer.propagation.stcn.propagator import DEFAULT_CPU_CACHE_BYTES, MEMORY_EVERY
+
+    def encode(indices):
+        n = len(indices)
+        return FrameFeatures(*(torch.zeros(n, c, s, s) for c, s in
+                               ((64, 24), (512, 24), (1024, 24), (512, 48), (256, 96))))
+
+    cache = FeatureCache(encode, DEFAULT_CPU_CACHE_BYTES, num_frames=160, batch_size=1,
+                         value_every=MEMORY_EVERY)
+    cache.get(0)
+    assert cache.capacity == 32
+    assert cache.f16_capacity >= 32 // (MEMORY_EVERY - 1)
+    assert cache.nbytes <= DEFAULT_CPU_CACHE_BYTES
+
+
+@pytest.mark.parametrize("capacity", [8, 7])
+def test_a_batch_encodes_each_frame_once_when_a_segment_and_its_end_fit(random_stcn_networks, capacity):
+    """40 frames from 5 slices as the benchmark picks them (8, 16, 24, 32, 39): segments of 7
+    frames between annotated slices and a tail of 8; with room for 8 frames (and 2 f16)
+    nothing is encoded twice, with 7 the second passes encode frames again."""
+    network, fusion = random_stcn_networks
+    rng = np.random.default_rng(3)
+    volume = rng.normal(100, 30, (40, 16, 16)).astype(np.float32)
+    labels = np.zeros((40, 16, 16), np.uint8)
+    labels[:, 4:10, 5:12] = 1
+    probe = STCNPropagator(volume, 1, network, fusion, device="cpu")
+    probe.annotate(0, labels[0])
+    slabs = probe._cache._slabs
+    f16_bytes = slabs.f16[0].element_size() * slabs.f16[0].nelement()
+    main_bytes = probe._cache.nbytes // probe._cache.capacity - f16_bytes
+    prop = STCNPropagator(volume, 1, network, fusion, device="cpu",
+                          feature_cache_bytes=capacity * main_bytes + (capacity // 4) * f16_bytes)
+    prop.annotate_many([(index, labels[index]) for index in (8, 16, 24, 32, 39)])
+    assert prop._cache.capacity == capacity
+    if capacity == 8:
+        assert prop.frames_encoded == 40
+    else:
+        assert prop.frames_encoded > 40

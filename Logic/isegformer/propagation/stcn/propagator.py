@@ -57,12 +57,12 @@ log = logging.getLogger(__name__)
 MEMORY_EVERY = 5
 #: feature cache budget when none is given. A 384x384 frame takes 15.5 MB, and 2.4 MB more for
 #: its f16 while it is still to become a memory value (about one frame in four, see
-#: ``FeatureCache``): on the CPU 29 frames stay cached, most of a segment between two of 5
-#: annotated slices of 160, which both passes crossing it read one after the other (see
-#: ``_pass_orders``); with 33 frames of 17.9 MB (576 MiB) a 160 x 384 x 384 propagation from 5
-#: slices peaked at 2.61 GiB. Frames read again later (a correction, one-by-one annotations)
-#: are recomputed: slower, never different.
-DEFAULT_CPU_CACHE_BYTES = 448 * 2**20
+#: ``FeatureCache``): on the CPU 32 frames stay cached, a whole segment between two of 5
+#: annotated slices of 160 with its annotated end, which both passes crossing it read one after
+#: the other (see ``_pass_orders``), so a 160 x 384 x 384 propagation from 5 slices encodes each
+#: frame once (with 25 frames cached: 183 encodings). Frames read again later (a correction,
+#: one-by-one annotations) are recomputed: slower, never different.
+DEFAULT_CPU_CACHE_BYTES = 491 * 2**20
 DEFAULT_CUDA_CACHE_BYTES = 8 * 2**30
 
 
@@ -73,7 +73,7 @@ class STCNPropagator(Propagator):
     intensities, which are converted as the reference did (``preprocess.volume_to_frames``).
     ``network`` and ``fusion`` are moved to ``device`` and put in eval mode. Without
     ``fusion`` the two directions between annotated frames are blended linearly by distance.
-    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 448 MiB on CPU,
+    ``feature_cache_bytes`` bounds the per-frame feature cache (default: 491 MiB on CPU,
     8 GiB on CUDA); a smaller budget only costs recomputation. ``batch_size`` frames are
     encoded at a time.
 
