@@ -40,8 +40,8 @@ class FrameFeatures(NamedTuple):
     skip4: torch.Tensor  # (N, 256, 4h, 4w) decoder projection of f4
 
     def frame_nbytes(self) -> int:
-        """Bytes of one frame's features."""
-        return sum(t[0].element_size() * t[0].nelement() for t in self)
+        """Bytes of one frame's features (without ``f16`` where it is None)."""
+        return sum(t[0].element_size() * t[0].nelement() for t in self if t is not None)
 
 
 Encoder = Callable[[Sequence[int]], FrameFeatures]
@@ -137,9 +137,8 @@ class FeatureCache:
         return FrameFeatures(k16, f16_thin, fresh_f16, skip8, skip4)
 
     def _allocate(self, example: FrameFeatures) -> None:
-        parts = [t[0].element_size() * t[0].nelement() for t in example]
-        f16_bytes = parts[2]
-        main_bytes = sum(parts) - f16_bytes
+        f16_bytes = example.f16[0].element_size() * example.f16[0].nelement()
+        main_bytes = example.frame_nbytes() - f16_bytes
         capacity = min(self._num_frames, self._budget // max(1, main_bytes))
         while capacity > self._batch and capacity * main_bytes + self._f16_slots(capacity) * f16_bytes > self._budget:
             capacity -= 1
