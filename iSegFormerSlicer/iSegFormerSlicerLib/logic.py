@@ -137,7 +137,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         session on its next use, the clicks replayed (with a volume chosen, the new click model
         is loaded and warmed up in the background at once). The propagation method needs no
         new session (a propagation names its method; STCN weights downloaded since a session
-        opened reopen it at the next propagation), nor does the precision on a GPU, where the
+        opened are taken from the cache at the next propagation), nor does the precision on a GPU, where the
         model runs in float32 either way: replaying every click would only cost time.
         """
         if device and device not in DEVICES:

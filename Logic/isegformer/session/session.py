@@ -96,7 +96,7 @@ class Session:
         self._click_loading_lock = threading.Lock()
         self._stcn_weights = stcn_weights
         self._fusion_weights = fusion_weights
-        self._networks_digest_of: Optional[tuple] = None  # (ids of the networks, their digest)
+        self._networks_digest_of: Optional[tuple] = None  # (the networks' ids and versions, their digest)
         self._propagator_factory = propagator_factory
         self._segments: list[Segment] = []
         self._current: Optional[Segment] = None
