@@ -137,8 +137,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         session on its next use, the clicks replayed (with a volume chosen, the new click model
         is loaded and warmed up in the background at once). The propagation method needs no
         new session (a propagation names its method; STCN weights downloaded since a session
-        opened are taken from the cache at the next propagation), nor does the precision on a GPU, where the
-        model runs in float32 either way: replaying every click would only cost time.
+        opened are taken from the cache at the next propagation), nor does the precision on a
+        GPU, where the model runs in float32 either way: replaying every click would only cost
+        time.
         """
         if device and device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
@@ -330,12 +331,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
                 checkpoint = resolve_model(model, download=False)
             except WeightsError as err:
                 raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
-            stcnWeights = None
-            try:  # whatever the method now: it may change without a new session; loaded when used
-                stcnWeights = str(resolve_model(STCN_MODEL, download=False))
-            except WeightsError as err:  # clicks work without STCN; Propagate says what is missing
-                if propagation == "stcn":
-                    logging.warning("iSegFormer: STCN weights not available yet: %s", err)
+            # Looked up whatever the method now: it may change without a new session (the
+            # weights are loaded when used). Clicks work without STCN; Propagate says what is missing.
+            stcnWeights, missing = _cachedStcnWeights()
+            if missing is not None and propagation == "stcn":
+                logging.warning("iSegFormer: STCN weights not available yet: %s", missing)
             bridge = SessionBridge.open(volume, ijkToWorld, click_model=str(checkpoint), device=device,
                                         stcn_weights=stcnWeights, click_precision=precision)
             bridge.warm_up()
@@ -512,16 +512,15 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
         def propagate(bridge, progress):
             if method == "stcn" and not bridge.has_stcn_weights:
-                if _stcnWeightsInCache():
-                    # Downloaded since the session opened (or while it opened): a session given
-                    # no STCN weights takes the registry's from the cache, so no new session
-                    # (and no replay of every click) is needed.
-                    bridge.has_stcn_weights = True
-            if method == "stcn" and not bridge.has_stcn_weights:
-                raise RuntimeError(
-                    "The STCN propagation weights are not downloaded: press Download in the Setup "
-                    "section (then place a point or propagate again), or choose the 'interpolation' method."
-                )
+                if _cachedStcnWeights()[0] is None:
+                    raise RuntimeError(
+                        "The STCN propagation weights are not downloaded: press Download in the Setup "
+                        "section (then place a point or propagate again), or choose the 'interpolation' method."
+                    )
+                # Downloaded since the session opened (or while it opened): a session given no
+                # STCN weights takes the registry's from the cache, so no new session (and no
+                # replay of every click) is needed.
+                bridge.has_stcn_weights = True
             if axis is not None:
                 bridge.adopt_edits(segmentId, axis, current, written)
             return bridge.propagate(segmentId, axis=axis, method=method, progress=progress)
@@ -661,13 +660,13 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self.waitForJobs()
 
 
-def _stcnWeightsInCache():
-    """Whether the registry's STCN weights are in the verified cache now (no download)."""
+def _cachedStcnWeights():
+    """(the registry's STCN weights file in the verified cache, None), or (None, the
+    WeightsError saying why it is not there); never downloads."""
     from isegformer.errors import WeightsError
     from isegformer.weights.resolve import resolve_model
 
     try:
-        resolve_model(STCN_MODEL, download=False)
-    except WeightsError:
-        return False
-    return True
+        return str(resolve_model(STCN_MODEL, download=False)), None
+    except WeightsError as err:
+        return None, err

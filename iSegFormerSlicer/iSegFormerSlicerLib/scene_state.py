@@ -25,16 +25,16 @@ and is kept as an annotation, never overwritten by a propagation.
 
 ``propagation`` (optional: attributes written before it existed read as without it) is the
 session's propagation record of each segment: the axis and method of its last propagation, a
-digest of each annotated slice's mask it was computed from and (optional) one of the weights
-of the networks it ran with (a session with other weights recomputes everything). When the session reopens, it
-gets the segment's voxels back as its propagated result with this record, so the next
-propagation recomputes only around the annotations that are new or changed (hand-edited
-slices among them), not the whole volume. ``volume`` (written with ``propagation``) is a
-CRC-32 of the voxels, shape and type of the volume those propagations ran on (the copy the
-session opened on, not the node as it is when the attribute is written). A session opening on
-other voxels (a filter run in place, another volume under the same node, an attribute without
-``volume``) drops the records, so its next propagation recomputes everything instead of
-taking up results of other voxels.
+digest of each annotated slice's mask it was computed from and (optional) one of the weights of
+the networks it ran with (a session with other weights recomputes everything). When the session
+reopens, it gets the segment's voxels back as its propagated result with this record, so the
+next propagation recomputes only around the annotations that are new or changed (hand-edited
+slices among them), not the whole volume. ``volume`` (written with ``propagation``) is a CRC-32
+of the voxels, shape and type of the volume those propagations ran on (the copy the session
+opened on, not the node as it is when the attribute is written). A session opening on other
+voxels (a filter run in place, another volume under the same node, an attribute without
+``volume``) drops the records, so its next propagation recomputes everything instead of taking
+up results of other voxels.
 
 Reading goes through the package's bounded JSON reader; anything malformed raises the
 package's SessionFileError naming the node, and nothing in the scene is changed.

@@ -156,7 +156,7 @@ def run(args) -> int:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": str(args.model),
             "device": report.device,
-            "precision": _precision_run(args.precision, device),
+            "precision": predictor.computed_precision,  # what ran, not what was asked
             "torch": torch.__version__,
             "machine": platform.platform(),
             "protocol": {"max_clicks": report.max_clicks, "stop_iou": report.stop_iou,
@@ -177,10 +177,3 @@ def run(args) -> int:
         print(f"wrote {args.out / 'results.json'} and {args.out / 'noc_curve.png'}")
     return 0
 
-
-def _precision_run(asked: str, device) -> str:
-    """The precision the clicks were computed in: float16/bfloat16 autocast applies on CUDA
-    only, so on the CPU they ran in float32 (results.json says what ran, not what was asked)."""
-    if asked in ("float16", "bfloat16") and device.type != "cuda":
-        return "float32"
-    return asked

@@ -91,8 +91,8 @@ class ClickPredictor:
     ``model`` is a loaded network (``ISegFormer``), a checkpoint path or a state dict.
     ``precision`` ("float32", "float16" or "bfloat16") applies autocast on CUDA only; the CPU
     always computes in float32 with them. ``precision="int8"`` is the opt-in fast CPU mode:
-    the linear layers of a copy of the model run in int8 (about 1.4x faster per click than float32, not
-    the reference's exact numbers; see ``fast_cpu.py``). It runs on the CPU only.
+    the linear layers of a copy of the model run in int8 (about 1.4x faster per click than
+    float32, not the reference's exact numbers; see ``fast_cpu.py``). It runs on the CPU only.
     """
 
     def __init__(self, model: Union[nn.Module, str, PathLike, Mapping[str, Any]], *,
@@ -198,10 +198,18 @@ class ClickPredictor:
             logits = self.flip.inv_transform(logits)
         return logits
 
+    @property
+    def computed_precision(self) -> str:
+        """The precision the network computes in: ``precision``, except float32 for
+        float16/bfloat16 off CUDA (their autocast applies on CUDA only)."""
+        if PRECISIONS.get(self.precision) is not None and self.device.type != "cuda":
+            return "float32"
+        return self.precision
+
     @contextlib.contextmanager
     def _autocast(self):
-        dtype = PRECISIONS.get(self.precision)
-        if dtype is None or self.device.type != "cuda":
+        dtype = PRECISIONS.get(self.computed_precision)
+        if dtype is None:
             yield
         elif hasattr(self.model, "autocast_dtype"):
             # ISegFormer autocasts its backbone and decoder itself, keeping the click disks in

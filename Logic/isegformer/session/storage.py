@@ -9,8 +9,8 @@ The manifest (entry ``manifest``, a JSON string) says what the arrays are:
 - the segments: name, colour, label value, the axis of their propagated result (entry
   ``segN_propagated``, bit-packed) and, optional, its ``propagation_record`` (the method, a
   digest of each annotated slice it was computed from and one of the networks' weights, so that
-  a loaded session propagates only what changed since), and their annotated slices with clicks (entries ``segN_annM``,
-  bit-packed masks).
+  a loaded session propagates only what changed since), and their annotated slices with clicks
+  (entries ``segN_annM``, bit-packed masks).
 
 Only numpy arrays and plain JSON are stored, so loading never unpickles anything. Loading reads
 the manifest through the bounded JSON reader, checks all of it (:mod:`.manifest`), and reads
