@@ -118,10 +118,9 @@ class FeatureCache:
                 slot = self._slot.get(frame)
                 if slot is None:
                     slot = self._take_slot(protect=batch, next_use=next_use)
-                for slab, part in zip(self._slabs[:2], features[:2]):
-                    slab[slot] = part[position]
-                for slab, part in zip(self._slabs[3:], features[3:]):
-                    slab[slot] = part[position]
+                for name, slab, part in zip(FrameFeatures._fields, self._slabs, features):
+                    if name != "f16":  # its own, smaller slab (below)
+                        slab[slot] = part[position]
                 self._slot[frame] = slot
                 f16_slot = self._take_f16_slot(frame, protect=batch, next_use=next_f16_use)
                 if f16_slot is not None:

@@ -219,11 +219,7 @@ class STCNPropagator(Propagator):
 
         report(progress, 0, total, "propagating")
         orders = _pass_orders(plan, next(reversed(self._annotations), None))
-        visits = _Visits([read for planned, order in zip(plan, orders)
-                          for read in [(planned.index, True)] + [
-                              (t, t in added) for frames in order
-                              for added in [set(_memory_frames(planned.index, frames, self._every))]
-                              for t in frames]])
+        visits = _Visits(_planned_reads(plan, orders, self._every))
         # the memory goes aside and results are journaled until all is done: a cancel changes nothing
         written = _Journal(self._prob, self._ever_written)
         certain = OrderedDict(self._certain)
@@ -490,6 +486,20 @@ class _Visits:
         upcoming = self._frames[window]
         upcoming_f16 = [t for t, n in zip(upcoming, self._needs_f16[window]) if n]
         return upcoming, upcoming_f16, needs
+
+
+def _planned_reads(plan: Sequence[PlannedInteraction], orders: Sequence[Sequence[Sequence[int]]],
+                   every: int) -> List[Tuple[int, bool]]:
+    """Every feature read of a call in order, each with whether it needs ``f16``: an
+    interaction's annotated frame (it joins the memory), then the frames of its passes, of which
+    those that join the pass's memory (``_memory_frames``) need it."""
+    reads: List[Tuple[int, bool]] = []
+    for planned, order in zip(plan, orders):
+        reads.append((planned.index, True))
+        for frames in order:
+            added = set(_memory_frames(planned.index, frames, every))
+            reads.extend((t, t in added) for t in frames)
+    return reads
 
 
 def _memory_frames(index: int, frames: Sequence[int], every: int) -> List[int]:
