@@ -28,8 +28,12 @@ times are inflated by the other processes); on a quiet machine use the wall time
 
 In one process every engine shares this package's allocator setting (``ours`` keeps freed
 blocks between clicks, ``click_engine/cpu_memory.py``), so an interleaved run measures the
-code only; run ``--engines reference`` and ``--engines ours`` in separate processes for the
-whole difference, including the page faults the reference pays.
+code only. ``--processes N`` runs each engine in N fresh processes instead, one after the
+other, the order rotating, and pools their clicks: the whole difference, including the page
+faults the reference pays; ``--wait-load`` makes each process wait for a quiet machine:
+
+    PYTHONPATH=Logic python benchmarks/click_latency.py --engines ours ours:int8 reference \
+        --reference ~/src/iSegFormer --processes 3 --wait-load 1.0 --sessions 3 --clicks 3 --threads 2
 """
 from __future__ import annotations
 
@@ -40,7 +44,9 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,6 +183,81 @@ def summary(values: list[float]) -> str:
     return (f"{statistics.median(values):6.2f} {min(values):6.2f} {max(values):6.2f}")
 
 
+def print_table(samples: dict[str, list[dict]], names: list[str], max_diff: dict[str, float]) -> None:
+    """Per engine and kind of click: wall and process CPU seconds (median min max), the
+    kernel's share, and the ratios of the medians to the last engine's."""
+    print(f"{'engine':<10} {'clicks':<9} {'n':>2}   {'wall s':^20}   {'process CPU s':^20}"
+          "   of which kernel (page faults...), median")
+    medians: dict[tuple[str, str, str], float] = {}
+    for spec in names:
+        for kind, zoomed in (("unzoomed", False), ("zoomed", True)):
+            rows = [r for r in samples[spec] if r["zoomed"] == zoomed]
+            walls, cpus = [r["wall"] for r in rows], [r["cpu"] for r in rows]
+            kernel = statistics.median([r["sys"] for r in rows]) if rows else float("nan")
+            print(f"{spec:<10} {kind:<9} {len(rows):>2}   {summary(walls)}   {summary(cpus)}"
+                  f"   {kernel:6.2f}")
+            if rows:
+                medians[spec, kind, "wall"] = statistics.median(walls)
+                medians[spec, kind, "cpu"] = statistics.median(cpus)
+    if len(names) > 1:
+        last = names[-1]
+        for spec in names[:-1]:
+            parts = []
+            for kind in ("unzoomed", "zoomed"):
+                for clock in ("wall", "cpu"):
+                    if (spec, kind, clock) in medians and (last, kind, clock) in medians:
+                        parts.append(f"{kind} {clock} {medians[spec, kind, clock] / medians[last, kind, clock]:.3f}")
+            print(f"ratio {spec}/{last} (medians): " + ", ".join(parts))
+        for spec, diff in max_diff.items():
+            print(f"largest probability difference {spec} vs {names[0]}: {diff:.2e}")
+
+
+def run_processes(args: argparse.Namespace) -> int:
+    """Each engine in fresh processes, one after the other, ``args.processes`` rounds, the
+    order rotating every round: every process pays its own allocator's costs (page faults),
+    which one shared process hides. Samples of all rounds are pooled per engine."""
+    from quiet import wait_for_quiet_machine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # for the machine lines; each process sets its own
+    for line in machine_lines(resolve_device(args.device)):
+        print(line)
+    names = list(args.engines)
+    samples: dict[str, list[dict]] = {spec: [] for spec in names}
+    peaks: dict[str, list[float]] = {spec: [] for spec in names}
+    loads: list[float] = []
+    forwarded = ["--device", args.device, "--variant", args.variant, "--size", str(args.size),
+                 "--sessions", str(args.sessions), "--clicks", str(args.clicks),
+                 "--warmup", str(args.warmup), "--precision", args.precision]
+    for option in ("baseline", "reference", "threads"):
+        if getattr(args, option):
+            forwarded += [f"--{option}", str(getattr(args, option))]
+    with tempfile.TemporaryDirectory() as folder:
+        for number in range(args.processes):
+            for spec in names[number % len(names):] + names[:number % len(names)]:
+                loads.append(wait_for_quiet_machine(args.wait_load))
+                out = Path(folder) / f"{number}-{spec.replace(':', '_')}.json"
+                done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--engines", spec,
+                                       "--json", str(out), *forwarded], capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(done.stdout[-2000:], done.stderr[-2000:])
+                    return done.returncode
+                result = json.loads(out.read_text())
+                samples[spec] += [dict(row, process=number) for row in result["samples"][spec]]
+                peaks[spec].append(result["peak_rss_mb"])
+    print(f"{args.processes} fresh process(es) per engine, one after the other (order rotating); "
+          f"1-minute load at their starts {min(loads):.2f}-{max(loads):.2f}"
+          + (f" (each waited for < {args.wait_load})" if args.wait_load is not None else ""))
+    print(f"each: {args.sessions} sessions x {args.clicks} clicks after {args.warmup} warm-up clicks; "
+          "seconds per click (median min max), all processes pooled")
+    print_table(samples, names, {})
+    for spec in names:
+        print(f"peak RSS of a {spec} process: {statistics.median(peaks[spec]):.0f} MB median, "
+              f"{max(peaks[spec]):.0f} MB max")
+    print(f"load    : {load_average()} (at the end)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -195,13 +276,20 @@ def main() -> int:
                         choices=("float32", "float16", "bfloat16", "int8"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", help="write every sample to this file")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="run each engine in this many fresh processes instead (see run_processes)")
+    parser.add_argument("--wait-load", type=float, default=None,
+                        help="with --processes: before each, wait for a 1-minute load average below this")
     args = parser.parse_args()
+    if args.processes:
+        return run_processes(args)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_isegformer(args.variant).to(device)
+    load_at_start = os.getloadavg()[0]
     for line in machine_lines(device):
         print(line)
     print(f"model   : {args.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
@@ -250,30 +338,7 @@ def main() -> int:
     print(f"load    : {load_average()} (at the end)")
     print(f"{args.sessions} sessions x {len(clicks)} clicks after {args.warmup} warm-up clicks; "
           "seconds per click (median min max)")
-    print(f"{'engine':<10} {'clicks':<9} {'n':>2}   {'wall s':^20}   {'process CPU s':^20}"
-          "   of which kernel (page faults...), median")
-    medians: dict[tuple[str, str, str], float] = {}
-    for spec in names:
-        for kind, zoomed in (("unzoomed", False), ("zoomed", True)):
-            rows = [r for r in samples[spec] if r["zoomed"] == zoomed]
-            walls, cpus = [r["wall"] for r in rows], [r["cpu"] for r in rows]
-            kernel = statistics.median([r["sys"] for r in rows]) if rows else float("nan")
-            print(f"{spec:<10} {kind:<9} {len(rows):>2}   {summary(walls)}   {summary(cpus)}"
-                  f"   {kernel:6.2f}")
-            if rows:
-                medians[spec, kind, "wall"] = statistics.median(walls)
-                medians[spec, kind, "cpu"] = statistics.median(cpus)
-    if len(names) > 1:
-        last = names[-1]
-        for spec in names[:-1]:
-            parts = []
-            for kind in ("unzoomed", "zoomed"):
-                for clock in ("wall", "cpu"):
-                    if (spec, kind, clock) in medians and (last, kind, clock) in medians:
-                        parts.append(f"{kind} {clock} {medians[spec, kind, clock] / medians[last, kind, clock]:.3f}")
-            print(f"ratio {spec}/{last} (medians): " + ", ".join(parts))
-        for spec, diff in max_diff.items():
-            print(f"largest probability difference {spec} vs {names[0]}: {diff:.2e}")
+    print_table(samples, names, max_diff)
 
     if args.forward_repeats:
         size = args.size
@@ -299,7 +364,8 @@ def main() -> int:
           + (" (all engines together)" if len(names) > 1 else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(args=vars(args), samples=samples,
-                                                   max_probability_difference=max_diff)))
+                                                   max_probability_difference=max_diff,
+                                                   peak_rss_mb=peak_rss_mb(), load_at_start=load_at_start)))
     return 0
 
 

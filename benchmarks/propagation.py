@@ -23,7 +23,10 @@ Against the reference (its MiVOS inference core, see ``reference_propagation.py`
 fresh processes with the same weights, and the ratios of the medians:
 
     PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --engines ours reference \\
-        --reference ~/src/iSegFormer --modes batch sequential --threads 2
+        --reference ~/src/iSegFormer --modes batch sequential --threads 2 --wait-load 1.0
+
+``--wait-load L`` starts each process only once the 1-minute load average is below L (the
+load column shows what each one started at).
 """
 from __future__ import annotations
 
@@ -170,6 +173,8 @@ def run_table(args: argparse.Namespace) -> int:
     change in the machine's load falls on both, and the ratios to the reference are printed."""
     import torch
 
+    from quiet import wait_for_quiet_machine
+
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
     print(f"device: cpu, {args.threads} torch threads; torch {torch.__version__}, numpy {np.__version__}; "
@@ -177,7 +182,8 @@ def run_table(args: argparse.Namespace) -> int:
           + (f" (reference: {args.reference})" if "reference" in args.engines else ""))
     print(f"label geometry from {args.label}; synthetic image; random weights (the same in every engine); "
           f"5 annotated slices, then 1 correction of the middle one; {args.repeats} fresh-process run(s) "
-          "per row after an in-process warm-up (median [min-max] where more than one)")
+          "per row after an in-process warm-up (median [min-max] where more than one)"
+          + (f"; each process waited for a 1-minute load below {args.wait_load}" if args.wait_load else ""))
     print(f"{'engine':>9} {'mode':>10} {'load':>5} {'slices':>9} {'seconds':>17} {'cpu s':>17} {'decoded':>7} "
           f"{'encoded':>7} {'correction s':>12} {'(frames)':>8} {'cache':>5} {'peak RSS GiB':>17}  interactions s")
     for count in args.slices:
@@ -187,6 +193,7 @@ def run_table(args: argparse.Namespace) -> int:
         runs: dict = {job: [] for job in jobs}
         for _ in range(max(1, args.repeats)):
             for job in jobs:
+                wait_for_quiet_machine(args.wait_load)
                 done = subprocess.run(child_command(job[0], count, job[1], args), capture_output=True,
                                       text=True, env=os.environ.copy())
                 if done.returncode != 0:
@@ -234,6 +241,8 @@ def main() -> int:
                         help="ours and/or reference (interleaved, in fresh processes)")
     parser.add_argument("--reference", type=Path, default=None,
                         help="iSegFormer v1.0 checkout (or its maskprop/MiVOS folder), for --engines reference")
+    parser.add_argument("--wait-load", type=float, default=None,
+                        help="before each fresh process, wait for a 1-minute load average below this")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
