@@ -252,6 +252,14 @@ def run_processes(args: argparse.Namespace) -> int:
           "seconds per click (median min max), all processes pooled")
     print_table(samples, names, {})
     for spec in names:
+        per_process = []
+        for number in range(args.processes):
+            rows = [r for r in samples[spec] if r["process"] == number]
+            walls = {kind: [r["wall"] for r in rows if r["zoomed"] == zoomed]
+                     for kind, zoomed in (("unzoomed", False), ("zoomed", True))}
+            per_process.append(" / ".join(f"{statistics.median(w):.2f}" if w else "-" for w in walls.values()))
+        print(f"{spec}: median wall s per process (unzoomed / zoomed), round by round: " + ", ".join(per_process))
+    for spec in names:
         print(f"peak RSS of a {spec} process: {statistics.median(peaks[spec]):.0f} MB median, "
               f"{max(peaks[spec]):.0f} MB max")
     print(f"load    : {load_average()} (at the end)")
