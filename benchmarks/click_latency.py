@@ -297,7 +297,6 @@ def main() -> int:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_isegformer(args.variant).to(device)
-    load_at_start = os.getloadavg()[0]
     for line in machine_lines(device):
         print(line)
     print(f"model   : {args.variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
@@ -373,7 +372,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(dict(args=vars(args), samples=samples,
                                                    max_probability_difference=max_diff,
-                                                   peak_rss_mb=peak_rss_mb(), load_at_start=load_at_start)))
+                                                   peak_rss_mb=peak_rss_mb())))
     return 0
 
 

@@ -26,7 +26,7 @@ fresh processes with the same weights, and the ratios of the medians:
         --reference ~/src/iSegFormer --modes batch sequential --threads 2 --wait-load 1.0
 
 ``--wait-load L`` starts each process only once the 1-minute load average is below L (the
-load column shows what each one started at).
+load column is the one each process saw once its input was built).
 """
 from __future__ import annotations
 
