@@ -60,6 +60,9 @@ from isegformer.device import resolve_device
 CLICKS = [(0.50, 0.50, True), (0.40, 0.55, True), (0.70, 0.30, False), (0.45, 0.62, True),
           (0.20, 0.80, False), (0.58, 0.47, True), (0.66, 0.70, False), (0.35, 0.40, True)]
 
+#: how the tables split the clicks: (name, whether the click ran on a zoom-in crop)
+CLICK_KINDS = (("unzoomed", False), ("zoomed", True))
+
 
 def cpu_name() -> str:
     try:
@@ -190,7 +193,7 @@ def print_table(samples: dict[str, list[dict]], names: list[str], max_diff: dict
           "   of which kernel (page faults...), median")
     medians: dict[tuple[str, str, str], float] = {}
     for spec in names:
-        for kind, zoomed in (("unzoomed", False), ("zoomed", True)):
+        for kind, zoomed in CLICK_KINDS:
             rows = [r for r in samples[spec] if r["zoomed"] == zoomed]
             walls, cpus = [r["wall"] for r in rows], [r["cpu"] for r in rows]
             kernel = statistics.median([r["sys"] for r in rows]) if rows else float("nan")
@@ -256,7 +259,7 @@ def run_processes(args: argparse.Namespace) -> int:
         for number in range(args.processes):
             rows = [r for r in samples[spec] if r["process"] == number]
             walls = {kind: [r["wall"] for r in rows if r["zoomed"] == zoomed]
-                     for kind, zoomed in (("unzoomed", False), ("zoomed", True))}
+                     for kind, zoomed in CLICK_KINDS}
             per_process.append(" / ".join(f"{statistics.median(w):.2f}" if w else "-" for w in walls.values()))
         print(f"{spec}: median wall s per process (unzoomed / zoomed), round by round: " + ", ".join(per_process))
     for spec in names:

@@ -212,10 +212,11 @@ class SessionBridge:
         whose mask digests are ``digests`` ((index, digest) pairs, as a :class:`VolumeUpdate`
         carried them), with the networks whose digest is ``networks`` (a session with other
         networks recomputes everything at its next propagation). The next propagation then
-        recomputes only around the annotations that are new or changed since (slices edited by hand become such annotations); every other
-        slice stays as it is. Returns whether the session took it up: a session without this
-        ability, or one that cannot tell the result from the segment's annotations (see
-        ``Session.restore_propagated``), propagates everything again."""
+        recomputes only around the annotations that are new or changed since (slices edited by
+        hand become such annotations); every other slice stays as it is. Returns whether the
+        session took it up: a session without this ability, or one that cannot tell the result
+        from the segment's annotations (see ``Session.restore_propagated``), propagates
+        everything again."""
         restore = getattr(self._session, "restore_propagated", None)
         if not callable(restore):
             return False
