@@ -25,6 +25,12 @@ fresh processes with the same weights, and the ratios of the medians:
     PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --engines ours reference \\
         --reference ~/src/iSegFormer --modes batch sequential --threads 2 --wait-load 1.0
 
+Before and after a change, against another checkout of this package (``git worktree add
+/tmp/base HEAD``), interleaved the same way:
+
+    PYTHONPATH=Logic .venv/bin/python benchmarks/propagation.py --engines baseline ours \\
+        --baseline /tmp/base/Logic --slices 40 --modes batch --repeats 3 --threads 2
+
 ``--wait-load L`` starts each process only once the 1-minute load average is below L (the
 load column is the one each process saw once its input was built).
 """
@@ -150,13 +156,22 @@ def _spread(values: list[float], digits: int = 1) -> str:
 
 HERE = Path(__file__).resolve().parent
 #: engine -> the script whose ``--child`` runs it (each prints one JSON line of ``run_one``'s keys)
-ENGINE_SCRIPTS = {"ours": HERE / "propagation.py", "reference": HERE / "reference_propagation.py"}
+ENGINE_SCRIPTS = {"ours": HERE / "propagation.py", "baseline": HERE / "propagation.py",
+                  "reference": HERE / "reference_propagation.py"}
+
+
+def child_environment(engine: str, args: argparse.Namespace) -> dict:
+    """``baseline`` imports the package from ``--baseline`` (another checkout's Logic folder)."""
+    env = os.environ.copy()
+    if engine == "baseline":
+        env["PYTHONPATH"] = os.pathsep.join([str(args.baseline), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def child_command(engine: str, count: int, mode: str, args: argparse.Namespace) -> list[str]:
     command = [sys.executable, str(ENGINE_SCRIPTS[engine]), "--child", "--slices", str(count),
                "--label", str(args.label), "--threads", str(args.threads), "--modes", mode]
-    if engine == "ours":
+    if engine in ("ours", "baseline"):
         command += ["--winograd", args.winograd]
         if args.cache_mib is not None:
             command += ["--cache-mib", str(args.cache_mib)]
@@ -189,13 +204,13 @@ def run_table(args: argparse.Namespace) -> int:
     for count in args.slices:
         # the reference has one protocol: one interaction after another
         jobs = [(engine, mode) for engine in args.engines
-                for mode in (args.modes if engine == "ours" else ["sequential"])]
+                for mode in (args.modes if engine != "reference" else ["sequential"])]
         runs: dict = {job: [] for job in jobs}
         for _ in range(max(1, args.repeats)):
             for job in jobs:
                 wait_for_quiet_machine(args.wait_load)
                 done = subprocess.run(child_command(job[0], count, job[1], args), capture_output=True,
-                                      text=True, env=os.environ.copy())
+                                      text=True, env=child_environment(job[0], args))
                 if done.returncode != 0:
                     print(done.stderr[-2000:])
                     return done.returncode
@@ -210,6 +225,14 @@ def run_table(args: argparse.Namespace) -> int:
                   f"{_spread([x['correction_seconds'] for x in rows]):>12} {r['correction_frames']:>8} "
                   f"{r['cache_frames']:>5} {_spread([x['peak_rss_gib'] for x in rows], 2):>17}  {interactions}",
                   flush=True)
+        for mode in args.modes:
+            baseline, ours = runs.get(("baseline", mode)), runs.get(("ours", mode))
+            if baseline and ours:
+                print(f"  ratio ours / baseline, {mode}, at {count} slices: wall "
+                      + ", cpu ".join(f"{statistics.median(x[key] for x in ours) / statistics.median(x[key] for x in baseline):.3f}"
+                                      for key in ("seconds", "cpu_seconds"))
+                      + f", peak RSS {statistics.median(x['peak_rss_gib'] for x in ours) / statistics.median(x['peak_rss_gib'] for x in baseline):.3f} (medians)",
+                      flush=True)
         reference = runs.get(("reference", "sequential"))
         if reference:
             def median(rows, key):
@@ -241,6 +264,8 @@ def main() -> int:
                         help="ours and/or reference (interleaved, in fresh processes)")
     parser.add_argument("--reference", type=Path, default=None,
                         help="iSegFormer v1.0 checkout (or its maskprop/MiVOS folder), for --engines reference")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="for --engines baseline: the Logic folder of another checkout (e.g. a git worktree)")
     parser.add_argument("--wait-load", type=float, default=None,
                         help="before each fresh process, wait for a 1-minute load average below this")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -248,6 +273,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(run_one(args)))
         return 0
+    if "baseline" in args.engines and args.baseline is None:
+        raise SystemExit("--engines baseline needs --baseline PATH/Logic")
     if "reference" in args.engines and args.reference is None:
         raise SystemExit("--engines reference needs --reference CHECKOUT (uncbiag/iSegFormer v1.0)")
     return run_table(args)
