@@ -286,9 +286,11 @@ def test_a_write_spanning_many_slices_equals_slice_by_slice():
     assert set(report.indices) == changed and changed <= {3, 4, 5, 6} and changed
 
 
-def test_segmentation_on_another_grid_is_written_through_slicer():
-    """A layer whose lattice is not the volume's (here: twice as fine) is read by resampling and
-    written through Slicer's SetBinaryLabelmapToSegment; what lands matches the request."""
+def test_a_write_into_a_segmentation_on_another_grid_is_refused_and_changes_nothing():
+    """A layer whose lattice is not the volume's (here: twice as fine, as after 'Specify
+    geometry' with oversampling 2) is read by resampling, but a write would have to resample the
+    whole layer onto the volume's coarser lattice (Slicer's SetBinaryLabelmapToSegment does),
+    losing its detail in every slice: it is refused before anything changes."""
     scene = Scene()
     segmentation = scene.node.GetSegmentation()
     fine = slicer.vtkOrientedImageData()
@@ -298,20 +300,31 @@ def test_segmentation_on_another_grid_is_written_through_slicer():
     matrix[:3, 3] -= (scene.ijk_to_ras[:3, :3] @ np.array([0.25, 0.25, 0.25]))
     fine.SetImageToWorldMatrix(to_vtk_matrix(matrix))
     fine.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(fine.GetPointData().GetScalars())[:] = 0
+    detail = numpy_support.vtk_to_numpy(fine.GetPointData().GetScalars()).reshape(
+        2 * SHAPE[0], 2 * SHAPE[1], 2 * SHAPE[2])
+    detail[:] = 0
+    detail[1::2, 3:9, 5:12] = 1  # one fine voxel in two along k: detail the volume grid cannot hold
+    kept = detail.copy()
     add_segment(segmentation, "fine", fine)
-    scene.configure(MASK_MODES["everywhere"], OVERWRITE_MODES["none"], None)
+    scene.configure(MASK_MODES["everywhere"], OVERWRITE_MODES["all"], None)
     new = np.zeros(SHAPE[1:], bool)
     new[2:5, 3:7] = True
     before = scene.arrays()
     writer = SegmentWriter(scene.node, scene.volume, scene.editor)
-    report = writer.write("fine", 0, 4, new[None])
-    assert report.segments == ("fine",)
-    after = writer.read("fine")
-    assert np.array_equal(after[4], new)
-    assert not np.delete(after, 4, axis=0).any()
-    for sid in ("target", "shared", "overlap", "hidden", "mask"):
-        assert np.array_equal(scene.arrays()[sid], before[sid])
+    saved = []
+    with pytest.raises(InvalidInputError, match="another grid.*Nothing was changed"):
+        writer.write("fine", 0, 4, new[None], beforeWrite=lambda: saved.append(True))
+    assert not saved  # no undo state either
+    layer = segmentation.GetSegment("fine").GetRepresentation("Binary labelmap")
+    assert layer.GetExtent() == (0, 2 * SHAPE[2] - 1, 0, 2 * SHAPE[1] - 1, 0, 2 * SHAPE[0] - 1)
+    assert np.array_equal(numpy_support.vtk_to_numpy(layer.GetPointData().GetScalars()).reshape(kept.shape), kept)
+    for sid, array in scene.arrays().items():
+        assert np.array_equal(array, before[sid]), sid
+    # a write into a segment on the volume's lattice that would overwrite the fine one: refused too
+    with pytest.raises(InvalidInputError, match="'fine' is stored on another grid"):
+        writer.write("target", 0, 1, np.ones((3,) + SHAPE[1:], bool))
+    for sid, array in scene.arrays().items():
+        assert np.array_equal(array, before[sid]), sid
 
 
 def test_bad_requests_are_refused_with_the_packages_error():

@@ -12,7 +12,7 @@
 - ``test.py``: iSegFormerSlicerTest, the module's self-test.
 
 This file holds what all of them share: the translation function, the module's name, where
-its resources are, and how ``isegformer`` (the Slicer-free package) is found.
+its resources are, how ``isegformer`` (the Slicer-free package) is found, and its error for bad input.
 """
 import importlib.util
 import os
@@ -52,6 +52,15 @@ def ensureIsegformerImportable():
         if os.path.isdir(os.path.join(candidate, "isegformer")) and candidate not in sys.path:
             sys.path.append(candidate)
             return
+
+
+def invalidInput(message):
+    """The package's error for bad input (``isegformer.errors.InvalidInputError``, a ValueError),
+    imported on first use like the rest of ``isegformer``."""
+    ensureIsegformerImportable()
+    from isegformer.errors import InvalidInputError
+
+    return InvalidInputError(message)
 
 
 def support():

@@ -17,7 +17,7 @@ import vtk
 
 import slicer
 
-from . import _, ensureIsegformerImportable, support
+from . import _, ensureIsegformerImportable, invalidInput, support
 from .models import DEFAULT_MODEL, isCheckpointPath
 
 DEFAULT_FINETUNE_EPOCHS = 5
@@ -67,9 +67,9 @@ class FinetuneActions:
         """
         segmentId = segmentId or self.segmentId
         if self.volumeNode is None or self.segmentationNode is None or not segmentId:
-            raise ValueError("Select the source volume and the segment to learn from first.")
+            raise invalidInput("Select the source volume and the segment to learn from first.")
         if self.segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise ValueError("The segment was deleted; select the segment to learn from.")
+            raise invalidInput("The segment was deleted; select the segment to learn from.")
         records = [r for r in self._records if r.segmentId == segmentId]
         if axis is None and records:
             axis = max(records, key=lambda r: r.order).point.axis
@@ -88,7 +88,7 @@ class FinetuneActions:
         other = tuple(a for a in range(3) if a != axis)
         indices = [int(i) for i in np.flatnonzero(current.any(axis=other))]
         if not indices:
-            raise ValueError(
+            raise invalidInput(
                 "The segment is empty along {axis}: segment the structure on a few slices first "
                 "(points, or the Segment Editor), then fine-tune.".format(axis=axisName[axis])
             )

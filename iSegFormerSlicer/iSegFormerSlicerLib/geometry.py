@@ -7,7 +7,7 @@ import vtk
 
 import slicer
 
-from . import support
+from . import invalidInput, support
 
 
 def volumeIJKToWorld(volumeNode):
@@ -18,7 +18,7 @@ def volumeIJKToWorld(volumeNode):
     parent = volumeNode.GetParentTransformNode()
     if parent is not None:
         if not parent.IsTransformToWorldLinear():
-            raise ValueError(
+            raise invalidInput(
                 "The source volume is under a non-linear transform: harden the transform "
                 "(Data module, right-click the volume, Harden transform) and click again."
             )
@@ -37,7 +37,7 @@ def locateClick(volumeNode, rasPoint, sliceNode=None, axis=None, toleranceDegree
     """
     helpers = support()
     if volumeNode is None:
-        raise ValueError("Select the source volume first.")
+        raise invalidInput("Select the source volume first.")
     ijkToWorld = volumeIJKToWorld(volumeNode)
     if axis is None:
         if sliceNode is None:
@@ -62,9 +62,9 @@ def sliceNodeContaining(rasPoint, tolerance):
         if bestDistance is None or distance < bestDistance:
             best, bestDistance = sliceNode, distance
     if best is None:
-        raise ValueError("No slice view found: give the axis (0=k, 1=j, 2=i) explicitly.")
+        raise invalidInput("No slice view found: give the axis (0=k, 1=j, 2=i) explicitly.")
     if bestDistance > tolerance:
-        raise ValueError(
+        raise invalidInput(
             "The point is not on any slice view's plane (placed in the 3D view?): place points "
             "in the Red, Yellow or Green view, or give the axis (0=k, 1=j, 2=i) explicitly."
         )

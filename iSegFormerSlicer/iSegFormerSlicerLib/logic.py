@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import _, MODULE_NAME
+from . import _, MODULE_NAME, invalidInput
 from . import clicks, geometry, models
 from .finetune import FinetuneActions, editedSlices
 from .jobs import JobQueue
@@ -142,11 +142,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         time.
         """
         if device and device not in DEVICES:
-            raise ValueError(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
+            raise invalidInput(f"Unknown device {device!r}: choose one of {', '.join(DEVICES)}.")
         if propagation and propagation not in PROPAGATION_METHODS:
-            raise ValueError(f"Unknown propagation method {propagation!r}: choose one of {', '.join(PROPAGATION_METHODS)}.")
+            raise invalidInput(f"Unknown propagation method {propagation!r}: choose one of {', '.join(PROPAGATION_METHODS)}.")
         if precision and precision not in CLICK_PRECISIONS:
-            raise ValueError(f"Unknown click precision {precision!r}: choose one of {', '.join(CLICK_PRECISIONS)}.")
+            raise invalidInput(f"Unknown click precision {precision!r}: choose one of {', '.join(CLICK_PRECISIONS)}.")
         parameters = self.parameters
         changed = set()
         for name, value in (("clickModel", model), ("device", device), ("propagationMethod", propagation),
@@ -190,15 +190,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
     # ---- inputs -----------------------------------------------------------------------------
     def getSegmentEditorNode(self):
-        """The module's own Segment Editor parameter node (masking and overwrite settings)."""
-        node = slicer.mrmlScene.GetSingletonNode(MODULE_NAME, "vtkMRMLSegmentEditorNode")
-        if node is None:
-            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
-            node.UnRegister(None)
-            node.SetSingletonTag(MODULE_NAME)
-            node = slicer.mrmlScene.AddNode(node)
-        self.segmentEditorNode = node
-        return node
+        """The module's own Segment Editor parameter node (masking and overwrite settings); the
+        module's writes follow it from now on (before: edit everywhere, overwrite nothing)."""
+        self.segmentEditorNode = _moduleSegmentEditorNode()
+        return self.segmentEditorNode
 
     def setVolume(self, volumeNode):
         """Use ``volumeNode`` (a scalar volume) as the source; forgets the clicks of the previous one."""
@@ -222,7 +217,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         if volumeNode is not None:
             self.setVolume(volumeNode)
         if self.volumeNode is None:
-            raise ValueError("Select the source volume first.")
+            raise invalidInput("Select the source volume first.")
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "iSegFormer segmentation")
             segmentationNode.CreateDefaultDisplayNodes()
@@ -389,9 +384,20 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         return self._submitOpen()
 
     def _submitWithSession(self, function, label, apply, onFailure=None):
-        """Queue ``function(bridge, progress)``, after opening the session if none is open."""
+        """Queue ``function(bridge, progress)``, after opening the session if none is open.
+
+        ``apply`` runs only while the session it was queued for is still the current one: a
+        cancel cannot stop a job already running, and after the volume changed (or the scene
+        closed) its result belongs to no point and no volume any more."""
         if (self._bridge is None and not self._opening) or self._stale:
             self._submitOpen()
+        generation = self._generation
+
+        def applyIfCurrent(result):
+            if generation != self._generation:
+                logging.info("iSegFormer: a %s result arrived after the volume changed; it was dropped.", label)
+                return None
+            return apply(result)
 
         def run(progress):
             bridge = self._bridge
@@ -402,7 +408,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
                 )
             return function(bridge, progress)
 
-        return self.submit(run, label=label, apply=apply, onFailure=onFailure)
+        return self.submit(run, label=label, apply=applyIfCurrent, onFailure=onFailure)
 
     # ---- clicks -----------------------------------------------------------------------------
     def submitClick(self, pointId, rasPoint, positive, segmentId=None, sliceNode=None, axis=None):
@@ -549,7 +555,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Slicer's segmentation history the module's writes save into: the Segment Editor
         widget's (the widget sets a segment_history.WidgetHistory), else the Logic's own."""
         if self._history is None:
-            self._history = EditorLogicHistory(slicer.mrmlScene, self.getSegmentEditorNode())
+            # The editor logic needs an editor node, but making one must not change the rules
+            # the writes follow (getSegmentEditorNode would: from "overwrite nothing" to the new
+            # node's "overwrite all", between a script's first click and its second).
+            self._history = EditorLogicHistory(slicer.mrmlScene, self.segmentEditorNode or _moduleSegmentEditorNode())
         return self._history
 
     @history.setter
@@ -580,13 +589,17 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         segmentationNode = self.segmentationNode
         if segmentationNode is None or not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
             # Slicer's export of a missing segment fails deep inside with an AttributeError
-            raise ValueError("The segment was deleted; select or add a segment and try again.")
+            raise invalidInput("The segment was deleted; select or add a segment and try again.")
         # Read straight from the segment's labelmap layer: no temporary node, no whole export.
         return self.segmentWriter().read(segmentId).astype(np.uint8)
 
     def _checkSameFrame(self):
+        if self.volumeNode is None or self.segmentationNode is None:
+            raise invalidInput(
+                "The source volume or the segmentation was removed from the scene: select them "
+                "again (a result computed for the removed one was not written).")
         if self.segmentationNode.GetParentTransformNode() is not self.volumeNode.GetParentTransformNode():
-            raise ValueError(
+            raise invalidInput(
                 "The segmentation and the source volume are under different transforms: put the "
                 "segmentation under the volume's transform (Data module) and try again."
             )
@@ -611,7 +624,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._checkSameFrame()
         segmentationNode = self.segmentationNode
         if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise ValueError("The segment was deleted; select or add a segment and click again.")
+            raise invalidInput("The segment was deleted; select or add a segment and click again.")
         writer = self.segmentWriter()
         report = writer.write(segmentId, axis, first, masks, beforeWrite=self._actions.hook(action))
         for sid in set(report.segments) | {segmentId}:  # what the module last wrote, to tell hand edits
@@ -658,6 +671,17 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Propagate a segment's annotated slices through the volume and wait for it."""
         self.submitPropagation(segmentId)
         self.waitForJobs()
+
+
+def _moduleSegmentEditorNode():
+    """The module's singleton Segment Editor node, added to the scene on first use."""
+    node = slicer.mrmlScene.GetSingletonNode(MODULE_NAME, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(MODULE_NAME)
+        node = slicer.mrmlScene.AddNode(node)
+    return node
 
 
 def _cachedStcnWeights():

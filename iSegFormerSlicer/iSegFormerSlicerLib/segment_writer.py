@@ -39,6 +39,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from . import invalidInput as _invalid
+
 
 def _sliceWrite():
     """The Segment Editor's rules (isegformer; imported on first use, after the dependency step)."""
@@ -46,12 +48,6 @@ def _sliceWrite():
 
     return slice_write
 
-
-def _invalid(message):
-    """The package's error for bad input (imported on first use, like the rest of isegformer)."""
-    from isegformer.errors import InvalidInputError
-
-    return InvalidInputError(message)
 
 #: vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 LABELMAP = "Binary labelmap"
@@ -389,6 +385,7 @@ class SegmentWriter:
         changes = _sliceWrite().compose_block(masks, segmentId, blocks, rules, source)
         if not changes:
             return WriteReport()
+        self._checkWritableGrids(changes)
         if beforeWrite is not None:
             beforeWrite()
         self._apply(segmentId, active, blocks, changes)
@@ -408,17 +405,31 @@ class SegmentWriter:
             return layer.box()
         return _Box((0, 0, 0), self.shape)
 
+    def _checkWritableGrids(self, changes):
+        """Refuse, before anything changes, a write into a layer that is not on the volume's
+        lattice (an oversampled segmentation, or one made on another volume's grid): Slicer's
+        ``SetBinaryLabelmapToSegment`` would resample the whole layer onto the volume's coarser
+        lattice, losing the segment's detail in every slice, and that of each other segment the
+        write overwrites."""
+        segmentation = self.segmentationNode.GetSegmentation()
+        for sid in changes:
+            if not self._layer(sid).aligned:
+                raise _invalid(
+                    f"The segment {segmentation.GetSegment(sid).GetName()!r} is stored on another grid than "
+                    f"the source volume {self.volumeNode.GetName()!r} (an oversampled segmentation, or one "
+                    "made on another volume), and writing into it would resample the whole segment onto "
+                    "the volume's grid. Nothing was changed. Choose the volume the segmentation was made "
+                    "on as the source volume, or in the Segment Editor use 'Specify geometry' with this "
+                    "volume and oversampling 1 (which resamples the segments once, on purpose), then try again."
+                )
+
     def _apply(self, target, box, blocks, changes):
         segmentation = self.segmentationNode.GetSegmentation()
         if self._layer(target).aligned:
             self._separateIfOverlapping(target, box, blocks, changes)
         layers: Dict[str, Tuple[_Layer, List[str]]] = {}
-        fallback = []
-        for sid in changes:
+        for sid in changes:  # every layer is on the volume's lattice (_checkWritableGrids)
             layer = self._layer(sid)
-            if not layer.aligned:
-                fallback.append(sid)
-                continue
             layers.setdefault(layer.key(), (layer, []))[1].append(sid)
         ijkToRas = volumeIJKToRAS(self.volumeNode)
         modified = []
@@ -444,8 +455,6 @@ class SegmentWriter:
             # as Slicer's SetBinaryLabelmapToSegment does.
             layer.image.GetPointData().GetScalars().Modified()
             modified.extend(sids)
-        for sid in fallback:  # Slicer resamples into the layer's own lattice
-            self._writeThroughSlicer(sid, box, changes[sid])
         self._reconvert(modified)
         for sid in modified:
             segmentation.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified, sid)
@@ -470,17 +479,6 @@ class SegmentWriter:
             if np.any(newTarget & kept):
                 segmentation.SeparateSegmentLabelmap(target)
                 return
-
-    def _writeThroughSlicer(self, segmentId, box, block):
-        image = self._boxImage(box)
-        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.astype(np.uint8).reshape(-1)
-        (k0, j0, i0), (k1, j1, i1) = box.lows, box.highs
-        extent = [i0, i1 - 1, j0, j1 - 1, k0, k1 - 1]
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        # Remove what the slab no longer has, then add what it has, inside the slab only.
-        for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MASK):
-            if not logic.SetBinaryLabelmapToSegment(image, self.segmentationNode, segmentId, mode, extent):
-                raise _invalid(f"Slicer refused to update the segment {segmentId!r}.")
 
     def _reconvert(self, segmentIds: Sequence[str]):
         """Rebuild other representations (closed surface) of the changed segments, as Slicer's
