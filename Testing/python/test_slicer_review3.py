@@ -64,3 +64,23 @@ def test_a_click_still_running_when_the_volume_is_removed_fails_with_the_package
     release.set()
     with pytest.raises(InvalidInputError, match="removed from the scene"):
         env.logic.waitForJobs()
+
+
+def test_after_an_undone_propagation_propagating_again_fills_the_slices_again(env):
+    logic = env.logic
+    logic.setModelSettings(propagation="interpolation")
+    for k in (1, 4):
+        logic.addClick(to_world(env.world, (7, 5, k)), axis=0)
+    logic.propagate()
+    propagated = env.array().copy()
+    between = [k for k in range(SHAPE[0]) if k not in (1, 4) and propagated[k].any()]
+    assert between, "the stand-in propagation fills slices between the clicks"
+    logic.undo()
+    assert not env.array()[between].any()  # the history took the propagation back
+    logic.propagate()
+    assert np.array_equal(env.array(), propagated)  # not adopted as empty hand-drawn slices
+    assert not logic._handEdited.get((env.segment_id, 0))
+    logic.undo()
+    logic.redo()  # a redo is the history's too
+    logic.propagate()
+    assert np.array_equal(env.array(), propagated)

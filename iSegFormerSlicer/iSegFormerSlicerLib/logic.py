@@ -577,11 +577,30 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         propagation; Segment Editor edits made from the console's history too)."""
         self.history.bind(self.segmentationNode, self.volumeNode)
         self.history.undo()
+        self.afterHistoryRestore()
 
     def redo(self):
         """Redo what :meth:`undo` took back."""
         self.history.bind(self.segmentationNode, self.volumeNode)
         self.history.redo()
+        self.afterHistoryRestore()
+
+    def afterHistoryRestore(self):
+        """Take the segments' restored voxels as what the module last wrote (called after an
+        undo or redo): they came from the history, not from the user's hand, so the next
+        propagation must not adopt them as hand-drawn annotations (an undone propagation's
+        emptied slices would otherwise become empty annotations, never filled again)."""
+        if self.segmentationNode is None or self.volumeNode is None:
+            return
+        segmentation = self.segmentationNode.GetSegmentation()
+        writer = self.segmentWriter()
+        for sid in list(self._written):
+            if segmentation.GetSegment(sid) is None:
+                del self._written[sid]
+            else:
+                self._written[sid] = writer.read(sid)
+            self._digests = {key: d for key, d in self._digests.items() if key[0] != sid}
+        self._storeSessionState()
 
     def segmentArray(self, segmentId=None):
         """A segment as a (k, j, i) uint8 array on the source volume's grid (a copy)."""
