@@ -84,3 +84,23 @@ def test_after_an_undone_propagation_propagating_again_fills_the_slices_again(en
     logic.redo()  # a redo is the history's too
     logic.propagate()
     assert np.array_equal(env.array(), propagated)
+
+
+def test_a_point_dragged_off_the_volume_goes_back_and_other_edits_still_apply(env):
+    logic = env.logic
+    logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    logic.addClick(to_world(env.world, (7, 5, 1)), axis=0)
+    positive, _ = logic.getClickNodes()
+    assert env.array()[1].any() and env.array()[3].any()
+    positive.SetNthControlPointPositionWorld(0, *to_world(env.world, (2, 2, 30)))  # off the volume
+    positive.RemoveNthControlPoint(1)  # and the point on slice 1 deleted
+    with pytest.raises(InvalidInputError, match="outside the volume.*put back where it was used"):
+        logic.submitPointsChanged()
+    logic.waitForJobs()
+    assert not env.array()[1].any()  # the deletion was applied all the same
+    assert env.array()[3].any()
+    assert [(r.point.index, r.point.axis) for r in logic._records] == [(3, 0)]
+    back = [0.0, 0.0, 0.0]
+    positive.GetNthControlPointPositionWorld(0, back)
+    assert np.allclose(back, to_world(env.world, (2, 2, 3)), atol=1e-6)
+    assert logic.submitPointsChanged() == []  # nothing left to recompute, no error

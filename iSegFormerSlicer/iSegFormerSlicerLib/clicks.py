@@ -121,6 +121,21 @@ def removePointById(pointId, positive):
             removeControlPoint(node, index)
 
 
+def movePointById(pointId, positive, rasPoint):
+    """Put the point with this ID at a world position, without the module's observers reacting."""
+    node = getClickNodes(create=False)[0 if positive else 1]
+    if node is None:
+        return
+    index = node.GetNthControlPointIndexByID(pointId)
+    if index < 0:
+        return
+    node.SetAttribute(PLACING_ATTRIBUTE, "1")
+    try:
+        node.SetNthControlPointPositionWorld(index, *(float(v) for v in rasPoint))
+    finally:
+        node.RemoveAttribute(PLACING_ATTRIBUTE)
+
+
 def currentPositions():
     """{(positive, point ID): world position} of every point in both lists (an ID alone is
     ambiguous: each list numbers its points from "1")."""

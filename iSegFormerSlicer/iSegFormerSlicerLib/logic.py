@@ -437,17 +437,27 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._storeSessionState()
 
     def submitPointsChanged(self, sliceNode=None):
-        """After points moved or were deleted: re-run the clicks of every slice that changed."""
+        """After points moved or were deleted: re-run the clicks of every slice that changed.
+
+        A point moved where it cannot be used (off the volume) goes back to where it was used,
+        and InvalidInputError says so after every other change (deletions, other moves) has been
+        taken into account."""
         self._ensureResumed()
         current = clicks.currentPositions()
         affected = set()
         kept = []
+        refused = []
         for record in self._records:
             key = (record.positive, record.pointId)
             if key not in current:
                 affected.add(record.sliceKey)  # deleted
                 continue
-            moved = self.locateClick(current[key], axis=record.point.axis)
+            try:
+                moved = self.locateClick(current[key], axis=record.point.axis)
+            except ValueError as err:  # outside the volume (InvalidInputError is a ValueError)
+                refused.append((record, err))
+                kept.append(record)
+                continue
             if (moved.index, round(moved.row, 3), round(moved.col, 3)) != (
                     record.point.index, round(record.point.row, 3), round(record.point.col, 3)):
                 affected.add(record.sliceKey)  # the slice it left
@@ -457,7 +467,20 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._records = kept
         self._storeSessionState()
         action = self._actions.newAction()  # the slices a move or a deletion recomputes: one undo state
-        return [self._submitReplay(*key, action=action) for key in sorted(affected)]
+        jobs = [self._submitReplay(*key, action=action) for key in sorted(affected)]
+        if refused:
+            for record, _err in refused:
+                clicks.movePointById(record.pointId, record.positive, self._worldPosition(record.point))
+            raise invalidInput(
+                f"{refused[0][1]} The point was put back where it was used"
+                + (f" (and {len(refused) - 1} more like it)" if len(refused) > 1 else "") + ".")
+        return jobs
+
+    def _worldPosition(self, point):
+        """The world position of a SlicePoint (its slice's centre plane)."""
+        from isegformer.slicer_support.transforms import slice_point_ijk
+
+        return (self.volumeIJKToWorld() @ np.array([*slice_point_ijk(point), 1.0]))[:3]
 
     def _clicksOf(self, segmentId, axis, index):
         from isegformer.slicer_support.session_bridge import ClickSpec

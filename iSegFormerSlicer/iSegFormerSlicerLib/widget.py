@@ -343,7 +343,12 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPointRemoved(self, caller, event):
         if self._muted or clicks.isPlacingProgrammatically(caller):
             return
-        for jobId in self.logic.submitPointsChanged(None):
+        try:
+            jobIds = self.logic.submitPointsChanged(None)
+        except Exception as err:  # raised in a VTK observer it would only reach the log
+            self._report(err)
+            jobIds = []
+        for jobId in jobIds:
             self._watch(jobId, _("Updating the slice..."))
         self.updateStatus()
 

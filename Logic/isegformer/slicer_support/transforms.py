@@ -111,6 +111,15 @@ def slice_point(
     return SlicePoint(axis=axis, index=index, row=row, col=col)
 
 
+def slice_point_ijk(point: SlicePoint) -> np.ndarray:
+    """The continuous (i, j, k) voxel position of a SlicePoint (the inverse of ``slice_point``
+    on the slice's centre plane)."""
+    ijk = np.zeros(3)
+    index_c, row_c, col_c = _IJK_COMPONENTS[point.axis]
+    ijk[index_c], ijk[row_c], ijk[col_c] = point.index, point.row, point.col
+    return ijk
+
+
 def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The 2D view ``volume[index]``, ``volume[:, index]`` or ``volume[:, :, index]`` (no copy)."""
     if volume.ndim != 3:
