@@ -27,6 +27,7 @@ from torch import nn
 from ..clicks import Click
 from ..device import resolve_device
 from ..errors import InvalidInputError
+from ..session import arguments
 from .transforms import HorizontalFlip, ZoomIn
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,49 @@ def check_click_precision(precision: Any, device: Union[str, torch.device]) -> t
     return device
 
 
+def _checked_threshold(value: Any) -> float:
+    threshold = arguments.real(value, "threshold")
+    if not 0.0 < threshold < 1.0:
+        raise InvalidInputError(
+            f"threshold is a probability strictly between 0 and 1 (the default is 0.49), got {threshold:g}.")
+    return threshold
+
+
+def _as_float_tensor(value: Any, what: str, device: torch.device) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InvalidInputError(f"{what} must be an array of numbers, got a {type(value).__name__}.") from err
+
+
+def _checked_click_lists(click_lists: Sequence[Sequence[Click]],
+                         image_hw: tuple[int, int]) -> list[list[Click]]:
+    """Lists of :class:`Click` whose points lie on an image of ``image_hw``; InvalidInputError
+    otherwise (a tuple is not a click, and ``positive="no"`` is not a positive click)."""
+    height, width = image_hw
+    checked = []
+    for n, clicks in enumerate(click_lists):
+        if isinstance(clicks, (str, bytes, Click)) or not hasattr(clicks, "__iter__"):
+            raise InvalidInputError(
+                f"The clicks of image {n} must be a list of Click objects, got a {type(clicks).__name__}.")
+        clicks = list(clicks)
+        for c in clicks:
+            if not isinstance(c, Click):
+                raise InvalidInputError(
+                    f"The clicks of image {n} must be Click objects (isegformer.clicks.Click(y, x, "
+                    f"positive, index)), got a {type(c).__name__}: {c!r:.80}.")
+            y = arguments.real(c.y, f"A click's row y (image {n})")
+            x = arguments.real(c.x, f"A click's column x (image {n})")
+            arguments.boolean(c.positive, f"A click's positive (image {n})")
+            arguments.integer(c.index, f"A click's index (image {n})", 0)
+            if not (-0.5 <= y <= height - 0.5 and -0.5 <= x <= width - 0.5):
+                raise InvalidInputError(
+                    f"Click (row {y:g}, column {x:g}) of image {n} lies outside the "
+                    f"{height}x{width} image.")
+        checked.append(clicks)
+    return checked
+
+
 class ClickPredictor:
     """Runs an iSegFormer model on clicks, with the reference's zoom-in and flip.
 
@@ -98,7 +142,11 @@ class ClickPredictor:
     def __init__(self, model: Union[nn.Module, str, PathLike, Mapping[str, Any]], *,
                  zoom_in: bool = True, flip: bool = True, threshold: float = 0.49,
                  device: Union[str, torch.device] = "auto", precision: str = "float32") -> None:
-        self.device = check_click_precision(precision, device)  # before any weights are read
+        # every argument is checked before any weights are read
+        zoom_in = arguments.boolean(zoom_in, "zoom_in")
+        flip = arguments.boolean(flip, "flip")
+        threshold = _checked_threshold(threshold)
+        self.device = check_click_precision(precision, device)
         if not isinstance(model, nn.Module):
             from .build import load_click_model
 
@@ -115,7 +163,7 @@ class ClickPredictor:
         self.precision = precision
         self.zoom_in = zoom_in
         self.flip = HorizontalFlip() if flip else None
-        self.threshold = float(threshold)
+        self.threshold = threshold
         self.last_call: Optional[NetCall] = None
 
     def new_zoom_in(self) -> Optional[ZoomIn]:
@@ -131,8 +179,8 @@ class ClickPredictor:
         ``prev_prob`` (1, 1, H, W) is the previous probability (zeros before the first click);
         ``zoom`` is this image's zoom-in state, updated in place.
         """
+        click_lists: list[list[Click]] = _checked_click_lists([clicks], tuple(image.shape[2:]))
         net_input = torch.cat([image, prev_prob], dim=1)
-        click_lists: list[list[Click]] = [list(clicks)]
         if zoom is not None:
             net_input, click_lists[0] = zoom.transform(net_input, click_lists[0])
         prob = torch.sigmoid(self._merged_logits(net_input, click_lists))
@@ -149,33 +197,30 @@ class ClickPredictor:
         One network call for the whole batch, with flip averaging but without zoom-in (zoom-in
         crops each image differently). ``prev_probs`` (B, 1, H, W) defaults to zeros.
         """
-        images = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        images = _as_float_tensor(images, "predict_batch's images", self.device)
         if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
             raise InvalidInputError(
                 f"predict_batch needs images of shape (B, 3, H, W), got {tuple(images.shape)}.")
+        if isinstance(click_lists, (str, bytes)) or not hasattr(click_lists, "__len__"):
+            raise InvalidInputError(
+                "predict_batch takes one list of Click objects per image, e.g. "
+                f"[[Click(y, x, True, 0)]], got a {type(click_lists).__name__}.")
         if len(click_lists) != images.shape[0]:
             raise InvalidInputError(
                 f"{images.shape[0]} images but {len(click_lists)} click lists: give one list "
                 "of clicks per image.")
         if not torch.isfinite(images).all():
             raise InvalidInputError("The images contain NaN or infinite values.")
-        height, width = images.shape[2:]
-        for n, clicks in enumerate(click_lists):
-            for c in clicks:
-                if not (-0.5 <= c.y <= height - 0.5 and -0.5 <= c.x <= width - 0.5):
-                    raise InvalidInputError(
-                        f"Click (row {c.y:g}, column {c.x:g}) of image {n} lies outside the "
-                        f"{height}x{width} image.")
+        click_lists = _checked_click_lists(click_lists, tuple(images.shape[2:]))
         if prev_probs is None:
             prev = torch.zeros_like(images[:, :1])
         else:
-            prev = torch.as_tensor(prev_probs, dtype=torch.float32, device=self.device)
+            prev = _as_float_tensor(prev_probs, "prev_probs", self.device)
             if prev.shape != images[:, :1].shape:
                 raise InvalidInputError(
                     f"prev_probs must have shape {tuple(images[:, :1].shape)}, "
                     f"got {tuple(prev.shape)}.")
-        logits = self._merged_logits(torch.cat([images, prev], dim=1),
-                                     [list(c) for c in click_lists])
+        logits = self._merged_logits(torch.cat([images, prev], dim=1), click_lists)
         return torch.sigmoid(logits)[:, 0].float().cpu().numpy()
 
     # -- one network call --------------------------------------------------------------------

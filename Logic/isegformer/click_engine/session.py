@@ -12,7 +12,6 @@ Each click runs the network once. The mask is ``probability > predictor.threshol
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from ..clicks import Click, ClickList
 from ..errors import InvalidInputError
+from ..session import arguments
 from .predictor import ClickPredictor
 from .transforms import ZoomInState
 
@@ -32,6 +32,7 @@ def image_to_unit_rgb(image: np.ndarray,
     already lie in [0, 1] unless ``window=(low, high)`` is given, which maps low..high to 0..1
     and clips.
     """
+    window = arguments.window(window)
     try:
         array = np.asarray(image)
     except Exception as err:  # ragged lists and the like
@@ -58,10 +59,7 @@ def image_to_unit_rgb(image: np.ndarray,
             "Check the slice index and the intensity window.")
 
     if window is not None:
-        low, high = (float(v) for v in window)
-        if not (math.isfinite(low) and math.isfinite(high) and high > low):
-            raise InvalidInputError(
-                f"The intensity window must be (low, high) with low < high, got {tuple(window)}.")
+        low, high = window
         unit = np.clip((array.astype(np.float64) - low) / (high - low), 0.0, 1.0)
         unit = unit.astype(np.float32)
     elif array.dtype == np.uint8:
@@ -84,6 +82,10 @@ class ClickSession:
 
     def __init__(self, predictor: ClickPredictor, image: np.ndarray,
                  window: Optional[Sequence[float]] = None) -> None:
+        if not isinstance(predictor, ClickPredictor):
+            raise InvalidInputError(
+                f"A ClickSession runs a ClickPredictor, got a {type(predictor).__name__}: wrap the "
+                "model first, e.g. ClickSession(ClickPredictor(load_click_model('model.pth')), image).")
         self.predictor = predictor
         unit = image_to_unit_rgb(image, window)
         self._image = torch.from_numpy(unit)[None].to(predictor.device)
@@ -123,9 +125,10 @@ class ClickSession:
         The image covers -0.5 <= y <= H - 0.5 and -0.5 <= x <= W - 0.5 (pixel centres at
         integers). Returns (probability float32 (H, W), mask bool (H, W)).
         """
+        positive = arguments.boolean(positive, "positive")
         y, x = self._checked_position(y, x)
         self._history.append((self._prob, self._zoom.state() if self._zoom else None))
-        self._clicks.add(y, x, bool(positive))
+        self._clicks.add(y, x, positive)
         try:
             self._prob = self.predictor.predict(self._image, self._prob, self._clicks, self._zoom)
         except BaseException:
@@ -160,13 +163,10 @@ class ClickSession:
             self._zoom.restore(zoom_state)
 
     def _checked_position(self, y: float, x: float) -> tuple[float, float]:
-        try:
-            y, x = float(y), float(x)
-        except (TypeError, ValueError) as err:
-            raise InvalidInputError(f"Click coordinates must be numbers, got ({y!r}, {x!r}).") from err
+        # A bool or text is refused rather than read as a number (True would be row 1).
+        y = arguments.real(y, "A click's row y")
+        x = arguments.real(x, "A click's column x")
         height, width = self.shape
-        if not (math.isfinite(y) and math.isfinite(x)):
-            raise InvalidInputError(f"Click coordinates must be finite, got ({y}, {x}).")
         if not (-0.5 <= y <= height - 0.5 and -0.5 <= x <= width - 0.5):
             raise InvalidInputError(
                 f"The click (row {y:g}, column {x:g}) lies outside the {height}x{width} image: "

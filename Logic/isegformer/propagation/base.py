@@ -12,21 +12,41 @@ result is a soft probability per object and frame, channel 0 being the backgroun
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import CancelledError, InvalidInputError
+from ..errors import InvalidInputError
 from ..progress import ProgressCallback
+from ..session import arguments
 
 
 def frames_along_axis(volume: np.ndarray, axis: int) -> np.ndarray:
     """View a (k, j, i) volume as frames along ``axis`` (0, 1 or 2): shape (T, H, W)."""
+    volume = np.asarray(volume)
     if volume.ndim != 3:
         raise InvalidInputError(f"Expected a 3D volume, got an array of shape {volume.shape}.")
-    if axis not in (0, 1, 2):
-        raise InvalidInputError(f"Axis must be 0 (k), 1 (j) or 2 (i), got {axis!r}.")
+    # The Session's rule for a whole number (True is not axis 1, 1.0 is not truncated).
+    axis = arguments.integer(axis, "Axis (0 for k, 1 for j, 2 for i)", 0, 2)
     return np.moveaxis(volume, axis, 0)
+
+
+def annotation_items(items: Iterable[Tuple[int, np.ndarray]]) -> List[Tuple[Any, Any]]:
+    """``items`` as a list of ``(frame index, label map)`` pairs, or InvalidInputError; the
+    index and the map themselves are checked by the propagator that takes them."""
+    if items is None or isinstance(items, (str, bytes, Mapping)) or not hasattr(items, "__iter__"):
+        raise InvalidInputError(
+            f"The annotations are a list of (frame index, label map) pairs, e.g. [(3, mask)], got a "
+            f"{type(items).__name__}.")
+    pairs = []
+    for number, item in enumerate(items):
+        if isinstance(item, (str, bytes, np.ndarray)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise InvalidInputError(
+                f"Annotation {number} is not a (frame index, label map) pair: got a {type(item).__name__}"
+                f"{f' of length {len(item)}' if hasattr(item, '__len__') else ''}.")
+        index, label_map = item
+        pairs.append((index, label_map))
+    return pairs
 
 
 def volume_from_frames(frames: np.ndarray, axis: int) -> np.ndarray:
@@ -70,17 +90,19 @@ class Propagator(ABC):
     ) -> np.ndarray:
         """The result of ``annotate(index, label_map)`` for each ``(index, label_map)`` of
         ``items``, in that order (a propagator may skip work whose result a later item
-        overwrites). One progress run covers the whole batch; a cancel leaves the annotations
-        and probabilities as they were before the batch.
+        overwrites). One progress run covers the whole batch; a cancel, or any other error
+        (a bad item, an exception from ``progress``), leaves the annotations and probabilities
+        as they were before the batch.
 
-        This default annotates one by one (progress in percent of the batch) and, on a cancel,
-        puts back a copy of the attributes taken before the batch."""
-        items = list(items)
+        This default annotates one by one (progress in percent of the batch) and, on any
+        exception, puts back a copy of the attributes taken before the batch."""
+        items = annotation_items(items)
+        arguments.optional_callable(progress, "progress")
         saved = _snapshot(self.__dict__)
         try:
             for number, (index, label_map) in enumerate(items):
                 self.annotate(index, label_map, progress=_part(progress, number, len(items)))
-        except CancelledError:
+        except BaseException:
             _restore(self.__dict__, saved)
             raise
         return self.probabilities

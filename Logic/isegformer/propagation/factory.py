@@ -7,7 +7,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from .base import Propagator
+from ..session import arguments
+from .base import Propagator, frames_along_axis
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,14 @@ def create_propagator(
     if method not in METHODS:
         raise InvalidInputError(f"Unknown propagation method {name!r}: use one of {', '.join(METHODS)}.")
     array = np.asarray(volume)
-    if array.ndim != 3:
-        raise InvalidInputError(f"Expected a 3D volume, got an array of shape {array.shape}.")
+    frames_along_axis(array, axis)  # the volume and the axis, before any weights are read
+    num_objects = arguments.integer(num_objects, "num_objects (the number of objects to propagate)", 1)
     if method == "interpolation":
         from .interpolation import InterpolationPropagator
 
         if weights is not None or fusion_weights is not None:
             log.warning("The interpolation baseline uses no weights; ignoring the weights given.")
-        kwargs = {} if pixel_spacing is None else {"pixel_spacing": tuple(pixel_spacing)}
+        kwargs = {} if pixel_spacing is None else {"pixel_spacing": pixel_spacing}
         return InterpolationPropagator.from_volume(array, axis, num_objects, **kwargs)
 
     # Imported here: STCN pulls in torch and the networks, which the baseline never needs.

@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
+from ..session import arguments
 from .base import Propagator, frames_along_axis
 
 log = logging.getLogger(__name__)
@@ -54,20 +55,21 @@ class InterpolationPropagator(Propagator):
         pixel_spacing: Sequence[float] = (1.0, 1.0),
         softness: Optional[float] = None,
     ) -> None:
-        if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-            raise InvalidInputError(f"The stack needs at least one frame, got {num_frames!r}.")
-        shape = tuple(int(v) for v in frame_shape)
-        if len(shape) != 2 or min(shape) < 1:
-            raise InvalidInputError(f"A frame shape is (rows, cols) >= 1, got {tuple(frame_shape)!r}.")
-        if not isinstance(num_objects, (int, np.integer)) or not 1 <= num_objects <= 65535:
-            raise InvalidInputError(f"The number of objects must be 1..65535, got {num_objects!r}.")
-        spacing = tuple(float(v) for v in pixel_spacing)
-        if len(spacing) != 2 or min(spacing) <= 0 or not np.all(np.isfinite(spacing)):
-            raise InvalidInputError(f"pixel_spacing must be two positive numbers, got {pixel_spacing!r}.")
+        num_frames = arguments.integer(num_frames, "The number of frames (num_frames)", 1)
+        shape = tuple(arguments.integer(v, "A frame's size (rows, cols)", 1)
+                      for v in _pair(frame_shape, "A frame shape is (rows, cols)"))
+        num_objects = arguments.integer(num_objects, "The number of objects (num_objects)", 1, 65535)
+        spacing = tuple(arguments.real(v, "A pixel spacing (row, col) in mm")
+                        for v in _pair(pixel_spacing, "pixel_spacing is (row, col) in mm"))
+        if min(spacing) <= 0:
+            raise InvalidInputError(f"pixel_spacing must be two positive numbers, got {spacing}.")
         if softness is None:
             softness = min(spacing)  # one pixel
+        # An infinite softness makes every blend 0.5 against 0.5, so every frame between two
+        # annotations would be background: refused like NaN, not taken.
+        softness = arguments.real(softness, "softness (in the units of pixel_spacing)")
         if not softness > 0:
-            raise InvalidInputError(f"softness must be positive, got {softness!r}.")
+            raise InvalidInputError(f"softness must be a positive finite number, got {softness:g}.")
         self._num_frames = int(num_frames)
         self._frame_shape: tuple[int, int] = shape  # type: ignore[assignment]
         self._num_objects = int(num_objects)
@@ -107,6 +109,7 @@ class InterpolationPropagator(Propagator):
     def annotate(
         self, index: int, label_map: np.ndarray, progress: Optional[ProgressCallback] = None
     ) -> np.ndarray:
+        arguments.optional_callable(progress, "progress")
         index = self._check_index(index)
         labels = self._check_label_map(label_map)
         lower = max((a for a in self._annotated if a < index), default=None)
@@ -199,3 +202,10 @@ class InterpolationPropagator(Propagator):
         out = np.zeros((self._num_objects + 1,) + self._frame_shape, np.float32)
         np.put_along_axis(out, labels[None].astype(np.intp), 1.0, axis=0)
         return out
+
+
+def _pair(value, what: str) -> tuple:
+    """``value`` as a 2-tuple, or InvalidInputError (``what`` starts the message)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise InvalidInputError(f"{what}: two numbers, got {value!r}.")
+    return tuple(value)

@@ -42,7 +42,8 @@ import torch
 from ...device import resolve_device
 from ...errors import InvalidInputError
 from ...progress import ProgressCallback, report
-from ..base import Propagator, frames_along_axis
+from ...session import arguments
+from ..base import Propagator, annotation_items, frames_along_axis
 from .cache import FeatureCache, FrameFeatures
 from .fusion import FusionNet
 from .heap import release_free_heap
@@ -92,8 +93,12 @@ class STCNPropagator(Propagator):
         frames = _validated_frames(frames)
         if isinstance(num_objects, bool) or not isinstance(num_objects, (int, np.integer)) or num_objects < 1:
             raise InvalidInputError(f"num_objects must be a positive integer, got {num_objects!r}.")
-        if int(memory_every) < 1:
-            raise InvalidInputError(f"memory_every must be at least 1, got {memory_every!r}.")
+        memory_every = arguments.integer(memory_every, "memory_every", 1)
+        batch_size = arguments.integer(batch_size, "batch_size", 1)
+        if feature_cache_bytes is not None:
+            feature_cache_bytes = arguments.integer(feature_cache_bytes, "feature_cache_bytes", 0)
+        if winograd is not None:
+            winograd = arguments.boolean(winograd, "winograd")
         if not isinstance(network, STCNNetwork):
             raise InvalidInputError("network must be an STCNNetwork (see load_stcn).")
         if fusion is not None and not isinstance(fusion, FusionNet):
@@ -204,6 +209,8 @@ class STCNPropagator(Propagator):
                       progress: Optional[ProgressCallback] = None) -> np.ndarray:
         """The result of ``annotate`` for each item in order, decoding only the frames whose
         result is read later (see ``schedule``). Progress counts the frames decoded."""
+        items = annotation_items(items)
+        arguments.optional_callable(progress, "progress")
         checked = [(self._validated_index(index), self._validated_labels(labels))
                    for index, labels in items]
         if not checked:
@@ -255,7 +262,8 @@ class STCNPropagator(Propagator):
         if self._annotations or self._ever_written.any():
             raise InvalidInputError("Only a new propagator can be seeded: this one has computed results already.")
         stack = self._validated_label_stack(labels)
-        checked = [(self._validated_index(index), self._validated_labels(mask)) for index, mask in annotated]
+        checked = [(self._validated_index(index), self._validated_labels(mask))
+                   for index, mask in annotation_items(annotated)]
         for index, mask in checked:
             stack[index] = mask
         order = list(OrderedDict((index, None) for index, _ in reversed(checked)))[::-1]  # the last one of a frame wins
