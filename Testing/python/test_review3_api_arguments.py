@@ -320,3 +320,17 @@ def test_a_bad_later_item_leaves_the_interpolation_as_before():
         prop.annotate_many([(1, MASK), (2, MASK[:8])])
     after = _state(prop)
     assert after[0] == before[0] == {} and np.array_equal(after[1], before[1])
+
+
+def test_session_click_messages_print_numbers_plainly():
+    # numpy 2 prints a tuple of its scalars as (np.float64(100.0), ...): the message shows numbers
+    from isegformer import Session
+
+    session = Session.open((np.zeros((4, 8, 8), np.float32), np.eye(4)),
+                           click_model=ClickPredictor(FakeClickNet(), device="cpu"), device="cpu")
+    with pytest.raises(InvalidInputError) as caught:
+        session.click_ijk((np.float64(100), 3, 3))
+    assert "IJK (100.0, 3.0, 3.0)" in str(caught.value) and "np." not in str(caught.value)
+    with pytest.raises(InvalidInputError) as caught:
+        session.click(np.array([1.234, 2.0, -50.0]))
+    assert "RAS (1.23, 2.0, -50.0)" in str(caught.value) and "np." not in str(caught.value)

@@ -282,7 +282,7 @@ class Session:
         replaces the slice: the click model starts from an empty previous mask."""
         positive = arguments.boolean(positive, "positive")
         ijk = self.volume.ras_to_ijk_points(_point3(ras_point, "An RAS point"))
-        return self._click_at_ijk(ijk, positive, segment, axis, f"RAS {tuple(np.round(ras_point, 2))}")
+        return self._click_at_ijk(ijk, positive, segment, axis, f"RAS {tuple(np.round(ras_point, 2).tolist())}")
 
     def click_ijk(
         self,
@@ -295,7 +295,7 @@ class Session:
         index is ``[k, j, i]``). Returns the slice's new mask."""
         positive = arguments.boolean(positive, "positive")
         ijk = _point3(ijk, "An IJK point")
-        return self._click_at_ijk(ijk, positive, segment, axis, f"IJK {tuple(ijk)}")
+        return self._click_at_ijk(ijk, positive, segment, axis, f"IJK {tuple(ijk.tolist())}")
 
     def click_slice(
         self,
@@ -337,7 +337,7 @@ class Session:
         if not geometry.is_inside(ijk, self.volume.shape):
             k, j, i = self.volume.shape
             raise InvalidInputError(
-                f"The click at {where} is outside the volume (voxel {tuple(np.round(ijk, 2))} in "
+                f"The click at {where} is outside the volume (voxel {tuple(np.round(ijk, 2).tolist())} in "
                 f"(i, j, k); the volume has {i} x {j} x {k} voxels). Click inside the image."
             )
         index, row, col = slicing.ijk_to_slice_point(axis, ijk)
