@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
         [("--out", args.out), ("--overlay", args.overlay)],
     )
     require_inputs([("the volume", args.volume), ("--labels", args.labels)])  # before any download
+    from ..output.labelmap import check_label_map_path
+    from ..output.overlay import check_overlay_path
+
+    if not args.out.name.lower().endswith(".seg.nrrd"):
+        check_label_map_path(args.out)
+    if args.overlay is not None:
+        check_overlay_path(args.overlay, "--overlay")
     indices = None
     if args.slices:
         try:

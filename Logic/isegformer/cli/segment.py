@@ -51,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         [("--out", args.out), ("--overlay", args.overlay), ("--session", args.session)],
     )
     require_inputs([("the volume", args.volume), ("--clicks", args.clicks)])  # before any download
+    from ..output.overlay import check_overlay_path
+    from ..output.seg_nrrd import check_seg_nrrd_path
+
+    check_seg_nrrd_path(args.out, "--out", "save the session (--session) and use Session.save_label_map")
+    if args.overlay is not None:
+        check_overlay_path(args.overlay, "--overlay")
     if args.segment is not None:
         from ..session import arguments
 

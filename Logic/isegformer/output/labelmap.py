@@ -23,11 +23,8 @@ log = logging.getLogger(__name__)
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volume) -> Path:
-    """Write ``labels`` (k, j, i) with ``reference``'s geometry; the suffix picks the format.
-
-    uint8 when every value fits, else uint16. Written atomically; returns the path.
-    """
+def check_label_map_path(path: str | os.PathLike) -> Path:
+    """Refuse an output name whose suffix is not one of :data:`LABEL_MAP_SUFFIXES`, before any work."""
     path = Path(path)
     name = path.name.lower()
     if not name.endswith(LABEL_MAP_SUFFIXES) or name.endswith(".seg.nrrd"):
@@ -36,6 +33,15 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volu
             "(or save_segmentation for a Slicer .seg.nrrd); the two-file .nhdr and .mhd are read, "
             "not written."
         )
+    return path
+
+
+def write_label_map(path: str | os.PathLike, labels: np.ndarray, reference: Volume) -> Path:
+    """Write ``labels`` (k, j, i) with ``reference``'s geometry; the suffix picks the format.
+
+    uint8 when every value fits, else uint16. Written atomically; returns the path.
+    """
+    path = check_label_map_path(path)
     labels = np.asarray(labels)
     if labels.shape != reference.shape:
         raise InvalidInputError(

@@ -16,11 +16,25 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..volume.slicing import extract_slice
-from .atomic import atomic_write
+from .atomic import atomic_write, check_writable
 
 log = logging.getLogger(__name__)
 
 MAX_TILES = 12
+#: The montage is always PNG bytes; a ``.jpg`` name would mislabel them.
+OVERLAY_SUFFIXES = (".png",)
+
+
+def check_overlay_path(path: str | os.PathLike, writer: str = "save_overlay") -> Path:
+    """Refuse, before any work, an output path that cannot be written (:func:`check_writable`:
+    a folder, a missing folder) or does not end in ``.png``."""
+    path = check_writable(path)
+    if not path.name.lower().endswith(OVERLAY_SUFFIXES):
+        raise InvalidInputError(
+            f"Cannot write an overlay to {path.name or path}: {writer} writes a PNG image; give a name "
+            "ending in .png."
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ def write_overlay(
 
     from ..session import arguments
 
+    check_overlay_path(path, "write_overlay")
     axis = arguments.axis(axis)
     volume = np.asarray(volume)
     if volume.ndim != 3:

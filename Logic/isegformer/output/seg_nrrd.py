@@ -33,10 +33,31 @@ import numpy as np
 from ..errors import FileFormatError, InvalidInputError
 from ..volume.geometry import RAS_TO_LPS, check_matrix
 from ..volume.labels import MAX_LABEL_VALUE, as_label_array
-from .atomic import atomic_write
+from .atomic import atomic_write, check_writable
 from .nrrd_reader import MAX_VOXEL_BYTES, read_nrrd
 
 log = logging.getLogger(__name__)
+
+#: What Slicer opens as a segmentation; the bytes written are NRRD whatever the name says, so
+#: another suffix (``.nii.gz``) would give a file that no reader opens.
+SEG_NRRD_SUFFIXES = (".seg.nrrd", ".nrrd")
+
+
+def check_seg_nrrd_path(path: str | os.PathLike, writer: str = "save_segmentation",
+                        label_map_advice: str = "use save_label_map") -> Path:
+    """Refuse, before any work, an output path that cannot be written (:func:`check_writable`:
+    a folder, a missing folder) or whose suffix is not :data:`SEG_NRRD_SUFFIXES`.
+
+    ``writer`` and ``label_map_advice`` name the function or option in the message, and the way
+    to a label map (the CLI gives its own)."""
+    path = check_writable(path)
+    if not path.name.lower().endswith(SEG_NRRD_SUFFIXES):
+        raise InvalidInputError(
+            f"Cannot write a segmentation to {path.name or path}: {writer} writes a Slicer segmentation "
+            f"(NRRD), named .seg.nrrd (or .nrrd). For a NIfTI (.nii.gz, .nii) or MetaImage (.mha) label "
+            f"map, {label_map_advice}."
+        )
+    return path
 
 @dataclass
 class SegmentInfo:
@@ -162,6 +183,7 @@ def write_seg_nrrd(
     ``segments[n]`` describes ``masks[n]``. Overlapping segments are kept (in separate layers).
     The file is written atomically. Returns the path written.
     """
+    check_seg_nrrd_path(path, "write_seg_nrrd", "use isegformer.output.labelmap.write_label_map")
     ijk_to_ras = check_matrix(ijk_to_ras)
     if len(masks) != len(segments):
         raise InvalidInputError(

@@ -7,6 +7,7 @@ it changes anything, so a wrong type is never silently taken for something else.
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -17,9 +18,12 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
+log = logging.getLogger(__name__)
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$", re.IGNORECASE)
 
-#: Voxel types a volume may have: real numbers (what SimpleITK's scalar readers produce).
+#: Voxel kinds a volume may have: real numbers (what SimpleITK's scalar readers produce). The
+#: exact types are the ones a session file stores (:data:`.manifest.VOXEL_DTYPES`).
 _VOXEL_KINDS = ("u", "i", "f")
 
 
@@ -160,7 +164,14 @@ def slice_mask(value: Any, expected: tuple[int, int], where: str) -> np.ndarray:
 
 
 def voxels(array: Any) -> np.ndarray:
-    """A volume's voxel array: real numbers, finite (complex, bool, text and objects refused)."""
+    """A volume's voxel array: real numbers, finite (complex, bool, text and objects refused),
+    of one of the types a session file stores (:data:`.manifest.VOXEL_DTYPES`).
+
+    What a session accepts is exactly what its file loads back: another byte order (pynrrd
+    reads a big-endian NRRD as ``>i2``) is converted to the machine's, and a type the file does
+    not store is converted to the smallest stored one that holds every value exactly (float16
+    to float32), else refused. A converted array is a copy: the caller's array is never changed.
+    """
     try:
         array = np.asarray(array)
     except Exception:  # noqa: BLE001
@@ -170,9 +181,32 @@ def voxels(array: Any) -> np.ndarray:
             f"Volume voxels are real numbers (integers or floats), got dtype {array.dtype}. Convert "
             "the image to a scalar gray-value volume first."
         )
+    array = _stored_voxel_type(array)
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
         raise InvalidInputError("The volume holds NaN or infinite voxels; replace them (e.g. with the background value).")
     return array
+
+
+def _stored_voxel_type(array: np.ndarray) -> np.ndarray:
+    from .manifest import VOXEL_DTYPES
+
+    if array.dtype.str in VOXEL_DTYPES:
+        return array
+    stored = sorted((np.dtype(t) for t in VOXEL_DTYPES), key=lambda t: (t.itemsize, t.str))
+    native = array.dtype.newbyteorder("=")
+    if native.str in VOXEL_DTYPES:
+        target: Optional[np.dtype] = native
+    else:  # the smallest that holds every value: float16 becomes float32, not float64
+        target = next((t for t in stored if np.can_cast(array.dtype, t, casting="safe")), None)
+    if target is None:
+        names = ", ".join(sorted({t.name for t in stored}))
+        raise InvalidInputError(
+            f"Volume voxels of type {array.dtype} ({array.dtype.str}) cannot be kept exactly: a session "
+            f"stores {names}. Convert the array first, e.g. array.astype(numpy.float64)."
+        )
+    log.info("The volume's voxels are converted from %s to %s, the type a session file stores.",
+             array.dtype.str, target.str)
+    return array.astype(target)
 
 
 def options(given: dict, allowed: Sequence[str], what: str) -> None:

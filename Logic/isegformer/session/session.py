@@ -69,7 +69,9 @@ class Session:
     ) -> None:
         if not isinstance(volume, Volume):
             raise InvalidInputError(f"Session needs a Volume, got {type(volume).__name__}; use Session.open.")
-        arguments.voxels(volume.array)
+        voxels = arguments.voxels(volume.array)
+        if voxels is not volume.array:  # converted to a type the session file stores: a copy
+            volume = Volume(voxels, volume.ijk_to_ras)
         arguments.optional_callable(propagator_factory, "propagator_factory")
         self.volume = volume
         self.default_axis = arguments.axis(axis)
@@ -399,7 +401,8 @@ class Session:
         (k, j, i) array on this volume's grid), as one undoable action.
 
         Each nonzero value becomes a segment (``names[value]``, else an existing segment with
-        that label value, else ``Label_<value>``). The slices taken are ``indices`` along
+        that label value, else ``Label_<value>``); values that go to one segment (the same name
+        twice) annotate it with their union. The slices taken are ``indices`` along
         ``axis``, by default every slice where the label map has a nonzero voxel. A label map on
         another grid is refused. Returns the slice indices annotated.
         """
@@ -418,16 +421,24 @@ class Session:
             raise InvalidInputError(f"Label values must be 1..255, got {values}.")
         names = arguments.label_names(names)
         with self.history.transaction(f"annotate {len(indices)} slices from a label map"):
+            # Values that go to one segment (one name twice in ``names``, or a name and a label
+            # value of one segment) are one annotation: one mask each after another would keep
+            # only the last value's.
+            groups: dict[int, tuple[Segment, list[int]]] = {}
             for value in values:
                 target = self._segment_for_label(value, names.get(value))
+                groups.setdefault(id(target), (target, []))[1].append(value)
+            for target, group in groups.values():
+                _log_merged(target, [f"label value {v}" for v in group])
                 for index in indices:
-                    self.set_slice_mask(axis, index, slicing.extract_slice(array, axis, index) == value, target)
+                    self.set_slice_mask(axis, index, np.isin(slicing.extract_slice(array, axis, index), group), target)
         return indices
 
     def _annotate_from_segmentation(self, path, axis: int, indices, names) -> list[int]:
         """annotate_from_label_map for a ``.seg.nrrd``: each segment on its own, so overlapping
         segments keep their overlap; names and colours come from the file (``names[n]`` renames
-        the n-th segment, counting from 1); Slicer's flipped or cropped grids are placed exactly."""
+        the n-th segment, counting from 1), and segments of one name are merged (their union);
+        Slicer's flipped or cropped grids are placed exactly."""
         from ..output.seg_nrrd import read_seg_nrrd
 
         segmentation = read_seg_nrrd(path).on_grid(self.volume, what=f"segmentation {Path(path).name}")
@@ -443,13 +454,25 @@ class Session:
         indices = arguments.indices(self.volume.shape, axis, indices)
         names = arguments.label_names(names)
         with self.history.transaction(f"annotate {len(indices)} slices from a segmentation"):
-            for number, (info, mask) in enumerate(zip(segmentation.segments, segmentation.masks), start=1):
+            # Segments of the file that go to one session segment (Slicer allows two segments of
+            # one name; ``names`` may give two the same) are one annotation: their union.
+            groups: dict[str, tuple[Segment, list[int]]] = {}
+            for number, info in enumerate(segmentation.segments, start=1):
                 name = names.get(number, info.name)
-                target = next((s for s in self._segments if s.name == name), None)
-                if target is None:
-                    target = self.add_segment(name, color=info.color)
+                if name not in groups:
+                    target = next((s for s in self._segments if s.name == name), None)
+                    if target is None:
+                        target = self.add_segment(name, color=info.color)
+                    groups[name] = (target, [])
+                groups[name][1].append(number)
+            for target, numbers in groups.values():
+                _log_merged(target, [f"segment {n} of the file" for n in numbers])
+                members = [segmentation.masks[n - 1] for n in numbers]
                 for index in indices:
-                    self.set_slice_mask(axis, index, slicing.extract_slice(mask, axis, index), target)
+                    mask = slicing.extract_slice(members[0], axis, index)
+                    for member in members[1:]:
+                        mask = mask | slicing.extract_slice(member, axis, index)
+                    self.set_slice_mask(axis, index, mask, target)
         return indices
 
     def _segment_for_label(self, value: int, name: Optional[str]) -> Segment:
@@ -863,9 +886,12 @@ class Session:
         return labels
 
     def save_segmentation(self, path: str | os.PathLike) -> Path:
-        """Write every segment to a Slicer ``.seg.nrrd`` on the volume's grid (overlaps kept)."""
-        from ..output.seg_nrrd import SegmentInfo, write_seg_nrrd
+        """Write every segment to a Slicer ``.seg.nrrd`` (or ``.nrrd``) on the volume's grid
+        (overlaps kept). Another suffix is refused: for a NIfTI label map use :meth:`save_label_map`."""
+        from ..output.seg_nrrd import SegmentInfo, check_seg_nrrd_path, write_seg_nrrd
 
+        self._guard_output(path)
+        check_seg_nrrd_path(path)
         if not self._segments:
             raise InvalidInputError("There is no segment to save: add a segment and annotate it first.")
         infos = [
@@ -874,14 +900,14 @@ class Session:
             for s in self._segments
         ]
         masks = [s.mask(self.volume.shape) for s in self._segments]
-        self._guard_output(path)
         return write_seg_nrrd(path, masks, infos, self.volume.ijk_to_ras)
 
     def save_label_map(self, path: str | os.PathLike) -> Path:
         """Write :meth:`label_map` as NIfTI/NRRD/MHA (by suffix) on the volume's grid."""
-        from ..output.labelmap import write_label_map
+        from ..output.labelmap import check_label_map_path, write_label_map
 
         self._guard_output(path)
+        check_label_map_path(path)  # before the label map of every segment is made
         return write_label_map(path, self.label_map(), self.volume)
 
     def save_clicks(self, path: str | os.PathLike, coordinate_system: str = "LPS") -> Path:
@@ -963,12 +989,13 @@ class Session:
         indices: Optional[Sequence[int]] = None,
         columns: int = 4,
     ) -> Path:
-        """A PNG montage of slices along ``axis`` with every segment's contour and the clicks.
-        By default: the annotated slices, completed to 8 with evenly spaced slices where the
-        segments are."""
-        from ..output.overlay import OverlayClick, write_overlay
+        """A PNG montage of slices along ``axis`` with every segment's contour and the clicks,
+        to a name ending in ``.png``. By default: the annotated slices, completed to 8 with
+        evenly spaced slices where the segments are."""
+        from ..output.overlay import OverlayClick, check_overlay_path, write_overlay
 
         self._guard_output(path)
+        check_overlay_path(path)
         axis = self.default_axis if axis is None else arguments.axis(axis)
         columns = arguments.integer(columns, "columns", 1, 64)
         if indices is not None:
@@ -1082,6 +1109,11 @@ class Session:
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self._segments) or "no segments"
         return f"Session(volume {self.volume.shape} (k, j, i), {names})"
+
+
+def _log_merged(target: Segment, sources: list[str]) -> None:
+    if len(sources) > 1:
+        log.info("%s all go to segment %r: its annotated slices hold their union.", ", ".join(sources), target.name)
 
 
 def _point3(values: Sequence[float], what: str) -> np.ndarray:

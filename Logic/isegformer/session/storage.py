@@ -26,7 +26,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 import numpy as np
 
@@ -157,12 +157,15 @@ def load_session(cls: type, path: str | os.PathLike, volume: Any, options: dict)
             f"{path} cannot be read as an isegformer session ({err}). It may be damaged or of another kind."
         ) from err
 
-    session_volume = _session_volume(manifest.volume, arrays, volume, path)
+    session_volume, source = _session_volume(manifest.volume, arrays, volume, path)
     options.setdefault("axis", manifest.default_axis)
     if manifest.window is not None:
         options.setdefault("window", manifest.window)
     # The manifest's values are checked already: an error here is one of the caller's options.
-    session = cls(session_volume, source=manifest.volume.source, **options)
+    session = cls(session_volume, source=source, **options)
+    if manifest.volume.source is not None and manifest.volume.source != source:
+        # The volume was read elsewhere (a moved folder, a copy): the first one is the user's too.
+        session._input_files.append(("the volume this session was first opened from", manifest.volume.source))
     try:
         for entry in manifest.segments:
             session._segments.append(_segment(entry, arrays, session_volume.shape))
@@ -246,11 +249,21 @@ def _read_entry(archive: zipfile.ZipFile, members: dict, spec: ArraySpec, path: 
     return np.frombuffer(buffer, dtype=spec.dtype).reshape(spec.shape)
 
 
-def _session_volume(info: VolumeEntry, arrays: dict, given: Any, path: Path) -> Volume:
+def _session_volume(info: VolumeEntry, arrays: dict, given: Any, path: Path) -> tuple[Volume, Optional[str]]:
+    """The session's volume and its source: the file it was read from (``given`` as a path, or
+    the manifest's source), else the manifest's source (the file the session was opened from)."""
+    from . import arguments
+
+    source = info.source
     if given is not None:
         from .session import Session
 
-        candidate = Session.open(given).volume if not isinstance(given, Volume) else given
+        if isinstance(given, Volume):
+            candidate = given
+        else:
+            opened = Session.open(given)
+            candidate = opened.volume
+            source = opened.source if opened.source is not None else info.source
         where = "the volume given"
     elif info.included:
         candidate = Volume(arrays["volume"], info.ijk_to_ras)
@@ -259,12 +272,23 @@ def _session_volume(info: VolumeEntry, arrays: dict, given: Any, path: Path) -> 
         from ..volume import read_volume
 
         candidate = read_volume(info.source)
+        source = str(Path(info.source).expanduser().resolve())
         where = f"the volume at {info.source}"
     else:
         raise SessionFileError(
             f"{path} was saved without its volume, and the original ({info.source}) is not "
             "there: pass it with Session.load(path, volume=...)."
         )
+    try:
+        # In the type the session stores (and its digest was taken of): a big-endian copy of
+        # the volume is the same volume.
+        voxels = arguments.voxels(candidate.array)
+    except InvalidInputError as err:
+        if where == "the volume in the file":
+            raise SessionFileError(f"{path} is damaged: {err}") from err
+        raise
+    if voxels is not candidate.array:
+        candidate = Volume(voxels, candidate.ijk_to_ras)
     if candidate.shape != info.shape or volume_digest(candidate.array) != info.sha256:
         raise SessionFileError(
             f"{where} is not the one this session was made on (shape {candidate.shape}, expected "
@@ -273,7 +297,7 @@ def _session_volume(info: VolumeEntry, arrays: dict, given: Any, path: Path) -> 
     if not np.allclose(candidate.ijk_to_ras, info.ijk_to_ras, atol=1e-6):
         log.warning("The volume's geometry differs from the saved one; using the saved geometry.")
         candidate = Volume(candidate.array, info.ijk_to_ras)
-    return candidate
+    return candidate, source
 
 
 def _segment(entry: SegmentEntry, arrays: dict, shape: tuple[int, int, int]) -> Segment:
