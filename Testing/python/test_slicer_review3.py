@@ -104,3 +104,38 @@ def test_a_point_dragged_off_the_volume_goes_back_and_other_edits_still_apply(en
     positive.GetNthControlPointPositionWorld(0, back)
     assert np.allclose(back, to_world(env.world, (2, 2, 3)), atol=1e-6)
     assert logic.submitPointsChanged() == []  # nothing left to recompute, no error
+
+
+def test_each_segmentation_keeps_its_own_points_and_undo_takes_back_only_the_shown_ones(env):
+    from isegformer.slicer_support.session_bridge import SessionBridge
+    from session_fakes import FakeSession
+
+    logic = env.logic
+    a, a_id = env.segmentation, env.segment_id
+    logic.addClick(to_world(env.world, (2, 2, 3)), axis=0)
+    b = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "B")
+    b.CreateDefaultDisplayNodes()
+    b.SetReferenceImageGeometryParameterFromVolumeNode(env.volume)
+    b.SetAndObserveTransformNodeID(env.parent.GetID())
+    logic.setSegmentation(segmentationNode=b)
+    assert logic._bridge is None and not logic._records  # B gets its own session (reopened on use)
+    logic._bridge = SessionBridge(FakeSession(SHAPE))  # what the reopen gives, without a model
+    b_id = logic.segmentId
+    logic.addClick(to_world(env.world, (7, 5, 1)), axis=0)
+    assert a_id not in (b.GetAttribute("iSegFormer.Session") or "")  # B's stored session is B's
+    positive, _ = logic.getClickNodes()
+    assert positive.GetNumberOfControlPoints() == 2  # A's point stays in the list
+
+    logic.setSegmentation(segmentationNode=a, segmentId=a_id)  # back to A: its session resumes
+    assert logic.hasClicks()
+    assert [(r.segmentId, r.point.index) for r in logic._records] == [(a_id, 3)]
+    logic._bridge = SessionBridge(FakeSession(SHAPE))
+    logic.undoLastClick()  # A's last point, not B's later one
+    assert not segment(env.slicer, a, a_id, env.volume)[3].any()
+    assert segment(env.slicer, b, b_id, env.volume)[1].any()
+    assert positive.GetNumberOfControlPoints() == 1
+
+
+def test_a_node_that_is_not_a_segmentation_is_refused_with_the_packages_error(env):
+    with pytest.raises(InvalidInputError, match="is not a segmentation"):
+        env.logic.setSegmentation(segmentationNode=env.volume)

@@ -213,11 +213,25 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
                 node.RemoveAllControlPoints()
 
     def setSegmentation(self, volumeNode=None, segmentationNode=None, segmentId=None):
-        """Use (and create when None) a segmentation and segment; returns (node, segment ID)."""
+        """Use (and create when None) a segmentation and segment; returns (node, segment ID).
+
+        Another segmentation than the current one gets its own session: the current one stays
+        stored on its node (its points stay in the point lists), the other's stored session, if
+        any, is taken up at its first use, and the click model's session reopens with its clicks
+        (two segmentations may use the same segment IDs)."""
         if volumeNode is not None:
             self.setVolume(volumeNode)
         if self.volumeNode is None:
             raise invalidInput("Select the source volume first.")
+        if segmentationNode is not None and not (hasattr(segmentationNode, "IsA")
+                                                 and segmentationNode.IsA("vtkMRMLSegmentationNode")):
+            raise invalidInput(
+                f"{getattr(segmentationNode, 'GetName', lambda: repr(segmentationNode))()!r} is not a "
+                "segmentation: choose a segmentation node (or None to make one).")
+        current = self.parameters.segmentation
+        if current is not None and segmentationNode is not current:
+            self._storeSessionState()
+            self._forgetSegmentationSession()
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "iSegFormer segmentation")
             segmentationNode.CreateDefaultDisplayNodes()
@@ -277,13 +291,18 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
     def reset(self):
         """Forget the session and the clicks (scene closed); the parameter node goes with the scene."""
-        self._closeSession()
         self._history = None  # its nodes went with the scene
+        self._forgetSegmentationSession()
+
+    def _forgetSegmentationSession(self):
+        """Drop the in-memory session (the click model's too, and jobs not applied yet); what
+        is stored on the segmentation node and the points in the lists stay."""
+        self._closeSession()
         self._records = []
         self._written = {}
         self._handEdited = {}
         self._propagated = {}
-        self._resumeChecked = None  # a scene loaded next is looked at again
+        self._resumeChecked = None  # the segmentation used next is looked at again
         self._digests = {}
         self._propagationRecords = {}
 
