@@ -334,3 +334,16 @@ def test_session_click_messages_print_numbers_plainly():
     with pytest.raises(InvalidInputError) as caught:
         session.click(np.array([1.234, 2.0, -50.0]))
     assert "RAS (1.23, 2.0, -50.0)" in str(caught.value) and "np." not in str(caught.value)
+
+
+@pytest.mark.parametrize("call, shown", [
+    (lambda s: s.add_click(np.float64("nan"), 3), "got nan."),
+    (lambda s: s.add_click(3, np.float32("inf")), "got inf."),
+    (lambda s: ClickSession(s.predictor, _image(), window=(np.float64(5), np.int64(1))), "got (5, 1)."),
+    (lambda s: frames_along_axis(VOLUME, np.float64(1)), "got 1.0 (float64)."),
+])
+def test_argument_messages_show_numpy_scalars_as_numbers(call, shown):
+    session, _ = _click_session()
+    with pytest.raises(InvalidInputError) as caught:
+        call(session)
+    assert shown in str(caught.value) and "np." not in str(caught.value)

@@ -35,10 +35,16 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _shown(value: Any) -> str:
+    """``value`` as a message shows it: a numpy scalar as the number it holds (numpy 2's repr
+    is ``np.float64(nan)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def integer(value: Any, what: str, low: Optional[int] = None, high: Optional[int] = None) -> int:
     """A whole number (not a bool, not a float, not text) in ``low..high``."""
     if not _is_integer(value):
-        raise InvalidInputError(f"{what} is a whole number, got {value!r} ({type(value).__name__}).")
+        raise InvalidInputError(f"{what} is a whole number, got {_shown(value)} ({type(value).__name__}).")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         span = f"{low if low is not None else '...'}..{high if high is not None else '...'}"
@@ -49,7 +55,7 @@ def integer(value: Any, what: str, low: Optional[int] = None, high: Optional[int
 def axis(value: Any) -> int:
     """0 (k), 1 (j) or 2 (i)."""
     if not _is_integer(value) or int(value) not in (0, 1, 2):
-        raise InvalidInputError(f"An axis is 0 (k), 1 (j) or 2 (i), got {value!r}.")
+        raise InvalidInputError(f"An axis is 0 (k), 1 (j) or 2 (i), got {_shown(value)}.")
     return int(value)
 
 
@@ -58,7 +64,7 @@ def index(shape: Sequence[int], along: int, value: Any) -> int:
     count = int(shape[along])
     if not _is_integer(value):
         raise InvalidInputError(
-            f"A slice index along axis {along} is a whole number in 0..{count - 1}, got {value!r}."
+            f"A slice index along axis {along} is a whole number in 0..{count - 1}, got {_shown(value)}."
         )
     if not 0 <= int(value) < count:
         raise InvalidInputError(
@@ -83,7 +89,7 @@ def boolean(value: Any, what: str) -> bool:
 
 def real(value: Any, what: str) -> float:
     if not _is_real(value) or not math.isfinite(float(value)):
-        raise InvalidInputError(f"{what} is a finite number, got {value!r}.")
+        raise InvalidInputError(f"{what} is a finite number, got {_shown(value)}.")
     return float(value)
 
 
@@ -98,7 +104,7 @@ def window(value: Any) -> Optional[tuple[float, float]]:
         raise InvalidInputError(f"A window is (low, high): two numbers, got {value!r}.")
     low, high = float(low), float(high)
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
-        raise InvalidInputError(f"A window is (low, high) finite numbers with low < high, got {tuple(value)!r}.")
+        raise InvalidInputError(f"A window is (low, high) finite numbers with low < high, got ({low:g}, {high:g}).")
     return low, high
 
 
