@@ -40,6 +40,7 @@ def check_outputs(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str
     ``writable``, each output's folder must exist and be writable now. Options not given are None."""
     from ..output.atomic import check_writable
     from ..output.paths import guard_outputs
+    from ..volume.sitk_path import check_sitk_name
 
     def flat(pairs):
         for name, value in pairs:
@@ -50,18 +51,24 @@ def check_outputs(inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str
     ins, outs = list(flat(inputs)), list(flat(outputs))
     guard_outputs([p for _, p in ins], [p for _, p in outs],
                   input_names=[n for n, _ in ins], output_names=[n for n, _ in outs])
+    for name, path in outs:
+        check_sitk_name(path, name)  # now, not after the work: SimpleITK would abort on it
     for _, path in outs if writable else ():
         check_writable(path)
 
 
 def require_inputs(inputs: Sequence[tuple[str, Any]]) -> None:
-    """Fail before any download when an input file (option name, path or list) is missing."""
+    """Fail before any download when an input file (option name, path or list) is missing, or
+    has a name the image library cannot open."""
     from ..errors import InvalidInputError
+    from ..volume.sitk_path import check_sitk_name
 
     for name, value in inputs:
         for path in (value if isinstance(value, (list, tuple)) else [value]):
             if path is not None and not Path(path).expanduser().exists():
                 raise InvalidInputError(f"{name} {path}: no such file or folder. Check the path.")
+            if path is not None:
+                check_sitk_name(path, name)
 
 
 def require_number(value: Any, option: str, low: float, high: float, *, low_open: bool = False) -> None:

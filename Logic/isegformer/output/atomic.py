@@ -83,7 +83,10 @@ def write_image_verified(image: Any, path: str | os.PathLike, *, compress: bool 
     import SimpleITK as sitk
 
     from ..errors import InvalidInputError
+    from ..volume.sitk_path import sitk_path
 
+    # Before the temporary file (named after the target) exists: SimpleITK would abort on its name.
+    sitk_path(check_writable(path), "The output")
     if Path(path).name.lower().endswith(DETACHED_HEADER_SUFFIXES):
         raise InvalidInputError(
             f"Cannot write {Path(path).name}: a detached header (.nhdr, .mhd) keeps its voxels in "
@@ -92,7 +95,7 @@ def write_image_verified(image: Any, path: str | os.PathLike, *, compress: bool 
 
     def same_image(tmp: Path) -> None:
         try:
-            back = sitk.ReadImage(str(tmp))
+            back = sitk.ReadImage(sitk_path(tmp))
         except RuntimeError as err:
             raise OSError(f"the written file does not read back ({_last_line(err)}); is the disk full?") from None
         same_grid = (
@@ -110,7 +113,7 @@ def write_image_verified(image: Any, path: str | os.PathLike, *, compress: bool 
 
     with atomic_write(path, verify=same_image) as tmp:
         try:
-            sitk.WriteImage(image, str(tmp), useCompression=compress)
+            sitk.WriteImage(image, sitk_path(tmp), useCompression=compress)
         except RuntimeError as err:
             raise OSError(_last_line(err)) from err
     return Path(path)

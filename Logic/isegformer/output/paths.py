@@ -8,7 +8,9 @@ Two paths are the same file when they name the same inode (``st_dev``, ``st_ino`
 through symbolic links, hard links, ``..`` and letter case on case-insensitive disks. An output
 that does not exist yet is compared by its fully resolved path, letter case ignored. An output
 inside an input *folder* (a DICOM series, a folder of PNG slices, a folder of cases) is refused
-too: the next read of that folder would take it for part of the input.
+too: the next read of that folder would take it for part of the input. An input in a two-file
+format also protects the file(s) holding its voxels (:mod:`isegformer.volume.data_files`: the
+``data file`` of a ``.nhdr``, the ``ElementDataFile`` of a ``.mhd``, the ``.img`` of a ``.hdr``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from ..volume.data_files import data_files
 from .atomic import OutputPathError
 
 PathLike = Union[str, os.PathLike]
@@ -68,12 +71,19 @@ def guard_outputs(
     outputs = list(outputs)
     in_names = list(input_names) if input_names is not None else [None] * len(inputs)
     out_names = list(output_names) if output_names is not None else [None] * len(outputs)
-    known_inputs = []
+    known_inputs = []  # (what the message calls it, resolved path, stat)
     for path, name in zip(inputs, in_names):
         if path is None:
             continue
         resolved = _resolved(path)
-        known_inputs.append((path, name, resolved, _stat(resolved)))
+        known_inputs.append((f"the input {_label(name, path)}", resolved, _stat(resolved)))
+        # A two-file input (.nhdr + .raw.gz, .mhd + .raw, .hdr + .img) is destroyed as surely
+        # through its voxel file as through its header. Relative names are relative to the header
+        # as the reader is given it (ITK and teem do not resolve a symbolic link first).
+        for data_file in data_files(path):
+            data_resolved = _resolved(data_file)
+            known_inputs.append((f"the voxel file {data_file} of the input {_label(name, path)}",
+                                 data_resolved, _stat(data_resolved)))
 
     seen_outputs = []
     for path, name in zip(outputs, out_names):
@@ -81,14 +91,16 @@ def guard_outputs(
             continue
         resolved = _resolved(path)
         status = _stat(resolved)
-        for in_path, in_name, in_resolved, in_status in known_inputs:
+        for what, in_resolved, in_status in known_inputs:
             if _is_or_inside(resolved, status, in_resolved, in_status):
                 inside = in_status is not None and os.path.isdir(in_resolved) and not (
                     status is not None and _same(status, in_status))
-                where = "inside the input folder" if inside else "the same file as the input"
+                where = "inside" if inside else "the same file as"
+                if inside:
+                    what = what.replace("the input ", "the input folder ", 1)
                 raise OutputIsInputError(
-                    f"The output {_label(name, path)} is {where} {_label(in_name, in_path)}: writing "
-                    "it would destroy that input. Choose an output path outside the inputs."
+                    f"The output {_label(name, path)} is {where} {what}: writing it would destroy "
+                    "that input. Choose an output path outside the inputs."
                 )
         for other_path, other_name, other_resolved, other_status in seen_outputs:
             if _same_target(resolved, status, other_resolved, other_status):

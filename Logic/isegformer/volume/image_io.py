@@ -10,6 +10,8 @@ import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
 from .labels import as_label_array
+from .sitk_path import sitk_path
+from .truncation import check_not_truncated
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,16 @@ def read_volume(path: str | os.PathLike, series_id: Optional[str] = None) -> Vol
     import SimpleITK as sitk
 
     p = Path(path).expanduser()
+    name = sitk_path(p)  # before anything else: a name SimpleITK cannot take aborts the process
     if not p.exists():
         raise InvalidInputError(f"No such file or folder: {p}. Check the path.")
     if p.is_dir():
         image = _read_dicom_series(p, series_id)
     else:
+        # ITK's NIfTI reader zero-fills a short file without a word: refuse it first.
+        check_not_truncated(p)
         try:
-            image = sitk.ReadImage(str(p))
+            image = sitk.ReadImage(name)
         except RuntimeError as err:
             raise FileFormatError(
                 f"Could not read {p} as an image ({_first_line(err)}). Give a NIfTI (.nii, .nii.gz), "
@@ -87,7 +92,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, array: Optional[np.nda
 def _read_dicom_series(folder: Path, series_id: Optional[str]):
     import SimpleITK as sitk
 
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(sitk_path(folder, "The DICOM folder"))
     if not ids:
         raise FileFormatError(
             f"The folder {folder} holds no DICOM series. Point to a folder of .dcm files of one "
@@ -97,13 +102,13 @@ def _read_dicom_series(folder: Path, series_id: Optional[str]):
         raise InvalidInputError(
             f"DICOM series {series_id!r} is not in {folder}; it holds: {', '.join(ids)}."
         )
-    files_by_id = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids}
+    files_by_id = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(sitk_path(folder), sid) for sid in ids}
     chosen = series_id or max(ids, key=lambda sid: len(files_by_id[sid]))
     if len(ids) > 1 and series_id is None:
         log.warning("%s holds %d DICOM series; reading %s (%d files), the largest.",
                     folder, len(ids), chosen, len(files_by_id[chosen]))
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files_by_id[chosen])
+    reader.SetFileNames([sitk_path(name, f"A file of the DICOM series in {folder}:") for name in files_by_id[chosen]])
     reader.MetaDataDictionaryArrayUpdateOn()  # each file's own position, checked below
     try:
         image = reader.Execute()
