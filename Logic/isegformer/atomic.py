@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -150,16 +151,37 @@ def atomic_replace(
                 errno.EIO, f"the writer left an empty file instead of {target.name} (is the disk full?)")
         if verify is not None:
             verify(tmp)
-        # The temporary file was created 0600; give the result the usual permissions (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _give_permissions(tmp, target)
         if fsync:
             _fsync(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _give_permissions(tmp: Path, target: Path) -> None:
+    """The temporary file was created 0600. A rewrite keeps the target's own mode (and group,
+    where allowed): a file the user made private stays private. A new file gets the usual
+    permissions, 0666 less the umask."""
+    try:
+        existing = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is None or not stat.S_ISREG(existing.st_mode):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        return
+    if hasattr(os, "chown") and existing.st_gid != os.stat(tmp).st_gid:
+        try:
+            os.chown(tmp, -1, existing.st_gid)
+        except OSError:
+            # Not a member of that group: the file goes to ours, so no group may read it that
+            # could not before.
+            os.chmod(tmp, stat.S_IMODE(existing.st_mode) & ~0o070)
+            return
+    os.chmod(tmp, stat.S_IMODE(existing.st_mode))
 
 
 def _create_temporary(folder: Path, target_name: str, keep_extension: bool) -> Path:
