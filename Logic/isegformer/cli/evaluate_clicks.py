@@ -129,10 +129,18 @@ def run(args) -> int:
     if args.out and args.out.exists() and not args.out.is_dir():
         raise InvalidInputError(f"--out {args.out} is a file; give a folder for results.json and noc_curve.png.")
     outputs = [("--out", args.out / "results.json"), ("--out", args.out / "noc_curve.png")] if args.out else []
-    check_outputs(  # the folder is created at the end
-        [("--model", args.model), ("--images", args.images), ("--masks", args.masks),
-         ("--volume", args.volume), ("--labels", args.labels)], outputs, writable=False)
+    inputs = [("--model", args.model), ("--images", args.images), ("--masks", args.masks),
+              ("--volume", args.volume), ("--labels", args.labels)]
+    check_outputs(inputs, outputs, writable=False)
     device = check_click_precision(args.precision, args.device)  # before any sample or weight is read
+    if args.out:
+        # Now, as evaluate-propagation does: a folder that cannot be made must not cost the
+        # whole evaluation and its results.
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InvalidInputError(f"Cannot create the output folder {args.out}: {err.strerror or err}.") from err
+        check_outputs(inputs, outputs)
     samples, total = _samples(args)
     model = _load_model(args.model, device)
     predictor = ClickPredictor(model, zoom_in=not args.no_zoom_in, flip=not args.no_flip,
@@ -147,10 +155,6 @@ def run(args) -> int:
     print(format_table(report.metrics, report.max_clicks, report.seconds, report.peak_memory_mb))
     print(f"device {report.device}; peak memory: {report.peak_memory_kind}")
     if args.out:
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InvalidInputError(f"Cannot create the output folder {args.out}: {err.strerror or err}.") from err
         result = {
             "isegformer_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -46,7 +46,15 @@ def run(args: argparse.Namespace) -> int:
     from ..output.overlay import check_overlay_path
 
     if not args.out.name.lower().endswith(".seg.nrrd"):
-        check_label_map_path(args.out)
+        try:
+            check_label_map_path(args.out)
+        except InvalidInputError:
+            # In the command's own words: the library's message names its Python functions.
+            raise InvalidInputError(
+                f"--out {args.out}: give a Slicer segmentation (.seg.nrrd, which keeps the segments' "
+                "names, colours and overlaps) or a label map (.nii.gz, .nii, .nrrd or .mha); the "
+                "two-file .nhdr and .mhd are read, not written."
+            ) from None
     if args.overlay is not None:
         check_overlay_path(args.overlay, "--overlay")
     indices = None
