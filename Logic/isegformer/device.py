@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch.device into a torch.device.
 
-    ``"auto"`` (or None) picks CUDA when available, else the CPU.
+    ``"auto"`` (or None) picks CUDA when available, else the CPU. ``"mps"`` and ``"xpu"`` are
+    taken only where this torch can use them; any other device type is refused, with the
+    package's InvalidInputError rather than torch's own traceback.
     """
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -23,6 +25,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise InvalidInputError(
             f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
         ) from err
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise InvalidInputError(
+            f"Device {device!r} is not one this package runs on: use 'auto', 'cpu', 'cuda' or "
+            "'cuda:N' (or 'mps' / 'xpu' with a torch built for them)."
+        )
+    if dev.type in ("mps", "xpu") and not _backend_available(dev.type):
+        raise InvalidInputError(
+            f"Device {device!r} was asked for, but this torch ({torch.__version__}) has no usable "
+            f"{_BACKEND_NAMES[dev.type]} (not built with it, or no such device on this machine). "
+            "Use --device cpu or auto, or install a torch build with that backend."
+        )
+    if dev.type == "xpu" and dev.index is not None and dev.index >= torch.xpu.device_count():
+        raise InvalidInputError(
+            f"Device {device!r} does not exist: torch sees {torch.xpu.device_count()} XPU(s)."
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(
             f"Device {device!r} was asked for, but torch sees no CUDA GPU "
@@ -34,3 +51,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             f"Device {device!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)."
         )
     return dev
+
+
+_BACKEND_NAMES = {"mps": "Apple GPU (MPS) support", "xpu": "Intel GPU (XPU) support"}
+
+
+def _backend_available(kind: str) -> bool:
+    """Whether torch can run on ``kind`` here; asking a torch built without it raises, not False."""
+    try:
+        if kind == "mps":
+            return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        return bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+    except (RuntimeError, AssertionError, AttributeError):
+        return False

@@ -210,7 +210,7 @@ def _read_point_list(markup: dict, path: Path, default_name: str) -> Iterable[Cl
             position = np.asarray(raw, dtype=np.float64) * flip
             if position.shape != (3,) or not np.all(np.isfinite(position)):
                 raise ValueError
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # a 400-digit integer too
             raise FileFormatError(
                 f"{path}: control point {number} has no valid 'position' (3 numbers)."
             ) from None

@@ -132,7 +132,9 @@ def parse_header(text: str, path: Path) -> NrrdHeader:
     """The one parser of NRRD header fields; raises FileFormatError naming the bad field."""
     fields: dict[str, str] = {}
     keyvalues: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines()[1:], start=2):
+    # Only "\n" ends a NRRD header line (a trailing "\r" is stripped below); str.splitlines
+    # would also split inside a value at \x1c-\x1e, \x85, U+2028 or U+2029.
+    for number, line in enumerate(text.split("\n")[1:], start=2):
         line = line.rstrip("\r")
         if not line or line.startswith("#"):
             continue

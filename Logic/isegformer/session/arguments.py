@@ -127,6 +127,15 @@ def name(value: Any, what: str = "A segment name") -> str:
         raise InvalidInputError(f"{what} is non-empty text, got {value!r}.")
     if len(value) > 1000 or "\x00" in value:
         raise InvalidInputError(f"{what} must be under 1000 characters, without NUL characters.")
+    # A name is one header line of the .seg.nrrd: CR, \x1c-\x1e, NEL or U+2028 would end that
+    # line for Slicer's reader or for a splitlines() reader. A tab is harmless and kept.
+    bad = sorted({c for c in value if c != "\t" and (c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029")})
+    if bad:
+        raise InvalidInputError(
+            f"{what} {value!r} holds control or line-break characters "
+            f"({', '.join(f'U+{ord(c):04X}' for c in bad)}), which a .seg.nrrd header cannot hold. "
+            "Use a name of printable characters on one line."
+        )
     return value
 
 
