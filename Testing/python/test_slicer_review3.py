@@ -139,3 +139,32 @@ def test_each_segmentation_keeps_its_own_points_and_undo_takes_back_only_the_sho
 def test_a_node_that_is_not_a_segmentation_is_refused_with_the_packages_error(env):
     with pytest.raises(InvalidInputError, match="is not a segmentation"):
         env.logic.setSegmentation(segmentationNode=env.volume)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_segment_drawn_by_hand_only_propagates_from_its_drawn_slices(env, axis):
+    logic = env.logic
+    logic.setModelSettings(propagation="interpolation")
+    first, last = 1, 4
+    block = [slice(2, 5), slice(2, 6), slice(3, 8)]
+
+    def draw(index):
+        def edit(array):
+            where = list(block)
+            where[axis] = index
+            array[tuple(where)] = 1
+        return edit
+
+    for index in (first, last):
+        paint(env.slicer, env.segmentation, env.segment_id, env.volume, draw(index))
+    drawn = env.array().copy()
+    logic.propagate()
+    result = np.moveaxis(env.array(), axis, 0)
+    assert np.array_equal(result[[first, last]], np.moveaxis(drawn, axis, 0)[[first, last]])  # kept as drawn
+    assert all(result[index].any() for index in range(first + 1, last))  # the slices between are filled
+
+
+def test_propagating_an_empty_segment_without_points_names_it_and_says_what_to_do(env):
+    name = env.segmentation.GetSegmentation().GetSegment(env.segment_id).GetName()
+    with pytest.raises(InvalidInputError, match=f"segment '{name}' has no point and nothing drawn"):
+        env.logic.propagate()

@@ -547,14 +547,26 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
     # ---- propagation ------------------------------------------------------------------------
     def submitPropagation(self, segmentId=None):
-        """Queue a propagation of a segment along the axis of its latest click."""
+        """Queue a propagation of a segment along the axis of its latest click; a segment drawn
+        by hand only (no point) along its last propagation's axis, else the axis its drawing
+        lies across (the one with the fewest drawn slices), its drawn slices as annotations."""
         self._ensureResumed()
         segmentId = segmentId or self.segmentId
         records = [r for r in self._records if r.segmentId == segmentId]
-        axis = max(records, key=lambda r: r.order).point.axis if records else None
         current = self.segmentArray(segmentId)
+        if records:
+            axis = max(records, key=lambda r: r.order).point.axis
+        else:  # drawn by hand only: along the last propagation's axis, else the drawing's
+            axis = next((a for (sid, a) in self._propagated if sid == segmentId), None)
+            if axis is None:
+                axis = _drawnAxis(current)
+            if axis is None:
+                name = self.segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+                raise invalidInput(
+                    f"The segment {name!r} has no point and nothing drawn: place at least one point "
+                    "(or draw on a slice with the Segment Editor), then propagate.")
         written = self._written.get(segmentId)
-        if axis is not None and written is not None:  # the session adopts these; fine-tuning uses them too
+        if written is not None:  # the session adopts these; fine-tuning uses them too
             self._handEdited.setdefault((segmentId, axis), set()).update(editedSlices(current, written, axis))
         method = self.propagation
 
@@ -569,8 +581,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
                 # STCN weights takes the registry's from the cache, so no new session (and no
                 # replay of every click) is needed.
                 bridge.has_stcn_weights = True
-            if axis is not None:
-                bridge.adopt_edits(segmentId, axis, current, written)
+            bridge.adopt_edits(segmentId, axis, current, written)
             return bridge.propagate(segmentId, axis=axis, method=method, progress=progress)
 
         action = self._actions.newAction()  # a whole propagation: one undo state
@@ -732,6 +743,15 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Propagate a segment's annotated slices through the volume and wait for it."""
         self.submitPropagation(segmentId)
         self.waitForJobs()
+
+
+def _drawnAxis(mask):
+    """The axis along which a hand-drawn segment was drawn: the one with the fewest non-empty
+    slices (drawings lie in slice planes); None for an empty segment."""
+    counts = [int(np.count_nonzero(mask.any(axis=tuple(o for o in range(3) if o != a)))) for a in range(3)]
+    if not any(counts):
+        return None
+    return min(range(3), key=lambda a: (counts[a], a))
 
 
 def _moduleSegmentEditorNode():
