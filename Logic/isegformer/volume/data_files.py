@@ -60,17 +60,30 @@ def data_files(path: str | os.PathLike) -> list[Path]:
 
 
 def _read_header(path: Path) -> Optional[bytes]:
-    """The text header: up to the first blank line (NRRD) or the whole bounded prefix."""
+    """The text header of a NRRD or MetaImage file (None for any other file, after 64 bytes).
+
+    A NRRD header ends at its first blank line; a MetaImage header with ``LOCAL`` data at its
+    ``ElementDataFile`` line; reading stops there, so a large single-file volume costs a block."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_HEADER_BYTES)
+            data = handle.read(64)
+            if not (data.startswith(b"NRRD000") or _META_KEY.match(data.decode("latin-1"))):
+                return None
+            while len(data) < MAX_HEADER_BYTES:
+                if b"\n\n" in data or b"\r\n\r\n" in data or re.search(
+                        rb"ElementDataFile\s*=\s*LOCAL", data):
+                    break
+                block = handle.read(64 * 1024)
+                if not block:
+                    break
+                data += block
     except OSError:
         return None
     for end in (b"\n\n", b"\r\n\r\n"):
         at = data.find(end)
         if at >= 0:
             data = data[:at]
-    return data
+    return data[:MAX_HEADER_BYTES]
 
 
 def _lines(head: bytes) -> list[str]:
