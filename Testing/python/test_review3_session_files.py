@@ -313,7 +313,7 @@ def test_segment_cli_refuses_wrong_suffixes_before_reading_the_model(inputs, tmp
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--out", "x.png"], r"Cannot write a label map to x\.png.*\.seg\.nrrd"),
+    (["--out", "x.png"], r"--out \S*x\.png: give a Slicer segmentation \(\.seg\.nrrd"),
     (["--out", "x.seg.nrrd", "--overlay", "o.jpg"], r"--overlay writes a PNG"),
 ])
 def test_propagate_cli_refuses_wrong_suffixes_before_any_download(inputs, tmp_path, capsys, options, message):

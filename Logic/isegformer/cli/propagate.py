@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -73,9 +74,18 @@ def run(args: argparse.Namespace) -> int:
     propagate_all(session, args.method)
     if args.out.name.lower().endswith(".seg.nrrd"):
         session.save_segmentation(args.out)
+        print(f"wrote {args.out}")
     else:
-        session.save_label_map(args.out)
-    print(f"wrote {args.out}")
+        # Found only now, after the propagation: the result is written rather than lost, and
+        # the loss in the label map is said, not silent.
+        shared = session.overlapping_voxels()
+        session.save_label_map(args.out, overlaps="last")
+        print(f"wrote {args.out}")
+        if shared:
+            print(f"warning: {shared} voxel(s) belong to more than one propagated segment; a label map "
+                  f"holds one label per voxel, so in {args.out} the segment listed later holds them "
+                  "(the counts below are per segment). Use --out NAME.seg.nrrd to keep the overlaps.",
+                  file=sys.stderr)
     if args.overlay is not None:
         session.save_overlay(args.overlay)
         print(f"wrote {args.overlay}")

@@ -902,13 +902,35 @@ class Session:
         masks = [s.mask(self.volume.shape) for s in self._segments]
         return write_seg_nrrd(path, masks, infos, self.volume.ijk_to_ras)
 
-    def save_label_map(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`label_map` as NIfTI/NRRD/MHA (by suffix) on the volume's grid."""
+    def save_label_map(self, path: str | os.PathLike, overlaps: str = "refuse") -> Path:
+        """Write :meth:`label_map` as NIfTI/NRRD/MHA (by suffix) on the volume's grid.
+
+        A label map holds one label per voxel. Where segments overlap, ``overlaps="refuse"``
+        (the default) raises InvalidInputError and writes nothing (save a ``.seg.nrrd`` with
+        :meth:`save_segmentation` to keep the overlaps); ``overlaps="last"`` lets the segment
+        added later win (:meth:`label_map`)."""
         from ..output.labelmap import check_label_map_path, write_label_map
 
+        if overlaps not in ("refuse", "last"):
+            raise InvalidInputError(f"overlaps must be 'refuse' or 'last', got {overlaps!r}.")
         self._guard_output(path)
         check_label_map_path(path)  # before the label map of every segment is made
+        if overlaps == "refuse":
+            shared = self.overlapping_voxels()
+            if shared:
+                raise InvalidInputError(
+                    f"{shared} voxel(s) belong to more than one segment, and a label map holds one "
+                    f"label per voxel: nothing was written to {path}. Save a .seg.nrrd "
+                    "(save_segmentation) to keep the overlaps, or pass overlaps='last' to let the "
+                    "segment added later win.")
         return write_label_map(path, self.label_map(), self.volume)
+
+    def overlapping_voxels(self) -> int:
+        """How many voxels belong to more than one segment (what a label map cannot hold)."""
+        count = np.zeros(self.volume.shape, np.uint16)
+        for segment in self._segments:
+            count += segment.mask(self.volume.shape)
+        return int(np.count_nonzero(count > 1))
 
     def save_clicks(self, path: str | os.PathLike, coordinate_system: str = "LPS") -> Path:
         """Write every click still in effect as a Slicer point list (``.mrk.json``), segment by
