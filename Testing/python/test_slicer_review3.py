@@ -168,3 +168,16 @@ def test_propagating_an_empty_segment_without_points_names_it_and_says_what_to_d
     name = env.segmentation.GetSegmentation().GetSegment(env.segment_id).GetName()
     with pytest.raises(InvalidInputError, match=f"segment '{name}' has no point and nothing drawn"):
         env.logic.propagate()
+
+
+@pytest.mark.parametrize("point", [(1.0, 2.0), (1.0, float("nan"), 2.0), "here", None])
+def test_a_malformed_console_point_is_refused_with_the_packages_error_and_adds_no_point(env, point):
+    positive, negative = env.logic.getClickNodes()
+    with pytest.raises(InvalidInputError, match="three finite world"):
+        env.logic.addClick(point, axis=0)
+    assert positive.GetNumberOfControlPoints() == 0 and negative.GetNumberOfControlPoints() == 0
+
+
+def test_a_mistyped_segment_id_is_named_as_such(env):
+    with pytest.raises(InvalidInputError, match="mistyped.*'typo'"):
+        env.logic.segmentArray("typo")

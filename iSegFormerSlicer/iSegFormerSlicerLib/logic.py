@@ -661,7 +661,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         segmentationNode = self.segmentationNode
         if segmentationNode is None or not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
             # Slicer's export of a missing segment fails deep inside with an AttributeError
-            raise invalidInput("The segment was deleted; select or add a segment and try again.")
+            raise invalidInput(_missingSegmentMessage(segmentationNode, segmentId))
         # Read straight from the segment's labelmap layer: no temporary node, no whole export.
         return self.segmentWriter().read(segmentId).astype(np.uint8)
 
@@ -696,7 +696,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._checkSameFrame()
         segmentationNode = self.segmentationNode
         if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise invalidInput("The segment was deleted; select or add a segment and click again.")
+            raise invalidInput(_missingSegmentMessage(segmentationNode, segmentId))
         writer = self.segmentWriter()
         report = writer.write(segmentId, axis, first, masks, beforeWrite=self._actions.hook(action))
         for sid in set(report.segments) | {segmentId}:  # what the module last wrote, to tell hand edits
@@ -721,6 +721,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
     # ---- synchronous API for the Python console -----------------------------------------------
     def addClick(self, rasPoint, positive=True, sliceNode=None, axis=None, segmentId=None):
         """Click at a world point, wait for the model, write the slice. Returns the SlicePoint."""
+        rasPoint = _worldPoint(rasPoint)
         if self.segmentationNode is None:
             self.setSegmentation()
         positiveNode, negativeNode = self.getClickNodes()
@@ -743,6 +744,23 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Propagate a segment's annotated slices through the volume and wait for it."""
         self.submitPropagation(segmentId)
         self.waitForJobs()
+
+
+def _worldPoint(rasPoint):
+    """Three finite world coordinates, or the package's error saying what was given."""
+    try:
+        point = np.asarray(rasPoint, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        point = None
+    if point is None or point.shape != (3,) or not np.isfinite(point).all():
+        raise invalidInput(f"A point is three finite world (RAS) coordinates, got {rasPoint!r}.")
+    return tuple(float(v) for v in point)
+
+
+def _missingSegmentMessage(segmentationNode, segmentId):
+    name = segmentationNode.GetName() if segmentationNode is not None else "the segmentation"
+    return (f"The segment was deleted, or its ID is mistyped: {name!r} has no segment with the ID "
+            f"{segmentId!r}. Select or add a segment and try again.")
 
 
 def _drawnAxis(mask):
