@@ -71,11 +71,11 @@ def write_clicks(
     coordinate_system: str = "LPS",
 ) -> Path:
     """Write ``clicks`` as one Slicer point list, in order. Written atomically; returns the path."""
-    coordinate_system = coordinate_system.upper()
-    if coordinate_system not in ("LPS", "RAS"):
+    if not isinstance(coordinate_system, str) or coordinate_system.upper() not in ("LPS", "RAS"):
         raise InvalidInputError(
             f"coordinate_system must be 'LPS' or 'RAS', got {coordinate_system!r}."
         )
+    coordinate_system = coordinate_system.upper()
     flip = np.array([-1.0, -1.0, 1.0]) if coordinate_system == "LPS" else np.ones(3)
     # The identity orientation in RAS, expressed as Slicer does in the chosen system.
     orientation = [float(v) for v in np.diag(np.append(flip, 1.0))[:3, :3].ravel()]
@@ -219,9 +219,14 @@ def _read_point_list(markup: dict, path: Path, default_name: str) -> Iterable[Cl
             positive = not list_is_negative
         extra = point.get("isegformer") if isinstance(point.get("isegformer"), dict) else {}
         axis = extra.get("axis")
-        if axis is not None and (isinstance(axis, bool) or axis not in (0, 1, 2)):
+        # an integer only: 1.0 == 1 would pass "in (0, 1, 2)" and fail later, in mid-replay
+        if axis is not None and (type(axis) is not int or axis not in (0, 1, 2)):
             raise FileFormatError(f"{path}: control point {number} has axis {axis!r}; use 0, 1 or 2.")
         segment = extra.get("segment")
+        if segment is not None and (not isinstance(segment, str) or not segment.strip()):
+            raise FileFormatError(
+                f"{path}: control point {number} names the segment {segment!r}; a segment name is "
+                "a non-empty text (or leave 'segment' out).")
         yield ClickPoint(
             position_ras=tuple(float(v) for v in position),  # type: ignore[arg-type]
             positive=positive,
