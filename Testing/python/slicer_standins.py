@@ -202,9 +202,12 @@ class QAbstractButton(QWidget):
         return self._checked
 
     def click(self):
-        """What a user's click does: toggles a check box, then fires clicked()."""
+        """What a user's click does, in Qt's order: pressed(), released(), the check box
+        toggled, then clicked()."""
         if not self.enabled:
             return
+        self.emit("pressed()")
+        self.emit("released()")
         if self.checkable or isinstance(self, QCheckBox):
             self.setChecked(not self._checked)
         self.emit("clicked()")
@@ -513,6 +516,12 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
         self._editorNode = None
         self._editorLogic = None
         self.activeEffect = None
+        # the real widget's Undo and Redo tool buttons (qMRMLSegmentEditorWidget.ui), each
+        # clicked() connected to the widget's undo()/redo() when the widget is made
+        for name, slot in (("UndoButton", self.undo), ("RedoButton", self.redo)):
+            button = QToolButton("", self)
+            button.objectName = name
+            button.connect("clicked()", slot)
 
     def setMRMLSegmentEditorNode(self, node):
         import slicer

@@ -576,3 +576,29 @@ def test_a_left_handed_volume_gets_the_slice_that_was_clicked(slicer_env, data_d
     centre = world @ [0.0, 0.0, index, 1.0]
     normal = matrix(red.sliceNode.GetSliceToRAS())[:3, 2]
     assert abs(float(normal @ (centre[:3] - red.xyToRas(x, y)))) < 0.5 * np.linalg.norm(world[:3, 2])
+
+
+def test_the_segment_editors_own_undo_of_a_propagation_leaves_no_empty_hand_edits(slicer_env, views, knee,
+                                                                                  module_widget):
+    """The editor's Undo button restores voxels without the module knowing, unless the module
+    follows it: the next Propagate must fill the slices again, not keep them empty as edits."""
+    slicer, widget, yellow = slicer_env.slicer, module_widget, views["Yellow"]
+    start_clicking(widget, knee)
+    yellow.click(100, 120)
+    poll_until_idle(widget)
+    first = pixel_ijk(yellow, knee, 100, 120)
+    second = first.copy()
+    second[0] += 6  # six slices further along the Yellow view's axis (i)
+    widget.logic.addClick((ijk_to_world(knee) @ [*second, 1.0])[:3], axis=2)
+    segmentation, segment_id = current_segment(widget)
+    widget.logic.propagate()
+    propagated = segment_array(slicer, segmentation, segment_id, knee)
+    low, high = slice_index(first, 2), slice_index(second, 2)
+    between = [i for i in range(low + 1, high) if take(propagated, 2, i).any()]
+    assert between, "the propagation fills the slices between the two points"
+
+    slicer.util.findChild(widget.ui.segmentEditorWidget, "UndoButton").click()
+    assert not any(take(segment_array(slicer, segmentation, segment_id, knee), 2, i).any() for i in between)
+    widget.logic.propagate()
+    assert np.array_equal(segment_array(slicer, segmentation, segment_id, knee), propagated)
+    assert not widget.logic._handEdited.get((segment_id, 2))

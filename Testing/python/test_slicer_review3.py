@@ -181,3 +181,31 @@ def test_a_malformed_console_point_is_refused_with_the_packages_error_and_adds_n
 def test_a_mistyped_segment_id_is_named_as_such(env):
     with pytest.raises(InvalidInputError, match="mistyped.*'typo'"):
         env.logic.segmentArray("typo")
+
+
+def test_an_undo_leaves_a_slice_drawn_by_hand_before_it_a_hand_edit(env):
+    logic = env.logic
+    logic.setModelSettings(propagation="interpolation")
+    logic.addClick(to_world(env.world, (7, 5, 1)), axis=0)
+    paint(env.slicer, env.segmentation, env.segment_id, env.volume,
+          lambda a: a.__setitem__((5, slice(2, 5), slice(2, 8)), 1))  # drawn with an editor effect
+    drawn = env.array()[5].copy()
+    logic.addClick(to_world(env.world, (7, 5, 3)), axis=0)
+    logic.undo()  # takes back the click on slice 3 only
+    assert not env.array()[3].any() and np.array_equal(env.array()[5], drawn)
+    logic.propagate()
+    assert 5 in logic._handEdited[(env.segment_id, 0)]  # still the user's annotation
+    annotation, _clicks = env.session.annotations[(env.segment_id, 0, 5)]
+    assert np.array_equal(annotation, drawn.astype(bool))  # handed to the session as drawn
+
+
+def test_choosing_another_segmentation_while_a_point_runs_is_refused_and_changes_nothing(env):
+    release = _slow_clicks(env)
+    _click_in_flight(env, (2, 2, 3))
+    b = env.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "B")
+    with pytest.raises(InvalidInputError, match="still working on the segmentation"):
+        env.logic.setSegmentation(segmentationNode=b)
+    assert env.logic.segmentationNode is env.segmentation
+    release.set()
+    env.logic.waitForJobs()
+    assert env.array()[3].any()  # the point's result landed where it was placed

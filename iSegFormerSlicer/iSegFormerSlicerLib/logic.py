@@ -230,6 +230,12 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
                 "segmentation: choose a segmentation node (or None to make one).")
         current = self.parameters.segmentation
         if current is not None and segmentationNode is not current:
+            if self.isBusy():
+                # its results belong to the current segmentation: they would be dropped, with
+                # the stored session still counting them
+                raise invalidInput(
+                    f"iSegFormer is still working on the segmentation {current.GetName()!r} (a point or a "
+                    "propagation): wait for it to finish, or cancel it, then choose another segmentation.")
             self._storeSessionState()
             self._forgetSegmentationSession()
         if segmentationNode is None:
@@ -628,21 +634,34 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
     def undo(self):
         """Undo the last edit in the segmentation history (a click, a point moved or deleted, a
         propagation; Segment Editor edits made from the console's history too)."""
-        self.history.bind(self.segmentationNode, self.volumeNode)
-        self.history.undo()
-        self.afterHistoryRestore()
+        self._restoreFromHistory(self.history.undo)
 
     def redo(self):
         """Redo what :meth:`undo` took back."""
-        self.history.bind(self.segmentationNode, self.volumeNode)
-        self.history.redo()
-        self.afterHistoryRestore()
+        self._restoreFromHistory(self.history.redo)
 
-    def afterHistoryRestore(self):
-        """Take the segments' restored voxels as what the module last wrote (called after an
-        undo or redo): they came from the history, not from the user's hand, so the next
-        propagation must not adopt them as hand-drawn annotations (an undone propagation's
-        emptied slices would otherwise become empty annotations, never filled again)."""
+    def _restoreFromHistory(self, restore):
+        self.history.bind(self.segmentationNode, self.volumeNode)
+        before = self.trackedSegmentVoxels()
+        restore()
+        self.afterHistoryRestore(before)
+
+    def trackedSegmentVoxels(self):
+        """{segment ID: (k, j, i) bool voxels} of the segments whose writes the module follows
+        (to hand to :meth:`afterHistoryRestore` when an undo or redo comes from elsewhere)."""
+        if self.segmentationNode is None or self.volumeNode is None:
+            return {}
+        segmentation = self.segmentationNode.GetSegmentation()
+        writer = self.segmentWriter()
+        return {sid: writer.read(sid) for sid in self._written if segmentation.GetSegment(sid) is not None}
+
+    def afterHistoryRestore(self, before):
+        """After an undo or redo: the voxels it changed (against ``before``, from
+        :meth:`trackedSegmentVoxels` just before it) count as the module's own, since they came
+        from the history, not from the user's hand. Otherwise the next propagation would adopt
+        them as hand-drawn annotations (an undone propagation's emptied slices would become
+        empty annotations, never filled again). Voxels the restore left alone keep their
+        standing: a slice drawn by hand before the undo is still a hand edit."""
         if self.segmentationNode is None or self.volumeNode is None:
             return
         segmentation = self.segmentationNode.GetSegmentation()
@@ -650,8 +669,10 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         for sid in list(self._written):
             if segmentation.GetSegment(sid) is None:
                 del self._written[sid]
-            else:
-                self._written[sid] = writer.read(sid)
+            elif sid in before:
+                after = writer.read(sid)
+                restored = before[sid] != after
+                self._written[sid][restored] = after[restored]
             self._digests = {key: d for key, d in self._digests.items() if key[0] != sid}
         self._storeSessionState()
 

@@ -59,6 +59,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.getSegmentEditorNode())
         self.ui.segmentEditorWidget.setSourceVolumeNodeSelectorVisible(False)
+        self._followEditorUndoButtons()
 
         self.ui.deviceComboBox.clear()
         for device in DEVICES:
@@ -292,6 +293,40 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic.history = WidgetHistory(self.ui.segmentEditorWidget)
         return segmentation, segmentId
+
+    def _followEditorUndoButtons(self):
+        """The Segment Editor widget's own Undo and Redo buttons restore voxels from the history
+        without the Logic knowing: the segments are read when a button is pressed, and the Logic
+        told what the restore changed once its click is handled (our slot runs after the
+        editor's own, connected when the editor was made), so the next propagation does not
+        take the restored slices for hand edits."""
+        self._beforeRestore = None
+        for name in ("UndoButton", "RedoButton"):
+            try:
+                button = slicer.util.findChild(self.ui.segmentEditorWidget, name)
+            except Exception:  # another Slicer's editor layout
+                button = None
+            if button is None:
+                logging.warning("iSegFormer: the Segment Editor's %s was not found; after its undo or redo, "
+                                "propagate may take restored slices for hand edits.", name)
+                continue
+            button.connect("pressed()", self._onEditorRestorePressed)
+            button.connect("clicked()", self._onEditorRestoreDone)
+
+    def _onEditorRestorePressed(self):
+        try:
+            self._beforeRestore = self.logic.trackedSegmentVoxels()
+        except Exception as err:  # no volume or segmentation yet: nothing to follow
+            logging.debug("iSegFormer: %s", err)
+            self._beforeRestore = None
+
+    def _onEditorRestoreDone(self):
+        before, self._beforeRestore = self._beforeRestore, None
+        if before:
+            try:
+                self.logic.afterHistoryRestore(before)
+            except Exception as err:
+                self._report(err)
 
     def _observePointLists(self, positive, negative):
         self.removeObservers(self.onPointDefined)
