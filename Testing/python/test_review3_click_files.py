@@ -31,6 +31,9 @@ def test_a_well_formed_file_reads_back(tmp_path):
     ({"segment": [1, 2]}, r"segment \[1, 2\]"),
     ({"segment": "  "}, "segment '  '"),
     ({"segment": 7}, "segment 7"),
+    ({"segment": "a\rb"}, "segment 'a.rb'.*line-break"),
+    ({"segment": "ok\u2028no"}, "line-break"),
+    ({"segment": "x" * 2000}, "under 1000 characters"),
 ])
 def test_what_a_replay_could_not_use_is_refused_when_the_file_is_read(tmp_path, extra, message):
     path = _file(tmp_path, extra)

@@ -94,8 +94,9 @@ def test_a_point_dragged_off_the_volume_goes_back_and_other_edits_still_apply(en
     assert env.array()[1].any() and env.array()[3].any()
     positive.SetNthControlPointPositionWorld(0, *to_world(env.world, (2, 2, 30)))  # off the volume
     positive.RemoveNthControlPoint(1)  # and the point on slice 1 deleted
-    with pytest.raises(InvalidInputError, match="outside the volume.*put back where it was used"):
+    with pytest.raises(InvalidInputError, match="outside the volume.*put back where it was used") as refused:
         logic.submitPointsChanged()
+    assert len(refused.value.jobIds) == 1  # slice 1's update, to watch
     logic.waitForJobs()
     assert not env.array()[1].any()  # the deletion was applied all the same
     assert env.array()[3].any()
@@ -209,3 +210,17 @@ def test_choosing_another_segmentation_while_a_point_runs_is_refused_and_changes
     release.set()
     env.logic.waitForJobs()
     assert env.array()[3].any()  # the point's result landed where it was placed
+
+
+def test_the_axis_of_a_drawing_is_the_one_its_slices_lie_apart_on_even_for_a_thin_structure():
+    from iSegFormerSlicerLib.logic import _drawnAxis
+
+    vessel = np.zeros((40, 30, 30), bool)
+    for k in (5, 20, 35):
+        vessel[k, 14:16, 10:20] = True  # two rows wide: fewer rows than drawn k slices
+    assert _drawnAxis(vessel) == 0
+    assert _drawnAxis(np.moveaxis(vessel, 0, 2)) == 2
+    one = np.zeros((8, 9, 10), bool)
+    one[3, 2:7, 1:9] = True  # a single drawn slice: the fewest slices
+    assert _drawnAxis(one) == 0
+    assert _drawnAxis(np.zeros((4, 4, 4), bool)) is None

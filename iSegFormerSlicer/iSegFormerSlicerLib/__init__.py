@@ -63,6 +63,14 @@ def invalidInput(message):
     return InvalidInputError(message)
 
 
+def missingSegment(segmentationNode, segmentId):
+    """The error for a segment ID the segmentation does not hold (deleted, or mistyped)."""
+    name = segmentationNode.GetName() if segmentationNode is not None else "the segmentation"
+    return invalidInput(
+        f"The segment was deleted, or its ID is mistyped: {name!r} has no segment with the ID "
+        f"{segmentId!r}. Select or add a segment and try again.")
+
+
 def support():
     """The Slicer-free helpers of the package (numpy only); imported on first use."""
     ensureIsegformerImportable()

@@ -17,7 +17,7 @@ import vtk
 
 import slicer
 
-from . import _, ensureIsegformerImportable, invalidInput, support
+from . import _, ensureIsegformerImportable, invalidInput, missingSegment, support
 from .models import DEFAULT_MODEL, isCheckpointPath
 
 DEFAULT_FINETUNE_EPOCHS = 5
@@ -69,7 +69,7 @@ class FinetuneActions:
         if self.volumeNode is None or self.segmentationNode is None or not segmentId:
             raise invalidInput("Select the source volume and the segment to learn from first.")
         if self.segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise invalidInput("The segment was deleted; select the segment to learn from.")
+            raise missingSegment(self.segmentationNode, segmentId)
         records = [r for r in self._records if r.segmentId == segmentId]
         if axis is None and records:
             axis = max(records, key=lambda r: r.order).point.axis

@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import _, MODULE_NAME, invalidInput
+from . import _, MODULE_NAME, invalidInput, missingSegment
 from . import clicks, geometry, models
 from .finetune import FinetuneActions, editedSlices
 from .jobs import JobQueue
@@ -466,7 +466,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
         A point moved where it cannot be used (off the volume) goes back to where it was used,
         and InvalidInputError says so after every other change (deletions, other moves) has been
-        taken into account."""
+        queued; the error's ``jobIds`` are those changes' jobs."""
         self._ensureResumed()
         current = clicks.currentPositions()
         affected = set()
@@ -496,9 +496,11 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         if refused:
             for record, _err in refused:
                 clicks.movePointById(record.pointId, record.positive, self._worldPosition(record.point))
-            raise invalidInput(
+            error = invalidInput(
                 f"{refused[0][1]} The point was put back where it was used"
                 + (f" (and {len(refused) - 1} more like it)" if len(refused) > 1 else "") + ".")
+            error.jobIds = jobs  # the other points' updates run all the same: watch them
+            raise error
         return jobs
 
     def _worldPosition(self, point):
@@ -555,7 +557,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
     def submitPropagation(self, segmentId=None):
         """Queue a propagation of a segment along the axis of its latest click; a segment drawn
         by hand only (no point) along its last propagation's axis, else the axis its drawing
-        lies across (the one with the fewest drawn slices), its drawn slices as annotations."""
+        was made along (``_drawnAxis``), its drawn slices as annotations."""
         self._ensureResumed()
         segmentId = segmentId or self.segmentId
         records = [r for r in self._records if r.segmentId == segmentId]
@@ -563,7 +565,9 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         if records:
             axis = max(records, key=lambda r: r.order).point.axis
         else:  # drawn by hand only: along the last propagation's axis, else the drawing's
-            axis = next((a for (sid, a) in self._propagated if sid == segmentId), None)
+            axis = self._propagationRecords.get(segmentId, (None,))[0]
+            if axis is None:
+                axis = next((a for (sid, a) in self._propagated if sid == segmentId), None)
             if axis is None:
                 axis = _drawnAxis(current)
             if axis is None:
@@ -682,7 +686,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         segmentationNode = self.segmentationNode
         if segmentationNode is None or not segmentId or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
             # Slicer's export of a missing segment fails deep inside with an AttributeError
-            raise invalidInput(_missingSegmentMessage(segmentationNode, segmentId))
+            raise missingSegment(segmentationNode, segmentId)
         # Read straight from the segment's labelmap layer: no temporary node, no whole export.
         return self.segmentWriter().read(segmentId).astype(np.uint8)
 
@@ -717,7 +721,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         self._checkSameFrame()
         segmentationNode = self.segmentationNode
         if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise invalidInput(_missingSegmentMessage(segmentationNode, segmentId))
+            raise missingSegment(segmentationNode, segmentId)
         writer = self.segmentWriter()
         report = writer.write(segmentId, axis, first, masks, beforeWrite=self._actions.hook(action))
         for sid in set(report.segments) | {segmentId}:  # what the module last wrote, to tell hand edits
@@ -778,19 +782,21 @@ def _worldPoint(rasPoint):
     return tuple(float(v) for v in point)
 
 
-def _missingSegmentMessage(segmentationNode, segmentId):
-    name = segmentationNode.GetName() if segmentationNode is not None else "the segmentation"
-    return (f"The segment was deleted, or its ID is mistyped: {name!r} has no segment with the ID "
-            f"{segmentId!r}. Select or add a segment and try again.")
-
-
 def _drawnAxis(mask):
-    """The axis along which a hand-drawn segment was drawn: the one with the fewest non-empty
-    slices (drawings lie in slice planes); None for an empty segment."""
-    counts = [int(np.count_nonzero(mask.any(axis=tuple(o for o in range(3) if o != a)))) for a in range(3)]
-    if not any(counts):
+    """The axis a hand-drawn segment was drawn along; None for an empty segment.
+
+    Annotated slices lie apart, with empty slices between them, while across any other axis a
+    drawing's extent is one unbroken run (a thin structure has few slices there too, so the
+    count alone misleads). So: an axis whose drawn slices have gaps, then the fewest drawn
+    slices, then the lowest axis."""
+    def standing(axis):
+        drawn = np.flatnonzero(mask.any(axis=tuple(o for o in range(3) if o != axis)))
+        runs = 1 + int(np.count_nonzero(np.diff(drawn) > 1)) if drawn.size else 0
+        return (runs < 2, drawn.size, axis)
+
+    if not mask.any():
         return None
-    return min(range(3), key=lambda a: (counts[a], a))
+    return min(range(3), key=standing)
 
 
 def _moduleSegmentEditorNode():

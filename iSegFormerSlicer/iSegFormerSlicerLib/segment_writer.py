@@ -39,7 +39,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import invalidInput as _invalid
+from . import invalidInput as _invalid, missingSegment
 
 
 def _sliceWrite():
@@ -259,9 +259,7 @@ class SegmentWriter:
     def _layer(self, segmentId) -> _Layer:
         segment = self.segmentationNode.GetSegmentation().GetSegment(segmentId)
         if segment is None:
-            raise _invalid(
-                f"The segment {segmentId!r} was deleted: select or add a segment and try again."
-            )
+            raise missingSegment(self.segmentationNode, segmentId)
         image = segment.GetRepresentation(LABELMAP)
         if image is None:
             raise _invalid(
@@ -370,7 +368,7 @@ class SegmentWriter:
             )
         segmentation = self.segmentationNode.GetSegmentation()
         if segmentation.GetSegment(segmentId) is None:
-            raise _invalid(f"The segment {segmentId!r} was deleted: select or add a segment and try again.")
+            raise missingSegment(self.segmentationNode, segmentId)
         rules = editRulesFromNodes(self.segmentationNode, self.segmentEditorNode)
         ids = list(segmentation.GetSegmentIDs())
         # Nothing can change where neither the new mask nor the old segment is set: there the

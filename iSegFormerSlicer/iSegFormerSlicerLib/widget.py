@@ -371,7 +371,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             jobIds = self.logic.submitPointsChanged(geometry.sliceNodeUnderCursor())
         except Exception as err:
             self._report(err)
-            return
+            jobIds = getattr(err, "jobIds", [])  # the other points' updates, queued all the same
         for jobId in jobIds:
             self._watch(jobId, _("Updating the slice..."))
 
@@ -382,7 +382,7 @@ class iSegFormerSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             jobIds = self.logic.submitPointsChanged(None)
         except Exception as err:  # raised in a VTK observer it would only reach the log
             self._report(err)
-            jobIds = []
+            jobIds = getattr(err, "jobIds", [])
         for jobId in jobIds:
             self._watch(jobId, _("Updating the slice..."))
         self.updateStatus()

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
 from ..json_io import read_json_bounded
+from ..session.arguments import name as segment_name
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -223,10 +224,13 @@ def _read_point_list(markup: dict, path: Path, default_name: str) -> Iterable[Cl
         if axis is not None and (type(axis) is not int or axis not in (0, 1, 2)):
             raise FileFormatError(f"{path}: control point {number} has axis {axis!r}; use 0, 1 or 2.")
         segment = extra.get("segment")
-        if segment is not None and (not isinstance(segment, str) or not segment.strip()):
-            raise FileFormatError(
-                f"{path}: control point {number} names the segment {segment!r}; a segment name is "
-                "a non-empty text (or leave 'segment' out).")
+        if segment is not None:
+            try:  # the Session's own rule for names, here where the file and point can be named
+                segment_name(segment)
+            except InvalidInputError as err:
+                raise FileFormatError(
+                    f"{path}: control point {number} names the segment {segment!r}, which cannot "
+                    f"be a segment name: {err}") from None
         yield ClickPoint(
             position_ras=tuple(float(v) for v in position),  # type: ignore[arg-type]
             positive=positive,
