@@ -224,3 +224,12 @@ def test_the_axis_of_a_drawing_is_the_one_its_slices_lie_apart_on_even_for_a_thi
     one[3, 2:7, 1:9] = True  # a single drawn slice: the fewest slices
     assert _drawnAxis(one) == 0
     assert _drawnAxis(np.zeros((4, 4, 4), bool)) is None
+
+
+def test_a_point_for_a_mistyped_segment_is_refused_before_the_model_runs(env):
+    calls = len(env.session.calls)
+    positive, _ = env.logic.getClickNodes()
+    with pytest.raises(InvalidInputError, match="mistyped.*'typo'"):
+        env.logic.addClick(to_world(env.world, (2, 2, 3)), axis=0, segmentId="typo")
+    assert len(env.session.calls) == calls  # no click reached the session
+    assert positive.GetNumberOfControlPoints() == 0 and not env.logic._records

@@ -442,6 +442,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
         self._ensureResumed()
         segmentId = segmentId or self.segmentId
+        self.segmentWriter().checkWritable(segmentId)  # before the model runs for nothing
         point = self.locateClick(rasPoint, sliceNode, axis)
         self._order += 1
         record = clicks.ClickRecord(pointId, bool(positive), segmentId, point, self._order)
@@ -560,6 +561,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         was made along (``_drawnAxis``), its drawn slices as annotations."""
         self._ensureResumed()
         segmentId = segmentId or self.segmentId
+        self.segmentWriter().checkWritable(segmentId)  # before a whole propagation runs for nothing
         records = [r for r in self._records if r.segmentId == segmentId]
         current = self.segmentArray(segmentId)
         if records:
@@ -710,8 +712,8 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
         """Write a propagation result: only the slices that differ are changed."""
         shape = update.mask.shape
         annotated = set(getattr(update, "annotated", ()) or ())
-        self._propagated[(update.segment, update.axis)] = set(range(shape[update.axis])) - annotated
         self.writeSlicesIntoSegment(update.segment, update.axis, 0, shape[update.axis] - 1, update.mask, action)
+        self._propagated[(update.segment, update.axis)] = set(range(shape[update.axis])) - annotated  # once written
         self._recordPropagation(update)
 
     def writeSlicesIntoSegment(self, segmentId, axis, first, last, masks, action=None):

@@ -403,6 +403,14 @@ class SegmentWriter:
             return layer.box()
         return _Box((0, 0, 0), self.shape)
 
+    def checkWritable(self, segmentId):
+        """Raise now, before any work for it is done, if a write into this segment would be
+        refused (it is missing, or on another grid than the volume)."""
+        self._checkFrame()
+        if self.segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+            raise missingSegment(self.segmentationNode, segmentId)
+        self._checkWritableGrids([segmentId])
+
     def _checkWritableGrids(self, changes):
         """Refuse, before anything changes, a write into a layer that is not on the volume's
         lattice (an oversampled segmentation, or one made on another volume's grid): Slicer's
