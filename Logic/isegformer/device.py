@@ -36,20 +36,17 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             f"{_BACKEND_NAMES[dev.type]} (not built with it, or no such device on this machine). "
             "Use --device cpu or auto, or install a torch build with that backend."
         )
-    if dev.type == "xpu" and dev.index is not None and dev.index >= torch.xpu.device_count():
-        raise InvalidInputError(
-            f"Device {device!r} does not exist: torch sees {torch.xpu.device_count()} XPU(s)."
-        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(
             f"Device {device!r} was asked for, but torch sees no CUDA GPU "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). "
             "Use --device cpu, or install a CUDA build of torch that matches your driver."
         )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InvalidInputError(
-            f"Device {device!r} does not exist: torch sees {torch.cuda.device_count()} GPU(s)."
-        )
+    if dev.type in ("cuda", "xpu") and dev.index is not None:
+        count = (torch.cuda if dev.type == "cuda" else torch.xpu).device_count()
+        if dev.index >= count:
+            kind = "GPU(s)" if dev.type == "cuda" else "XPU(s)"
+            raise InvalidInputError(f"Device {device!r} does not exist: torch sees {count} {kind}.")
     return dev
 
 

@@ -114,13 +114,7 @@ def test_a_big_endian_nrrd_read_with_pynrrd_saves_and_loads_back(tmp_path):
 
 
 # --- item 2: the volume a loaded session read is its source, and guarded ----------------------
-WRITERS = {
-    "save_label_map": lambda s, p: s.save_label_map(p),
-    "save_segmentation": lambda s, p: s.save_segmentation(p),
-    "save_clicks": lambda s, p: s.save_clicks(p),
-    "save_overlay": lambda s, p: s.save_overlay(p),
-    "save": lambda s, p: s.save(p),
-}
+from test_output_paths import WRITERS  # noqa: E402 (every Session writer, one table)
 
 
 @pytest.fixture
@@ -297,31 +291,22 @@ def inputs(tmp_path):
     return volume_path, labels_path, clicks
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--out", "x.nii.gz"], r"\.seg\.nrrd.*Session\.save_label_map"),
-    (["--out", "x.seg.nrrd", "--overlay", "o.jpg"], r"--overlay writes a PNG"),
+@pytest.mark.parametrize("command, options, message", [
+    ("segment", ["--out", "x.nii.gz"], r"\.seg\.nrrd.*Session\.save_label_map"),
+    ("segment", ["--out", "x.seg.nrrd", "--overlay", "o.jpg"], r"--overlay writes a PNG"),
+    ("propagate", ["--out", "x.png"], r"--out \S*x\.png: give a Slicer segmentation \(\.seg\.nrrd"),
+    ("propagate", ["--out", "x.seg.nrrd", "--overlay", "o.jpg"], r"--overlay writes a PNG"),
 ])
-def test_segment_cli_refuses_wrong_suffixes_before_reading_the_model(inputs, tmp_path, capsys, options, message):
-    volume_path, _, clicks = inputs
+def test_the_clis_refuse_wrong_suffixes_before_reading_a_model_or_weights(inputs, tmp_path, capsys, command,
+                                                                          options, message):
+    volume_path, labels_path, clicks = inputs
     options = [str(tmp_path / v) if v.startswith(("x", "o")) else v for v in options]
-    # the model file does not exist: the suffix is refused before it would be read
-    rc = main(["segment", str(volume_path), "--clicks", str(clicks), "--model", str(tmp_path / "none.pth"),
-               "--device", "cpu", *options])
-    assert rc == 1
-    assert re.search(message, capsys.readouterr().err)
-    assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "x.seg.nrrd").exists()
-
-
-@pytest.mark.parametrize("options, message", [
-    (["--out", "x.png"], r"--out \S*x\.png: give a Slicer segmentation \(\.seg\.nrrd"),
-    (["--out", "x.seg.nrrd", "--overlay", "o.jpg"], r"--overlay writes a PNG"),
-])
-def test_propagate_cli_refuses_wrong_suffixes_before_any_download(inputs, tmp_path, capsys, options, message):
-    volume_path, labels_path, _ = inputs
-    options = [str(tmp_path / v) if v.startswith(("x", "o")) else v for v in options]
-    # the STCN weights do not exist: the suffix is refused before they would be read
-    rc = main(["propagate", str(volume_path), "--labels", str(labels_path), "--stcn", str(tmp_path / "none.pth"),
-               "--device", "cpu", *options])
+    # the model or STCN weights do not exist: the suffix is refused before they would be read
+    if command == "segment":
+        given = ["--clicks", str(clicks), "--model", str(tmp_path / "none.pth")]
+    else:
+        given = ["--labels", str(labels_path), "--stcn", str(tmp_path / "none.pth")]
+    rc = main([command, str(volume_path), *given, "--device", "cpu", *options])
     assert rc == 1
     assert re.search(message, capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["c.mrk.json", "labels.nrrd", "vol.nrrd"]

@@ -94,17 +94,8 @@ def _lines(head: bytes) -> list[str]:
 
 
 def _nrrd_data_files(head: bytes, header: Path) -> list[Path]:
-    lines = _lines(head)
-    for number, line in enumerate(lines):
-        match = _NRRD_DATA_FILE.match(line)
-        if match is None:
-            continue
-        value = match.group(1)
-        if value == "LIST" or value.startswith("LIST "):
-            # The rest of the header is the list, one file name per line.
-            return [_beside(header, name) for name in lines[number + 1:] if name.strip()]
-        return _named_or_pattern(value, header)
-    return []
+    # NRRD's keyword is "LIST" exactly; a LIST line holds one file name.
+    return _listed_data_files(head, header, _NRRD_DATA_FILE, keyword=str, local=None, split_lines=False)
 
 
 def _looks_like_metaimage(head: bytes) -> bool:
@@ -113,22 +104,27 @@ def _looks_like_metaimage(head: bytes) -> bool:
 
 
 def _metaimage_data_files(head: bytes, header: Path) -> list[Path]:
+    # MetaImage's keywords in any case; a LIST line may hold several names separated by spaces
+    # (one per slice column); LOCAL: the voxels follow the header in the same file.
+    return _listed_data_files(head, header, _META_DATA_FILE, keyword=str.upper, local="LOCAL", split_lines=True)
+
+
+def _listed_data_files(head: bytes, header: Path, key, keyword, local, split_lines) -> list[Path]:
+    """The files a detached header's data-file line names: one name, a numbered pattern, or
+    ``LIST`` with the names on the lines after it (``keyword`` normalises the keywords)."""
     lines = _lines(head)
     for number, line in enumerate(lines):
-        match = _META_DATA_FILE.match(line)
+        match = key.match(line)
         if match is None:
             continue
         value = match.group(1)
-        if value.upper() == "LOCAL":
-            return []  # the voxels follow the header in the same file
-        if value.upper() == "LIST" or value.upper().startswith("LIST "):
-            names = []
-            for name in lines[number + 1:]:
-                if not name.strip():
-                    continue
-                # A list line may hold several names separated by spaces (one per slice column).
-                names += [_beside(header, part) for part in name.split()]
-            return names
+        if local is not None and keyword(value) == local:
+            return []
+        if keyword(value) == "LIST" or keyword(value).startswith("LIST "):
+            names = [name for name in lines[number + 1:] if name.strip()]
+            if split_lines:
+                names = [part for name in names for part in name.split()]
+            return [_beside(header, name) for name in names]
         return _named_or_pattern(value, header)
     return []
 
