@@ -880,10 +880,18 @@ class Session:
     def label_map(self) -> np.ndarray:
         """A (k, j, i) uint8 label map: each segment's label value; where segments overlap, the
         one added later wins."""
+        return self._label_map_and_overlaps()[0]
+
+    def _label_map_and_overlaps(self) -> tuple[np.ndarray, int]:
+        """:meth:`label_map`, and how many of its voxels more than one segment holds, from one
+        pass over the segments' masks (each mask is built from the segment's slices)."""
         labels = np.zeros(self.volume.shape, np.uint8)
+        shared = np.zeros(self.volume.shape, bool)
         for segment in self._segments:
-            labels[segment.mask(self.volume.shape)] = segment.label_value
-        return labels
+            mask = segment.mask(self.volume.shape)
+            shared |= mask & (labels != 0)  # label values are 1..255: 0 is no segment yet
+            labels[mask] = segment.label_value
+        return labels, int(np.count_nonzero(shared))
 
     def save_segmentation(self, path: str | os.PathLike) -> Path:
         """Write every segment to a Slicer ``.seg.nrrd`` (or ``.nrrd``) on the volume's grid
@@ -915,22 +923,18 @@ class Session:
             raise InvalidInputError(f"overlaps must be 'refuse' or 'last', got {overlaps!r}.")
         self._guard_output(path)
         check_label_map_path(path)  # before the label map of every segment is made
-        if overlaps == "refuse":
-            shared = self.overlapping_voxels()
-            if shared:
-                raise InvalidInputError(
-                    f"{shared} voxel(s) belong to more than one segment, and a label map holds one "
-                    f"label per voxel: nothing was written to {path}. Save a .seg.nrrd "
-                    "(save_segmentation) to keep the overlaps, or pass overlaps='last' to let the "
-                    "segment added later win.")
-        return write_label_map(path, self.label_map(), self.volume)
+        labels, shared = self._label_map_and_overlaps()
+        if overlaps == "refuse" and shared:
+            raise InvalidInputError(
+                f"{shared} voxel(s) belong to more than one segment, and a label map holds one "
+                f"label per voxel: nothing was written to {path}. Save a .seg.nrrd "
+                "(save_segmentation) to keep the overlaps, or pass overlaps='last' to let the "
+                "segment added later win.")
+        return write_label_map(path, labels, self.volume)
 
     def overlapping_voxels(self) -> int:
         """How many voxels belong to more than one segment (what a label map cannot hold)."""
-        count = np.zeros(self.volume.shape, np.uint16)
-        for segment in self._segments:
-            count += segment.mask(self.volume.shape)
-        return int(np.count_nonzero(count > 1))
+        return self._label_map_and_overlaps()[1]
 
     def save_clicks(self, path: str | os.PathLike, coordinate_system: str = "LPS") -> Path:
         """Write every click still in effect as a Slicer point list (``.mrk.json``), segment by

@@ -36,8 +36,7 @@ def check_not_truncated(path: Path) -> None:
     except OSError:
         return  # SimpleITK reports the unreadable file
     if compressed:
-        data_bytes = _gzip_length(path)
-        header = _gzip_prefix(path, 540)
+        data_bytes, header = _gzip_length(path, keep=540)
     else:
         data_bytes = path.stat().st_size
         with open(path, "rb") as handle:
@@ -58,7 +57,7 @@ def _check_pair_image(image: Path, voxel_bytes: int) -> None:
     """The ``.img`` of a NIfTI pair must hold ``voxel_bytes`` (its own gzip stream complete)."""
     with open(image, "rb") as handle:
         compressed = handle.read(2) == _GZIP_MAGIC
-    size = _gzip_length(image) if compressed else image.stat().st_size
+    size = _gzip_length(image)[0] if compressed else image.stat().st_size
     _require(image, size, voxel_bytes)
 
 
@@ -70,16 +69,19 @@ def _require(path: Path, have: int, need: int) -> None:
         )
 
 
-def _gzip_length(path: Path) -> int:
-    """The inflated length of the whole gzip file (every member); raises FileFormatError when
-    it is cut short or corrupt. The inflated bytes are counted in blocks, never kept."""
-    total = 0
+def _gzip_length(path: Path, keep: int = 0) -> tuple[int, bytes]:
+    """The inflated length of the whole gzip file (every member), and its first ``keep``
+    inflated bytes (a header, read in the same pass); raises FileFormatError when it is cut
+    short or corrupt. The other inflated bytes are counted in blocks, never kept."""
+    total, head = 0, b""
     try:
         with gzip.open(path, "rb") as stream:
             while True:
                 block = stream.read(_CHUNK)
                 if not block:
-                    return total
+                    return total, head
+                if total < keep:
+                    head += block[:keep - total]
                 total += len(block)
     except EOFError:
         raise FileFormatError(
@@ -90,14 +92,6 @@ def _gzip_length(path: Path) -> int:
         raise FileFormatError(f"{path} is damaged: its compressed data is corrupt ({err}). {_AGAIN}") from None
     except OSError as err:
         raise FileFormatError(f"Cannot read {path}: {err.strerror or err}.") from None
-
-
-def _gzip_prefix(path: Path, size: int) -> bytes:
-    try:
-        with gzip.open(path, "rb") as stream:
-            return stream.read(size)
-    except (EOFError, OSError, zlib.error):
-        return b""
 
 
 def _nifti_layout(header: bytes) -> Optional[tuple[int, int, bool]]:
