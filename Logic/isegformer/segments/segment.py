@@ -46,30 +46,71 @@ class SliceClick:
     positive: bool = True
 
 
-@dataclass(frozen=True)
 class SliceAnnotation:
     """The user's mask of one slice and the clicks that produced it (none if it was drawn).
 
     ``order`` increases with every annotation of the session; where annotated slices of two
     axes cross, the later one wins.
+
+    The mask is kept as the bit-packed crop to its bounding box: a label map with many labels
+    annotates every segment on every slice where any label is, and most of those masks are
+    empty or small, so storing each as a full bool slice held tens of times the label map's
+    size (for the session and again for its undo history). ``mask`` unpacks a read-only copy.
     """
 
-    mask: np.ndarray
-    clicks: tuple[SliceClick, ...] = ()
-    order: int = 0
+    __slots__ = ("clicks", "order", "shape", "_origin", "_crop_shape", "_bits")
 
-    def __post_init__(self) -> None:
-        mask = np.asarray(self.mask)
+    def __init__(self, mask: np.ndarray, clicks: tuple[SliceClick, ...] = (), order: int = 0) -> None:
+        mask = np.asarray(mask)
         if mask.ndim != 2:
             raise InvalidInputError(f"A slice mask is 2D, got shape {mask.shape}.")
-        mask = mask.astype(bool, copy=True)
-        mask.flags.writeable = False  # shared with the undo history: never edited in place
-        object.__setattr__(self, "mask", mask)
+        mask = mask.astype(bool, copy=False)
+        self.clicks = tuple(clicks)
+        self.order = order
+        self.shape = (int(mask.shape[0]), int(mask.shape[1]))
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            self._origin, self._crop_shape, self._bits = (0, 0), (0, 0), np.empty(0, np.uint8)
+            return
+        cols = np.flatnonzero(mask.any(axis=0))
+        crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        self._origin = (int(rows[0]), int(cols[0]))
+        self._crop_shape = crop.shape
+        self._bits = np.packbits(crop, axis=None)
+
+    def __setattr__(self, name, value) -> None:
+        if hasattr(self, name):  # shared with the undo history: never changed once made
+            raise AttributeError(f"SliceAnnotation.{name} cannot be changed")
+        object.__setattr__(self, name, value)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The (rows, cols) bool mask, a new read-only array."""
+        mask = np.zeros(self.shape, bool)
+        if self._bits.size:
+            (row, col), (height, width) = self._origin, self._crop_shape
+            crop = np.unpackbits(self._bits, count=height * width).view(bool)
+            mask[row:row + height, col:col + width] = crop.reshape(height, width)
+        mask.flags.writeable = False
+        return mask
+
+    @property
+    def empty(self) -> bool:
+        return self._bits.size == 0
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the mask takes here (what the undo history counts)."""
+        return int(self._bits.nbytes)
 
     @property
     def drawn(self) -> bool:
         """True when the mask came from elsewhere (an editor, a label file), not from clicks."""
         return not self.clicks
+
+    def __repr__(self) -> str:
+        return (f"SliceAnnotation(shape={self.shape}, voxels={int(np.unpackbits(self._bits).sum())}, "
+                f"clicks={len(self.clicks)}, order={self.order})")
 
 
 def mask_digest(mask: np.ndarray) -> str:

@@ -538,7 +538,7 @@ class Session:
             self._rewind_live(segment, axis, index, before)
 
         redo()
-        nbytes = sum(a.mask.nbytes for a in (before, after) if a is not None)
+        nbytes = sum(a.nbytes for a in (before, after) if a is not None)
         self.history.push(Action(f"{label} on slice {index} (axis {axis}) of {segment.name!r}", undo, redo, nbytes))
 
     def _rewind_live(self, segment: Segment, axis: int, index: int, state: Optional[SliceAnnotation]) -> None:
@@ -591,7 +591,7 @@ class Session:
 
         if method not in METHODS and self._propagator_factory is None:  # a factory names its own
             raise InvalidInputError(f"Unknown propagation method {method!r}: use one of {', '.join(METHODS)}.")
-        empty = not any(a.mask.any() for a in annotated.values())
+        empty = all(a.empty for a in annotated.values())
         if empty:
             # Every annotated slice says "not here": the object is nowhere. No propagator is
             # asked (STCN would still paint its guesses from an all-background memory).
