@@ -332,7 +332,7 @@ def test_evaluate_clicks_makes_its_out_folder_before_the_evaluation(case, golden
 # ------------------------------------------------------------------ 8. names, device, coordinates
 @pytest.mark.parametrize("bad", ["a\rb", "a\u2028b", "a\x1cb", "a\x85b", "a\x7fb"])
 def test_a_segment_name_that_would_break_the_header_is_refused(bad):
-    from isegformer.session import arguments
+    from isegformer import arguments
 
     with pytest.raises(InvalidInputError, match="control or line-break"):
         arguments.name(bad)

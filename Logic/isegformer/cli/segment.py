@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay is not None:
         check_overlay_path(args.overlay, "--overlay")
     if args.segment is not None:
-        from ..session import arguments
+        from .. import arguments
 
         arguments.name(args.segment, "--segment")
     started = time.perf_counter()

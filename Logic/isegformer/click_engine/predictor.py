@@ -27,7 +27,7 @@ from torch import nn
 from ..clicks import Click
 from ..device import resolve_device
 from ..errors import InvalidInputError
-from ..session import arguments
+from .. import arguments
 from .transforms import HorizontalFlip, ZoomIn
 
 log = logging.getLogger(__name__)

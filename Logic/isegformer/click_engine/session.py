@@ -19,7 +19,7 @@ import torch
 
 from ..clicks import Click, ClickList
 from ..errors import InvalidInputError
-from ..session import arguments
+from .. import arguments
 from .predictor import ClickPredictor
 from .transforms import ZoomInState
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
 from ..json_io import read_json_bounded
-from ..session.arguments import name as segment_name
+from ..arguments import name as segment_name
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)

@@ -85,7 +85,7 @@ def write_overlay(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from skimage import measure
 
-    from ..session import arguments
+    from .. import arguments
 
     check_overlay_path(path, "write_overlay")
     axis = arguments.axis(axis)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback
-from ..session import arguments
+from .. import arguments
 
 
 def frames_along_axis(volume: np.ndarray, axis: int) -> np.ndarray:

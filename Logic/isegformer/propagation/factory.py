@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..session import arguments
+from .. import arguments
 from .base import Propagator, frames_along_axis
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ..errors import InvalidInputError
 from ..progress import ProgressCallback, report
-from ..session import arguments
+from .. import arguments
 from .base import Propagator, frames_along_axis
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ from ..segments.history import Action, History, VolumeDiff
 from ..segments.segment import (DEFAULT_COLORS, MASK_DIGEST_LENGTH, PropagationRecord, Segment, SliceAnnotation,
                                 SliceClick, is_mask_digest, mask_digest)
 from ..volume import Volume, geometry, slicing
-from . import arguments, storage
+from .. import arguments
+from . import storage
 
 log = logging.getLogger(__name__)
 

@@ -252,7 +252,7 @@ def _read_entry(archive: zipfile.ZipFile, members: dict, spec: ArraySpec, path: 
 def _session_volume(info: VolumeEntry, arrays: dict, given: Any, path: Path) -> tuple[Volume, Optional[str]]:
     """The session's volume and its source: the file it was read from (``given`` as a path, or
     the manifest's source), else the manifest's source (the file the session was opened from)."""
-    from . import arguments
+    from .. import arguments
 
     source = info.source
     if given is not None:

@@ -221,7 +221,7 @@ class SessionBridge:
         if not callable(restore):
             return False
         from ..segments.segment import PropagationRecord
-        from ..session import arguments
+        from .. import arguments
 
         self._ensure_segment(segment)
         axis = arguments.axis(axis)

@@ -42,7 +42,7 @@ import torch
 from ...device import resolve_device
 from ...errors import InvalidInputError
 from ...progress import ProgressCallback, report
-from ...session import arguments
+from ... import arguments
 from ..base import Propagator, annotation_items, frames_along_axis
 from .cache import FeatureCache, FrameFeatures
 from .fusion import FusionNet

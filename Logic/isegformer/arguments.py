@@ -1,9 +1,10 @@
-"""Checks of the Session API's arguments: one InvalidInputError per bad value, saying what is expected.
+"""Checks of the public API's arguments: one InvalidInputError per bad value, saying what is expected.
 
 Python converts too eagerly for an API that edits a patient's segmentation: ``bool("no")`` is
 True, ``tuple("red")`` is three letters, ``True`` is slice 1 and ``0.7`` in a mask is "inside".
-Every public method of :class:`~isegformer.session.Session` checks its arguments here, before
-it changes anything, so a wrong type is never silently taken for something else.
+Every public method of :class:`~isegformer.session.Session`, and the click engine, the
+propagators and the click files, check their arguments here, before anything changes, so a
+wrong type is never silently taken for something else.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from .errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def voxels(array: Any) -> np.ndarray:
 
 
 def _stored_voxel_type(array: np.ndarray) -> np.ndarray:
-    from .manifest import VOXEL_DTYPES
+    from .session.manifest import VOXEL_DTYPES
 
     if array.dtype.str in VOXEL_DTYPES:
         return array
@@ -250,7 +251,7 @@ def label_names(value: Any) -> dict[int, str]:
 
 def matrix(value: Any) -> np.ndarray:
     """A finite, invertible 4x4 IJK-to-RAS matrix."""
-    from ..volume import geometry
+    from .volume import geometry
 
     try:
         array = np.asarray(value, dtype=np.float64)
