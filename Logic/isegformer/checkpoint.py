@@ -30,8 +30,8 @@ from .torch_file import InertPlaceholder, RestrictedUnpickler, TorchFileError, r
 log = logging.getLogger(__name__)
 
 DEFAULT_ADVICE = (
-    "Download it again (`isegformer download <model name>`, or from the model's release URL) "
-    "and retry."
+    "Download it again (`isegformer download <model name> --force`, which keeps the cached "
+    "file until the new one is verified; or from the model's release URL) and retry."
 )
 
 # The placeholders' names stay importable from here (the tests and older callers use them).
@@ -54,6 +54,23 @@ def _is_complete_zip(path: Path) -> bool:
         return False
 
 
+def container_problem(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be a PyTorch checkpoint, judged from its container alone
+    (an HTML page, neither a zip nor a pickle, a zip cut short), or None when it may be one.
+    Cheap: it reads the first bytes and the zip's end record, not the tensors."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    is_zip = magic.startswith(b"PK")
+    is_pickle = magic[:1] == b"\x80"  # pickle protocol 2+ (torch's legacy format starts so)
+    if not (is_zip or is_pickle):
+        return f"it is not a PyTorch checkpoint: it is {_describe_start(path)} ({size} bytes)"
+    if is_zip and not _is_complete_zip(path):
+        return (f"it is truncated or damaged: its zip archive is incomplete ({size} bytes; an "
+                "interrupted download looks like this)")
+    return None
+
+
 def _read_pickled(path: Path, advice: str) -> Any:
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist. {advice}")
@@ -62,20 +79,9 @@ def _read_pickled(path: Path, advice: str) -> Any:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes). {advice}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    is_zip = magic.startswith(b"PK")
-    is_pickle = magic[:1] == b"\x80"  # pickle protocol 2+ (torch's legacy format starts so)
-    if not (is_zip or is_pickle):
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint: it is {_describe_start(path)} ({size} bytes). "
-            f"{advice}"
-        )
-    if is_zip and not _is_complete_zip(path):
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or damaged: its zip archive is incomplete "
-            f"({size} bytes; an interrupted download looks like this). {advice}"
-        )
+    problem = container_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"Checkpoint {path}: {problem}. {advice}")
     try:
         return read_torch_file(path)
     except TorchFileError as err:

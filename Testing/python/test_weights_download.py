@@ -67,7 +67,7 @@ def test_download_is_verified_recorded_and_reported(isolated, server, tmp_path, 
     assert leftovers(isolated) == []
 
 
-def test_second_use_reads_the_cache_and_a_tampered_file_is_deleted(
+def test_second_use_reads_the_cache_and_a_tampered_file_is_moved_aside(
         isolated, server, tmp_path, checkpoint_bytes):
     server.add("/m.pth", Route(checkpoint_bytes))
     registry = registry_for(tmp_path, server)
@@ -78,9 +78,11 @@ def test_second_use_reads_the_cache_and_a_tampered_file_is_deleted(
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ChecksumMismatchError, match="deleted and not loaded"):
+    with pytest.raises(ChecksumMismatchError, match="not loaded, and was moved to"):
         resolve_model("m", registry=registry, download=False)
     assert not path.exists()
+    aside = list(path.parent.glob("m.pth.rejected-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(data)  # kept, never deleted
     assert recorded(isolated, "m") is None
 
 
@@ -99,7 +101,7 @@ def test_a_known_registry_hash_is_enforced(isolated, server, tmp_path, checkpoin
     other_home = tmp_path / "other"
     bad = write_registry(tmp_path, [model_entry("m", server.url("/bad.pth"),
                                                 sha256=sha(checkpoint_bytes))])
-    with pytest.raises(ChecksumMismatchError, match="deleted and not loaded"):
+    with pytest.raises(ChecksumMismatchError, match="Nothing was kept.*registry.*wrong or out of date"):
         resolve_model("m", registry=bad, home=other_home, options=FAST)
     assert_clean_failure(other_home)
 
@@ -335,9 +337,11 @@ def test_file_placed_by_hand_is_trusted_on_first_use(isolated, server, tmp_path,
     assert resolve_model("m", registry=registry, download=False) == target
     record = recorded(isolated, "m")
     assert record.sha256 == sha(checkpoint_bytes) and record.url == "(placed by hand)"
-    target.write_bytes(checkpoint_bytes + b"x")
-    with pytest.raises(ChecksumMismatchError):
-        resolve_model("m", registry=registry, download=False)
+    # Put there by hand, replaced by hand: the new file is the user's, trusted anew (as a local
+    # file with a new modification time is), never deleted.
+    target.write_bytes(checkpoint_bytes[:-10] + b"0123456789")
+    assert resolve_model("m", registry=registry, download=False) == target
+    assert recorded(isolated, "m").sha256 == sha(checkpoint_bytes[:-10] + b"0123456789")
 
 
 def test_concurrent_downloads_in_threads_fetch_once(isolated, server, tmp_path, checkpoint_bytes):

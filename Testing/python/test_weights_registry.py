@@ -30,7 +30,7 @@ def test_bundled_registry_has_every_model_the_project_needs(monkeypatch):
     assert registry.source == bundled_registry_path()
     kinds = {entry.name: entry.kind for entry in registry}
     assert kinds["isegformer_swin_base_oaizib"] == "click_model"
-    assert kinds["ritm_hrnet32_oaizib"] == "click_model"
+    assert kinds["ritm_hrnet32_oaizib"] == "baseline_click_model"  # the click engine cannot run it
     assert kinds["stcn"] == "propagation"
     assert kinds["mivos_fusion"] == "fusion"
     assert kinds["oaizib_sample_image"] == "sample_volume"

@@ -104,7 +104,7 @@ class FinetuneActions:
         from isegformer.weights.resolve import resolve_model
 
         try:
-            return str(resolve_model(self.model, download=False))
+            return str(resolve_model(self.model, download=False, kind="click_model"))
         except WeightsError as err:
             raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
 

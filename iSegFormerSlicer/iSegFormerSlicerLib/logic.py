@@ -348,7 +348,7 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
 
             progress(0, 0, "Loading the model...")
             try:
-                checkpoint = resolve_model(model, download=False)
+                checkpoint = resolve_model(model, download=False, kind="click_model")
             except WeightsError as err:
                 raise WeightsError(f"{err} In Slicer: press Download in the module's Setup section.") from err
             # Looked up whatever the method now: it may change without a new session (the
@@ -401,10 +401,15 @@ class iSegFormerSlicerLogic(ScriptedLoadableModuleLogic, FinetuneActions, SceneS
             return None
         if self.missingDependencies():
             return None
-        if models.isCheckpointPath(self.model):
-            if not os.path.isfile(self.model):
+        from isegformer.errors import ISegFormerError
+
+        try:
+            if models.isCheckpointPath(self.model):
+                if not os.path.isfile(os.path.expanduser(self.model)):
+                    return None
+            elif models.modelsToDownload(self.model, propagation=None):
                 return None
-        elif models.modelsToDownload(self.model, propagation=None):
+        except ISegFormerError:  # an unknown model or a broken registry: the status line says why
             return None
         return self._submitOpen()
 

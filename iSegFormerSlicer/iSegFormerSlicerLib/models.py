@@ -1,6 +1,4 @@
-"""Which click models exist (the bundled registry) and which the current settings still need."""
-import importlib.util
-import json
+"""Which click models exist (the package's registry) and which the current settings still need."""
 import logging
 import os
 
@@ -10,35 +8,59 @@ DEFAULT_MODEL = "isegformer_swin_base_oaizib"
 STCN_MODEL = "stcn"
 
 
-def clickModelNames():
-    """Click models of the bundled registry, read as JSON (no package import), default first."""
+def _registry():
+    """The registry the package uses (``ISEGFORMER_REGISTRY`` or the bundled one). Reading it
+    imports only the registry reader of the package (no torch, no HTTP stack)."""
     ensureIsegformerImportable()
-    spec = importlib.util.find_spec("isegformer")
-    names = []
-    if spec is not None and spec.origin:
-        path = os.path.join(os.path.dirname(spec.origin), "resources", "models.json")
-        try:
-            with open(path, encoding="utf-8") as file:
-                names = [m["name"] for m in json.load(file)["models"] if m.get("kind") == "click_model"]
-        except (OSError, ValueError, KeyError, TypeError):
-            logging.warning("iSegFormer: could not read the model registry at %s", path)
+    from isegformer.weights.registry import load_registry
+
+    return load_registry()
+
+
+def clickModelNames():
+    """The registry's click models (entries the click engine can load), the default first when
+    the registry has it."""
+    try:
+        names = [entry.name for entry in _registry() if entry.kind == "click_model"]
+    except Exception as err:  # a broken site registry: the status line says why (modelStatusText)
+        logging.warning("iSegFormer: could not read the model registry: %s", err)
+        return [DEFAULT_MODEL]
     if DEFAULT_MODEL in names:
         names.remove(DEFAULT_MODEL)
-    return [DEFAULT_MODEL] + names
+        names.insert(0, DEFAULT_MODEL)
+    return names or [DEFAULT_MODEL]
 
 
 def isCheckpointPath(name):
-    """True when the click model setting is a file path rather than a registry name."""
-    return os.sep in name or "/" in name or name.endswith((".pth", ".pt", ".ckpt"))
+    """True when the click model setting is a file path rather than a registry name (the
+    package's own rule, :func:`isegformer.weights.resolve.is_weights_path`)."""
+    ensureIsegformerImportable()
+    from isegformer.weights.resolve import is_weights_path
+
+    return is_weights_path(name)
 
 
 def modelsToDownload(model, propagation):
-    """Registry names the settings need that are not in the cache yet (imports the package)."""
-    from isegformer.weights.registry import load_registry
+    """Registry names the settings need that are not in the cache yet (imports the package).
+    A click model name that the registry lacks, or that is not a click model, is an error
+    that says so (never "ready")."""
     from isegformer.weights.resolve import model_status
 
-    registry = load_registry()
-    needed = [] if isCheckpointPath(model) else [model]
+    from . import invalidInput
+
+    registry = _registry()
+    needed = []
+    if not isCheckpointPath(model):
+        if model not in registry:
+            known = ", ".join(e.name for e in registry if e.kind == "click_model") or "none"
+            raise invalidInput(
+                f"The click model {model!r} is not in the model registry ({registry.source}); "
+                f"its click models: {known}. Choose one of them, or a checkpoint file.")
+        if registry.get(model).kind != "click_model":
+            raise invalidInput(
+                f"{model!r} is a {registry.get(model).kind.replace('_', ' ')} entry of the model "
+                "registry, not a click model this module can run: choose another click model.")
+        needed.append(model)
     if propagation == "stcn":
         needed.append(STCN_MODEL)
     return [n for n in needed if n in registry and not model_status(registry.get(n), verify=False).cached]
@@ -54,6 +76,8 @@ def downloadModels(names, progress=None):
 def statusText(model, missing):
     """What the Setup section says about the click model, given what still needs downloading."""
     if isCheckpointPath(model):
+        if not os.path.isfile(os.path.expanduser(model)):
+            return _("No checkpoint file at: ") + model
         return _("Checkpoint file: ") + model
     if missing:
         return _("Not downloaded yet: ") + ", ".join(missing)

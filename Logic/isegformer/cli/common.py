@@ -120,13 +120,14 @@ def load_propagation_networks(args: argparse.Namespace):
         return None, None
     from ..propagation import stcn
 
-    network = stcn.load_stcn(resolve_weights(args.stcn))
-    fusion = stcn.load_fusion(resolve_weights(args.fusion)) if args.fusion else None
+    network = stcn.load_stcn(resolve_weights(args.stcn, "propagation"))
+    fusion = stcn.load_fusion(resolve_weights(args.fusion, "fusion")) if args.fusion else None
     return network, fusion
 
 
-def resolve_weights(name_or_path):
-    """A verified local path for a registry name or a weights file (downloads when needed)."""
+def resolve_weights(name_or_path, kind: str):
+    """A verified local path for a registry name of ``kind`` or a weights file (downloads when
+    needed)."""
     if name_or_path is None:
         return None
     from ..progress import TqdmProgress
@@ -134,6 +135,6 @@ def resolve_weights(name_or_path):
 
     bar = TqdmProgress(f"weights {Path(str(name_or_path)).name}", unit="B")
     try:
-        return resolve_model(str(name_or_path), progress=bar)
+        return resolve_model(str(name_or_path), progress=bar, kind=kind)
     finally:
         bar.close()

@@ -65,7 +65,7 @@ def _load_model(spec: str, device):
         return load_click_model(str(path), device=device)
     bar = TqdmProgress(desc=f"download {spec}", unit="B")
     try:
-        return load_click_model(str(resolve_model(spec, progress=bar)), device=device)
+        return load_click_model(str(resolve_model(spec, progress=bar, kind="click_model")), device=device)
     finally:
         bar.close()
 

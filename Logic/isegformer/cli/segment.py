@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..click_engine.predictor import ClickPredictor, check_click_precision
 
     check_click_precision(args.precision, args.device)  # before the model's download
-    predictor = ClickPredictor(common.resolve_weights(args.model), device=args.device, precision=args.precision)
+    predictor = ClickPredictor(common.resolve_weights(args.model, "click_model"), device=args.device, precision=args.precision)
     stcn, fusion = load_propagation_networks(args) if args.propagate else (None, None)
     session = Session.open(args.volume, click_model=predictor, stcn_weights=stcn, fusion_weights=fusion,
                            device=args.device, axis=args.axis)

@@ -64,7 +64,7 @@ def initial_model(
             )
         from ..weights import resolve_model
 
-        path = resolve_model(name)
+        path = resolve_model(name, kind="click_model")
         return load_click_model(path, device="cpu").train(), InitReport(f"official ({name})")
     if init == "scratch":
         model = build_isegformer(variant).train()

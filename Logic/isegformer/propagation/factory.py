@@ -52,16 +52,16 @@ def create_propagator(
     from . import stcn
 
     network = weights if isinstance(weights, stcn.STCNNetwork) else stcn.load_stcn(
-        _weights_source(weights, "stcn"))
+        _weights_source(weights, "stcn", "propagation"))
     fusion = None
     if isinstance(fusion_weights, stcn.FusionNet):
         fusion = fusion_weights
     elif fusion_weights is not None:
-        fusion = stcn.load_fusion(_weights_source(fusion_weights, "mivos_fusion"))
+        fusion = stcn.load_fusion(_weights_source(fusion_weights, "mivos_fusion", "fusion"))
     return stcn.STCNPropagator.from_volume(array, axis, num_objects, network, fusion=fusion, device=device)
 
 
-def _weights_source(weights, registry_name: str):
+def _weights_source(weights, registry_name: str, kind: str):
     """A state dict as is; a path or registry name through the verified weights cache.
 
     None means the registry's official file (downloaded once, then verified on each use).
@@ -70,4 +70,4 @@ def _weights_source(weights, registry_name: str):
         return weights
     from ..weights import resolve_model
 
-    return resolve_model(registry_name if weights is None else weights)
+    return resolve_model(registry_name if weights is None else weights, kind=kind)

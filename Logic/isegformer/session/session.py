@@ -816,18 +816,19 @@ class Session:
 
         from ..propagation import stcn
 
-        def network(source: Any, registry_name: str, loader: Callable, kind: type) -> Any:
+        def network(source: Any, registry_name: str, loader: Callable, kind: type, role: str) -> Any:
             if isinstance(source, kind):
                 return source
             if not isinstance(source, Mapping):
                 from ..weights import resolve_model
 
-                source = resolve_model(registry_name if source is None else source)
+                source = resolve_model(registry_name if source is None else source, kind=role)
             return loader(source)
 
-        self._stcn_weights = network(self._stcn_weights, "stcn", stcn.load_stcn, stcn.STCNNetwork)
+        self._stcn_weights = network(self._stcn_weights, "stcn", stcn.load_stcn, stcn.STCNNetwork, "propagation")
         if self._fusion_weights is not None:
-            self._fusion_weights = network(self._fusion_weights, "mivos_fusion", stcn.load_fusion, stcn.FusionNet)
+            self._fusion_weights = network(self._fusion_weights, "mivos_fusion", stcn.load_fusion, stcn.FusionNet,
+                                           "fusion")
 
     def _networks_digest(self, method: str) -> str:
         """The digest of the networks that ``method`` propagates with in this session ("" for a
@@ -1124,7 +1125,7 @@ class Session:
             # once and verified, a local file is checked against its first-use hash.
             from ..weights import resolve_model
 
-            model = resolve_model(DEFAULT_CLICK_MODEL if model is None else model)
+            model = resolve_model(DEFAULT_CLICK_MODEL if model is None else model, kind="click_model")
         if isinstance(model, ClickPredictor):
             return model
         return ClickPredictor(model, device=self.device, precision=self._click_precision)

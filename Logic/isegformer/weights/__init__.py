@@ -8,21 +8,34 @@ Typical use::
 
 See ``registry`` (the JSON schema and ``ISEGFORMER_REGISTRY``), ``cache`` (``ISEGFORMER_HOME``,
 trust on first use, locks) and ``download`` (resume, retries, Google Drive, proxies).
+
+The names below are imported on first use, so that reading the registry alone
+(``isegformer.weights.registry``, e.g. for the Slicer module's model list while its panel is
+built) does not import the HTTP stack.
 """
-from .cache import HOME_ENV, CacheWriteError, ModelCache, cache_home, sha256_file  # noqa: F401
-from .download import DiskFullError, DownloadFailure, DownloadOptions  # noqa: F401
-from .registry import (  # noqa: F401
-    KINDS,
-    REGISTRY_ENV,
-    ModelEntry,
-    Registry,
-    RegistryError,
-    load_registry,
-)
-from .resolve import (  # noqa: F401
-    ModelStatus,
-    download_model,
-    model_status,
-    resolve_model,
-    verify_local_file,
-)
+from importlib import import_module
+
+_EXPORTS = {
+    "HOME_ENV": "cache", "CacheWriteError": "cache", "ModelCache": "cache", "cache_home": "cache",
+    "sha256_file": "cache",
+    "DiskFullError": "download", "DownloadFailure": "download", "DownloadOptions": "download",
+    "KINDS": "registry", "REGISTRY_ENV": "registry", "ModelEntry": "registry", "Registry": "registry",
+    "RegistryError": "registry", "load_registry": "registry",
+    "ModelStatus": "resolve", "download_model": "resolve", "model_status": "resolve",
+    "resolve_model": "resolve", "verify_local_file": "resolve", "is_weights_path": "resolve",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'isegformer.weights' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -31,7 +31,10 @@ from ..json_io import read_json_bounded
 
 REGISTRY_ENV = "ISEGFORMER_REGISTRY"
 SCHEMA_VERSION = 1
-KINDS = ("click_model", "propagation", "fusion", "sample_volume", "sample_label", "dataset")
+#: ``baseline_click_model``: a click model of another architecture (the paper's RITM baseline),
+#: downloadable for comparisons with the reference code but never offered as a click model.
+KINDS = ("click_model", "baseline_click_model", "propagation", "fusion", "sample_volume",
+         "sample_label", "dataset")
 
 # Every validator matches the whole string (fullmatch): "$" would accept a trailing newline.
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")

@@ -2,8 +2,14 @@
 
 A checkpoint is a pickle, so no file reaches a loader before its SHA256 is checked: against the
 registry's hash where it has one, else against the hash recorded the first time the file was
-seen (trust on first use). A cached file that fails the check is deleted and reported; a local
-file given by path is refused but never deleted. Empty files are refused, never recorded.
+seen (trust on first use). Before a first-use hash is recorded, the file must look like what its
+name says (:mod:`isegformer.weights.content`: no web page, no zip or gzip cut short), so an
+interrupted or refused download is never trusted. A cached file that fails a check is moved
+aside (``<file>.rejected-<time>``) and reported, never deleted: it may be the user's own copy.
+A file put in the cache by hand and later replaced by hand is trusted anew, as a local file with
+a new modification time is. A local file given by path is refused but never moved. Empty files
+are refused, never recorded. ``download --force`` keeps the cached file and its record until the
+new download has been verified.
 
 A cached file whose check passes is used without writing anything and without the lock, so a
 read-only cache (a shared, mounted one) serves its verified files. Only when something must be
@@ -31,6 +37,7 @@ from .cache import (
     sha256_file,
     utc_now,
 )
+from .content import content_problem
 from .download import DownloadFailure, DownloadOptions, download_file, new_session
 from .registry import ModelEntry, Registry, RegistryError, load_registry
 
@@ -63,21 +70,25 @@ def resolve_model(
     registry: RegistryLike = None,
     home: HomeLike = None,
     options: Optional[DownloadOptions] = None,
+    kind: Union[str, tuple[str, ...], None] = None,
 ) -> Path:
     """A verified local path for a registry name, or for a weights file given by path.
 
     A name is looked up in the registry and downloaded into the cache if missing (unless
-    ``download`` is False). A path (an ``os.PathLike``, or a string that is not a registry name
-    and looks like a path) is checked in place; with ``model`` it must match that registry
-    entry's SHA256 where the registry knows it. Raises WeightsError and its subclasses.
+    ``download`` is False); with ``kind`` (a registry kind, or several) a name of another kind
+    is refused before anything is downloaded. A path (an ``os.PathLike``, or a string that is
+    not a registry name and looks like a path) is checked in place; with ``model`` it must
+    match that registry entry's SHA256 where the registry knows it. Raises WeightsError and
+    its subclasses.
     """
     if isinstance(name_or_path, os.PathLike):
         return verify_local_file(name_or_path, model=model, registry=registry, home=home)
     text = str(name_or_path)
     reg = _registry(registry)
-    if text not in reg and _looks_like_path(text):
+    if is_weights_path(text, reg):
         return verify_local_file(text, model=model, registry=reg, home=home)
     entry = reg.get(text)
+    _check_kind(entry, kind, reg)
     return _fetch(entry, _cache(home), download=download, force=False, progress=progress,
                   options=options or DownloadOptions())
 
@@ -93,8 +104,9 @@ def download_model(
 ) -> Path:
     """Download a registry entry into the cache (if not already there and verified).
 
-    ``force`` deletes the cached file and its recorded hash first, for when the file was
-    legitimately replaced upstream.
+    ``force`` downloads again and accepts a file whose hash differs from the recorded first-use
+    hash (for a file legitimately replaced upstream); the cached file and its record stay as
+    they are until the new file has been downloaded and verified.
     """
     entry = _registry(registry).get(name)
     return _fetch(entry, _cache(home), download=True, force=force, progress=progress,
@@ -151,9 +163,7 @@ def verify_local_file(
         try:
             cache.remember_local(file, LocalRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                                                    sha256=actual, first_seen=utc_now()))
-        except CacheWriteError as err:
-            if not err.read_only:
-                raise
+        except CacheWriteError as err:  # bookkeeping only: the file itself was checked
             log.warning("%s: not recorded for trust on first use (%s)", file, err)
     return file
 
@@ -197,11 +207,7 @@ def _fetch(entry: ModelEntry, cache: ModelCache, *, download: bool, force: bool,
             raise
         return _use_read_only_cache(entry, cache, final, err, force=force)
     try:
-        if force:
-            with contextlib.suppress(FileNotFoundError):
-                final.unlink()
-            cache.forget_download(entry.name)
-        elif final.is_file():
+        if not force and final.is_file():
             return _check_cached(entry, cache, final)
         if not download:
             raise WeightsError(
@@ -209,7 +215,7 @@ def _fetch(entry: ModelEntry, cache: ModelCache, *, download: bool, force: bool,
                 f"`isegformer download {entry.name}`, or download {entry.url} by hand and put it "
                 "at that path, or pass a local weights file instead of the name."
             )
-        return _download(entry, cache, final, progress, options)
+        return _download(entry, cache, final, progress, options, replace_record=force)
     except OSError as err:  # removing or replacing a file of the cache
         raise cache_write_error_for(entry, err) from None
     finally:
@@ -261,56 +267,85 @@ def _use_read_only_cache(entry: ModelEntry, cache: ModelCache, final: Path,
     return final
 
 
+_PLACED_BY_HAND = "(placed by hand)"
+
+
 def _check_cached(entry: ModelEntry, cache: ModelCache, final: Path) -> Path:
     actual = sha256_file(final)
     size = final.stat().st_size
     expected, source = _expected_hash(entry, cache)
-    if size == 0:
-        _discard(cache, entry, final)
+    if size == 0:  # nothing to keep: an empty file holds no one's work
+        _discard_empty(cache, entry, final)
         raise ChecksumMismatchError(
             f"{final} is empty (0 bytes); it was deleted and not loaded. Run `isegformer "
             f"download {entry.name}` to fetch it again. {_manual_hint(entry, final)}"
         )
-    if expected is None:
+    record = cache.download_record(entry.name)
+    replaced_by_hand = (source == "first-use" and record is not None and record.url == _PLACED_BY_HAND
+                        and actual != expected)
+    if expected is None or replaced_by_hand:
         if entry.size is not None and size != entry.size:
-            _discard(cache, entry, final)
+            aside = _set_aside(cache, entry, final)
             raise ChecksumMismatchError(
-                f"{final} has {size} bytes, the registry expects {entry.size}; it was deleted "
-                f"and not loaded. {_manual_hint(entry, final)}"
+                f"{final} has {size} bytes, the registry expects {entry.size}: it is not the "
+                f"official file. It was not loaded, and was moved to {aside}. "
+                f"{_manual_hint(entry, final)}"
             )
-        log.warning("%s was put in the cache by hand; trusting it on first use (SHA256 %s)",
-                    final, actual)
+        problem = content_problem(final, entry.filename)
+        if problem is not None:
+            raise WeightsError(
+                f"{final} was put in the cache by hand, but {problem}. It was not loaded, and "
+                f"was left where it is. Replace it with the complete file ({entry.url}), or "
+                f"delete it and run `isegformer download {entry.name}`."
+            )
+        if replaced_by_hand:
+            log.warning("%s was replaced by hand since %s; trusting the new file on first use "
+                        "(SHA256 %s)", final, record.downloaded_at, actual)
+        else:
+            log.warning("%s was put in the cache by hand; trusting it on first use (SHA256 %s)",
+                        final, actual)
         try:
             cache.remember_download(entry.name, DownloadRecord(
-                filename=entry.filename, url="(placed by hand)", downloaded_at=utc_now(),
+                filename=entry.filename, url=_PLACED_BY_HAND, downloaded_at=utc_now(),
                 size=size, sha256=actual, trust="first-use"))
-        except CacheWriteError as err:
-            if not err.read_only:
-                raise
+        except CacheWriteError as err:  # bookkeeping only: the file itself was checked
             log.warning("%s: its first-use hash was not recorded (%s)", final, err)
         return final
     if actual != expected or (entry.size is not None and size != entry.size):
-        _discard(cache, entry, final)
-        origin = ("the registry's" if source == "registry"
-                  else "the hash recorded when it was first downloaded")
+        aside = _set_aside(cache, entry, final)
+        if source == "registry":
+            found = (f"its SHA256 is {actual}, the registry's is {expected}" if actual != expected
+                     else f"it has {size} bytes, the registry expects {entry.size}")
+            raise ChecksumMismatchError(
+                f"{final} is not the official {entry.name} file ({found}): it is damaged, was "
+                f"altered, or is another file. It was not loaded, and was moved to {aside}. Run "
+                f"`isegformer download {entry.name}` to fetch it again; a copy put there by "
+                f"hand must be the exact official file. {_manual_hint(entry, final)}"
+            )
         raise ChecksumMismatchError(
-            f"{final} is damaged or was altered: its SHA256 is {actual}, {origin} is {expected}. "
-            f"The file was deleted and not loaded. Run `isegformer download {entry.name}` to "
-            f"fetch it again. {_manual_hint(entry, final)}"
+            f"{final} is damaged or was altered: its SHA256 is {actual}, the hash recorded when "
+            f"it was downloaded ({record.downloaded_at if record else 'earlier'}) is {expected}. "
+            f"It was not loaded, and was moved to {aside}. Run `isegformer download "
+            f"{entry.name}` to fetch it again. {_manual_hint(entry, final)}"
         )
     return final
 
 
 def _download(entry: ModelEntry, cache: ModelCache, final: Path,
-              progress: Optional[ProgressCallback], options: DownloadOptions) -> Path:
+              progress: Optional[ProgressCallback], options: DownloadOptions, *,
+              replace_record: bool = False) -> Path:
+    """Download ``entry`` to its ``.part`` file, check it, and only then put it in place of
+    ``final`` (an existing file and its record stay until that moment). ``replace_record``
+    (``download --force``): a file whose hash differs from the recorded first-use hash is
+    accepted as the new file."""
     part = cache.part_path(entry.name, entry.filename)
     with contextlib.suppress(FileNotFoundError):
         part.unlink()  # left by a process that was killed: its origin is unknown, start afresh
-    previous = cache.download_record(entry.name)
+    previous = None if replace_record else cache.download_record(entry.name)
     trusted = entry.sha256 or (previous.sha256 if previous and
                                previous.filename == entry.filename else None)
     failures: list[DownloadFailure] = []
-    mismatches: list[str] = []
+    rejected: list[tuple[str, str]] = []  # (why: "registry", "recorded" or "content", what)
     with new_session() as session:
         for url in entry.urls:
             log.info("downloading %s from %s", entry.name, url)
@@ -320,27 +355,38 @@ def _download(entry: ModelEntry, cache: ModelCache, final: Path,
                                              options=options, session=session)
             except DownloadFailure as err:
                 log.warning("%s: %s", entry.name, err)
-                (mismatches if err.reason == "wrong_size" else failures).append(
-                    str(err) if err.reason == "wrong_size" else err)
+                if err.reason == "wrong_size":
+                    rejected.append(("registry", str(err)))
+                else:
+                    failures.append(err)
                 continue
             except CancelledError as err:
                 raise CancelledError(
                     f"the download of {entry.name} was cancelled; nothing was kept (no partial "
-                    f"file in {final.parent}). Start it again to download from the beginning."
+                    f"file in {final.parent}{_kept(final)}). Start it again to download from the "
+                    "beginning."
                 ) from err
             problem = None
             if size == 0 or sha256 == EMPTY_SHA256:
-                problem = f"{url} sent an empty file"
+                problem = ("content", f"{url} sent an empty file")
             elif entry.size is not None and size != entry.size:
-                problem = f"{url} gave {size} bytes, the registry expects {entry.size}"
+                problem = ("registry", f"{url} gave {size} bytes, the registry expects {entry.size}")
+            elif entry.sha256 and sha256 != entry.sha256:
+                problem = ("registry", f"{url} gave a file with SHA256 {sha256}, the registry "
+                                       f"expects {entry.sha256}")
             elif trusted is not None and sha256 != trusted:
-                problem = (f"{url} gave a file with SHA256 {sha256}, expected {trusted}"
-                           + ("" if entry.sha256 else " (recorded at its first download)"))
+                problem = ("recorded", f"{url} gave a file with SHA256 {sha256}, expected {trusted} "
+                                       f"(recorded at its first download, {previous.downloaded_at})")
+            elif not entry.sha256:
+                # Nothing vouches for these bytes but their shape: check it before trusting them.
+                found = content_problem(part, entry.filename)
+                if found is not None:
+                    problem = ("content", f"{url} sent {size} bytes, but {found}")
             if problem:
-                log.warning("%s: %s", entry.name, problem)
+                log.warning("%s: %s", entry.name, problem[1])
                 with contextlib.suppress(OSError):
                     part.unlink()
-                mismatches.append(problem)
+                rejected.append(problem)
                 continue
             try:
                 os.replace(part, final)
@@ -351,22 +397,65 @@ def _download(entry: ModelEntry, cache: ModelCache, final: Path,
                     f"{entry.name} was downloaded but could not be put in place at {final}: "
                     f"{err.strerror or err}. Check the cache folder, or set ISEGFORMER_HOME to a "
                     "writable folder.", reason="write_error", url=url) from None
-            cache.remember_download(entry.name, DownloadRecord(
-                filename=entry.filename, url=url, downloaded_at=utc_now(), size=size,
-                sha256=sha256, trust="registry" if entry.sha256 else "first-use"))
+            try:
+                cache.remember_download(entry.name, DownloadRecord(
+                    filename=entry.filename, url=url, downloaded_at=utc_now(), size=size,
+                    sha256=sha256, trust="registry" if entry.sha256 else "first-use"))
+            except CacheWriteError as err:  # the file was checked; only the record is missing
+                log.warning("%s: downloaded and checked, but its hash was not recorded (%s); the "
+                            "next use trusts the file on first use again", entry.name, err)
             if not entry.sha256:
                 log.info("%s: no SHA256 in the registry; recorded %s (trust on first use)",
                          entry.name, sha256)
             return final
-    if mismatches:
-        forced = ("" if entry.sha256 else f" If the file was legitimately replaced upstream, run "
-                  f"`isegformer download {entry.name} --force` to forget the recorded hash.")
+    if rejected:
         raise ChecksumMismatchError(
             f"the download of {entry.name} does not match its expected content: "
-            f"{'; '.join(mismatches)}. The file was deleted and not loaded.{forced} "
-            f"{_manual_hint(entry, final)}"
+            f"{'; '.join(what for _, what in rejected)}. Nothing was kept{_kept(final)}. "
+            f"{_rejection_advice(entry, final, {why for why, _ in rejected})}"
         )
     raise _combined_failure(entry, final, failures)
+
+
+def _kept(final: Path) -> str:
+    return f"; the cached file {final} was kept as it was" if final.is_file() else ""
+
+
+def _rejection_advice(entry: ModelEntry, final: Path, reasons: set[str]) -> str:
+    """What to do about downloads refused for ``reasons``: each cause has its own remedy."""
+    advice = []
+    if "registry" in reasons:
+        advice.append(
+            "The registry's size or SHA256 for this file disagrees with what the server sends: "
+            "the registry (or the server's file) is wrong or out of date. Use a newer isegformer "
+            "release, or a registry that points to a correct mirror (ISEGFORMER_REGISTRY); a copy "
+            "downloaded by hand would fail the same check.")
+    if "recorded" in reasons:
+        advice.append(
+            f"If the file was legitimately replaced upstream, run `isegformer download "
+            f"{entry.name} --force` to take the new file (the cached one stays until the new "
+            "one is verified).")
+    if "content" in reasons:
+        advice.append(
+            "The server sent something other than the file (a web page, or a download cut "
+            "short); try again later. " + _ADVICE["bad_content"])
+    if reasons - {"registry"}:
+        advice.append(_manual_hint(entry, final))
+    return " ".join(advice)
+
+
+def _check_kind(entry: ModelEntry, kind: Union[str, tuple[str, ...], None], registry: Registry) -> None:
+    if kind is None:
+        return
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if entry.kind in kinds:
+        return
+    names = [e.name for e in registry if e.kind in kinds]
+    raise WeightsError(
+        f"{entry.name} is a {entry.kind.replace('_', ' ')} entry of the registry, not a "
+        f"{' or '.join(k.replace('_', ' ') for k in kinds)}; nothing was downloaded. Use "
+        + (", ".join(names) if names else "a weights file given by path") + " instead."
+    )
 
 
 _ADVICE = {
@@ -391,8 +480,9 @@ def _combined_failure(entry: ModelEntry, final: Path,
     primary = failures[0]
     details = "; ".join(f"{f.url}: {f}" for f in failures)
     advice = " ".join(dict.fromkeys(_ADVICE.get(f.reason, "") for f in failures))
+    kept = f" The cached file {final} was kept as it was." if final.is_file() else ""
     return DownloadFailure(
-        f"could not download {entry.name}: {details}. {advice} {_manual_hint(entry, final)}",
+        f"could not download {entry.name}: {details}.{kept} {advice} {_manual_hint(entry, final)}",
         reason=primary.reason, url=primary.url, status=primary.status,
     )
 
@@ -402,16 +492,37 @@ def _manual_hint(entry: ModelEntry, final: Path) -> str:
             "or pass the file's path instead of the model name (for example with --weights).")
 
 
-def _discard(cache: ModelCache, entry: ModelEntry, final: Path) -> None:
+def _set_aside(cache: ModelCache, entry: ModelEntry, final: Path) -> Path:
+    """Move a cached file that failed its check out of the way (never delete it: it may be the
+    user's own copy) and forget its record; returns where it went."""
+    stamp = utc_now().replace(":", "").replace("-", "")
+    aside = final.with_name(f"{final.name}.rejected-{stamp}")
+    try:
+        os.replace(final, aside)
+    except OSError as err:
+        raise ChecksumMismatchError(
+            f"{final} failed its check and could not be moved aside ({err.strerror or err}); it "
+            f"was not loaded. Move or delete it by hand, then run `isegformer download "
+            f"{entry.name}`."
+        ) from None
+    _forget(cache, entry)
+    return aside
+
+
+def _discard_empty(cache: ModelCache, entry: ModelEntry, final: Path) -> None:
     try:
         final.unlink()
     except FileNotFoundError:
         pass
     except OSError as err:
         raise ChecksumMismatchError(
-            f"{final} failed its check and could not be deleted ({err.strerror or err}); it was "
-            f"not loaded. Delete it by hand, then run `isegformer download {entry.name}`."
+            f"{final} is empty and could not be deleted ({err.strerror or err}); it was not "
+            f"loaded. Delete it by hand, then run `isegformer download {entry.name}`."
         ) from None
+    _forget(cache, entry)
+
+
+def _forget(cache: ModelCache, entry: ModelEntry) -> None:
     try:
         cache.forget_download(entry.name)
     except CacheWriteError as err:
@@ -436,7 +547,13 @@ def _known_hash(sha256: str, registry: RegistryLike) -> bool:
     return any(entry.sha256 == sha256 for entry in reg)
 
 
-def _looks_like_path(text: str) -> bool:
+def is_weights_path(text: str, registry: RegistryLike = None) -> bool:
+    """Whether a model setting names a file (True) rather than a registry entry: a registry
+    name is never a path; anything else with a separator, a weights or image suffix, or naming
+    an existing file is. The one rule for the package, the CLI and the Slicer module."""
+    text = str(text)
+    if text in _registry(registry):
+        return False
     return ("/" in text or os.sep in text or text.lower().endswith(_PATH_SUFFIXES)
             or Path(text).expanduser().exists())
 

@@ -23,9 +23,10 @@ Net = TypeVar("Net", bound=nn.Module)
 
 _OPTIONAL_SUFFIX = "num_batches_tracked"
 _ADVICE = {
-    "STCN": "Download stcn.pth again (`isegformer download stcn`) and retry.",
-    "FusionNet": "Download fusion_stcn.pth again (`isegformer download mivos_fusion`), or "
-                 "propagate without fusion weights.",
+    "STCN": "Download stcn.pth again (`isegformer download stcn --force`; the cached file "
+            "stays until the new one is verified) and retry.",
+    "FusionNet": "Download fusion_stcn.pth again (`isegformer download mivos_fusion --force`), "
+                 "or propagate without fusion weights.",
 }
 
 
