@@ -13,13 +13,21 @@ Last-Modified date), and a partial answer whose validator differs starts the fil
 replaced on the server between two attempts is never spliced from two versions. A server that
 sends neither validator is not resumed (the download starts over), for the same reason.
 
+Transport security: a download that starts on ``https`` stays on ``https``. Every redirect,
+confirmation page and retry is checked before it is requested, and the URL of every response is
+checked again before its body is read: one hop over plain ``http`` ends the download with the
+reason ``insecure_redirect`` before a byte is written (the registry's SHA256s are mostly absent,
+so TLS is what vouches for a first download). A download that starts on ``http`` (a local
+mirror, a test server) may go anywhere.
+
 Slow servers: ``read_timeout`` bounds the silence between two blocks; ``min_rate`` (bytes/s over
 windows of ``read_timeout`` seconds) ends an attempt that trickles, and a second such attempt in
 a row gives up; ``deadline`` bounds one URL's whole download, retries and waits included.
 
-On success the ``.part`` file holds the complete body and its SHA256 is returned; an empty body
-is refused. On any failure or cancellation the ``.part`` file is removed before the error
-propagates: a later run starts again from zero rather than trusting bytes of unknown origin.
+On success the ``.part`` file holds the complete body, and its SHA256, size and final URL are
+returned (:class:`DownloadResult`); an empty body is refused. On any failure or cancellation the
+``.part`` file is removed before the error propagates: a later run starts again from zero rather
+than trusting bytes of unknown origin.
 """
 from __future__ import annotations
 
@@ -75,7 +83,7 @@ class DownloadFailure(DownloadError):
 
     ``reason`` is one of ``offline``, ``timeout``, ``not_found``, ``http_error``,
     ``server_error``, ``interrupted``, ``bad_content``, ``wrong_size`` (not the registry's size),
-    ``tls`` or ``write_error``.
+    ``tls``, ``insecure_redirect`` (an https download sent on to plain http) or ``write_error``.
     """
 
     def __init__(self, message: str, *, reason: str, url: str, status: Optional[int] = None):
@@ -83,6 +91,26 @@ class DownloadFailure(DownloadError):
         self.reason = reason
         self.url = url
         self.status = status
+
+
+class DownloadResult(tuple):
+    """``(sha256, size)`` of the complete body, which it unpacks as, plus ``final_url``: the
+    address the last bytes came from, after redirects and confirmation pages."""
+
+    final_url: str
+
+    def __new__(cls, sha256: str, size: int, final_url: str) -> "DownloadResult":
+        result = super().__new__(cls, (sha256, size))
+        result.final_url = final_url
+        return result
+
+    @property
+    def sha256(self) -> str:
+        return self[0]
+
+    @property
+    def size(self) -> int:
+        return self[1]
 
 
 class _Retryable(Exception):
@@ -123,8 +151,9 @@ def download_file(
     progress: Optional[ProgressCallback] = None,
     options: DownloadOptions = DownloadOptions(),
     session: Optional[requests.Session] = None,
-) -> tuple[str, int]:
-    """Download ``url`` into ``part_path``; return ``(sha256, size)`` of the complete body.
+) -> DownloadResult:
+    """Download ``url`` into ``part_path``; return ``(sha256, size)`` of the complete body
+    (a :class:`DownloadResult`, whose ``final_url`` says where the bytes came from).
 
     Raises :class:`DownloadFailure`, :class:`DiskFullError` or
     :class:`~isegformer.errors.CancelledError`; ``part_path`` is removed in every failing case.
@@ -152,6 +181,9 @@ class _Transfer:
                  session: requests.Session):
         self.url = url
         self.original_url = url
+        self.final_url = url
+        # Once on https, every hop must stay there (see the module docstring).
+        self.secure = urlsplit(url).scheme.lower() == "https"
         self.part_path = part_path
         self.label = label
         self.expected_size = expected_size
@@ -166,7 +198,7 @@ class _Transfer:
         self.validator: Optional[str] = None  # the file version the bytes on disk belong to
         self.deadline: Optional[float] = None
 
-    def run(self) -> tuple[str, int]:
+    def run(self) -> DownloadResult:
         self.deadline = (None if self.options.deadline is None
                          else time.monotonic() + self.options.deadline)
         try:
@@ -219,7 +251,7 @@ class _Transfer:
         if self.done == 0:
             raise self._failure("bad_content", f"{_host(self.url)} sent an empty file (0 bytes) "
                                 "instead of the model")
-        return self.hasher.hexdigest(), self.done
+        return DownloadResult(self.hasher.hexdigest(), self.done, self.final_url)
 
     def _real_progress(self) -> int:
         """Bytes an attempt must add to count as progress: one window at the minimum rate."""
@@ -248,8 +280,12 @@ class _Transfer:
         if self.done and self.validator is not None:  # run() never resumes without one
             headers = {"Range": f"bytes={self.done}-", "If-Range": self.validator}
         try:
+            self._require_secure(self.url, self.url)
             with self.session.get(self.url, headers=headers, stream=True,
-                                  timeout=self._timeouts(), allow_redirects=True) as response:
+                                  timeout=self._timeouts(), allow_redirects=True,
+                                  hooks={"response": [self._check_hop]}) as response:
+                self._require_secure(str(response.url), self.url, response)
+                self.final_url = str(response.url)
                 self._check_status(response)
                 if _is_web_page(response):
                     raise _FollowPage(self._confirmation_url(response))
@@ -299,6 +335,29 @@ class _Transfer:
         if self.total is not None and self.done > self.total:
             raise self._failure("bad_content", f"{_host(self.url)} sent {self.done} bytes, more "
                                 f"than the announced {self.total}")
+
+    def _check_hop(self, response: requests.Response, *args, **kwargs) -> requests.Response:
+        """requests' response hook, called for every response of a redirect chain before the
+        next hop is requested: the answer's own URL, and where it redirects, must be secure."""
+        self._require_secure(str(response.url), self.url, response)
+        target = self.session.get_redirect_target(response)
+        if target:
+            # Resolved as requests resolves it ("//host/x" and relative paths keep the scheme).
+            self._require_secure(urljoin(str(response.url), target), str(response.url), response)
+        return response
+
+    def _require_secure(self, url: str, came_from: str,
+                        response: Optional[requests.Response] = None) -> None:
+        """Refuse ``url`` when this download started on https and ``url`` is not https."""
+        if not self.secure or urlsplit(url).scheme.lower() == "https":
+            return
+        if response is not None:
+            response.close()
+        raise self._failure(
+            "insecure_redirect",
+            f"{_host(came_from)} sent the https download on to {url}, which is not https: bytes "
+            "sent that way could have been altered by anyone on the network, so it was refused "
+            "before anything was downloaded from it")
 
     def _receive(self, response: requests.Response, stream: BinaryIO) -> None:
         """Write the body as it arrives."""
@@ -391,6 +450,7 @@ class _Transfer:
                 f"{_host(self.url)} sent a web page instead of the file (a sign-in page, a "
                 "'quota exceeded' notice, or a file that is not shared publicly)",
             )
+        self._require_secure(target, str(response.url), response)
         self.pages_followed += 1
         log.info("%s: following the download confirmation page to %s", self.label, target)
         return target
