@@ -5,7 +5,14 @@ Layout under ``ISEGFORMER_HOME`` (default: the user's cache folder, see :func:`c
     cache.json                      the record: which file came from which URL, when, size, SHA256
     models/<name>/<filename>        a verified file
     models/<name>/<filename>.part   a download in progress (removed when it fails or is cancelled)
-    locks/<name>.lock               held while one process downloads or verifies <name>
+    locks/cache.json.lock           held while one process rewrites cache.json
+    locks/models/<name>.lock        held while one process downloads or verifies <name>
+
+The model locks have a folder of their own, so that no model name (``cache.json`` is a valid
+one) can ever name the record's lock: a process holding a model lock while it writes the record
+would otherwise wait for itself forever. Lock files are empty and never removed; the operating
+system releases a lock when its holder dies, so files left in ``locks/`` by earlier versions or
+by crashed processes lock nothing.
 
 Trust on first use: where the registry gives no SHA256, the hash of the first complete download
 (or of a file put in place by hand) is written to ``cache.json``; every later use hashes the file
@@ -51,6 +58,9 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # What a folder that may not be written answers (a read-only mount, another user's cache).
 _READ_ONLY_ERRNOS = frozenset((errno.EROFS, errno.EACCES, errno.EPERM))
+# Writing cache.json takes milliseconds; a wait this long means something is wrong, and an
+# error says so where waiting forever would not.
+_RECORD_LOCK_TIMEOUT = 120.0
 
 
 def cache_home() -> Path:
@@ -124,11 +134,14 @@ class FileLock:
     """
 
     def __init__(self, path: Path, *, timeout: Optional[float] = None, poll: float = 0.05,
-                 on_wait: Optional[Callable[[], None]] = None):
+                 on_wait: Optional[Callable[[], None]] = None,
+                 timeout_advice: str = "Wait for its download to finish, or stop that process "
+                                       "and retry."):
         self.path = Path(path)
         self.timeout = timeout
         self.poll = poll
         self.on_wait = on_wait
+        self.timeout_advice = timeout_advice
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
@@ -143,7 +156,7 @@ class FileLock:
                 if self.timeout is not None and time.monotonic() - start > self.timeout:
                     raise LockTimeoutError(
                         f"another process has held {self.path} for more than {self.timeout:.0f} s. "
-                        "Wait for its download to finish, or stop that process and retry."
+                        f"{self.timeout_advice}"
                     )
                 if self.on_wait is not None:
                     self.on_wait()
@@ -245,6 +258,13 @@ class ModelCache:
     def record_path(self) -> Path:
         return self.home / "cache.json"
 
+    @property
+    def record_lock_path(self) -> Path:
+        return self.home / "locks" / "cache.json.lock"
+
+    def model_lock_path(self, name: str) -> Path:
+        return self.home / "locks" / "models" / f"{name}.lock"
+
     def model_dir(self, name: str) -> Path:
         return self.home / "models" / name
 
@@ -256,7 +276,12 @@ class ModelCache:
 
     def lock(self, name: str, *, timeout: Optional[float] = None,
              on_wait: Optional[Callable[[], None]] = None) -> FileLock:
-        return FileLock(self.home / "locks" / f"{name}.lock", timeout=timeout, on_wait=on_wait)
+        return FileLock(self.model_lock_path(name), timeout=timeout, on_wait=on_wait)
+
+    def _record_lock(self, timeout: float = _RECORD_LOCK_TIMEOUT) -> FileLock:
+        return FileLock(self.record_lock_path, timeout=timeout, timeout_advice=(
+            f"Writing {self.record_path} takes a moment, so that process is stuck: stop it "
+            "and retry."))
 
     # -- the record -----------------------------------------------------------------------
 
@@ -334,7 +359,7 @@ class ModelCache:
         if locked:
             return move()
         try:
-            with FileLock(self.home / "locks" / "cache.json.lock", timeout=5):
+            with self._record_lock(timeout=5):
                 return move()
         except WeightsError:  # a read-only cache, or a writer holding the lock for long
             return "left it in place"
@@ -346,7 +371,7 @@ class ModelCache:
         Raises :class:`CacheWriteError` when the record cannot be written; the previous record
         is then left exactly as it was.
         """
-        with FileLock(self.home / "locks" / "cache.json.lock"):
+        with self._record_lock():
             data = self._read(locked=True)
             data["version"] = RECORD_VERSION
             yield data
