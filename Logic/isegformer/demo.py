@@ -290,6 +290,7 @@ def _short_reason(err: Exception) -> str:
         "server_error": "the server failed (HTTP 5xx or 429)",
         "tls": "the secure connection failed (proxy certificate?)",
         "write_error": "the cache folder is not writable",
+        "insecure_redirect": "refused: the https download was redirected to plain http",
     }.get(reason or "")
     if text:
         return text

@@ -472,6 +472,10 @@ _ADVICE = {
     "tls": "A proxy that inspects HTTPS needs its CA certificate in REQUESTS_CA_BUNDLE.",
     "http_error": "The server refused the request.",
     "write_error": "The cache folder is not writable; set ISEGFORMER_HOME to a writable folder.",
+    "insecure_redirect": "The https address sent the download on to plain http, where anyone on "
+                         "the network could alter the file, so nothing was downloaded from it; use "
+                         "a mirror or registry that serves it over https, or download it by hand "
+                         "from a source you trust.",
 }
 
 
