@@ -95,9 +95,12 @@ def format_table(metrics: dict, max_clicks: int, seconds: float, memory_mb: floa
             f"{over + '@85':^8}|{over + '@90':^8}|{'s/click':^9}|{'time':^9}|{'peak MB':^9}|")
     def noc(key):
         m = metrics[key]
-        return f"{m['mean']:.2f}±{m['std']:.2f}"
+        return "not measured" if m["mean"] is None else f"{m['mean']:.2f}±{m['std']:.2f}"
+
+    def count(key):
+        return "-" if metrics[key] is None else metrics[key]
     row = (f"|{metrics['samples']:^9}|{noc('noc@80'):^13}|{noc('noc@85'):^13}|"
-           f"{noc('noc@90'):^13}|{metrics[over + '@85']:^8}|{metrics[over + '@90']:^8}|"
+           f"{noc('noc@90'):^13}|{count(over + '@85'):^8}|{count(over + '@90'):^8}|"
            f"{metrics['seconds_per_click']:^9.3f}|{seconds:^9.1f}|{memory_mb:^9.0f}|")
     line = "-" * len(head)
     return "\n".join([line, head, line, row, line])

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-name", nargs="+", default=[], metavar="NAME",
                    help="with --cases: image file name(s) in each case folder (each is one volume)")
     p.add_argument("--label-name", help="with --cases: label map file name in each case folder")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="with --cases: evaluate the other folders when some lack the label or every "
+                        "image (they are listed, and recorded in results.json); by default that is an error")
     p.add_argument("--label-value", type=int, action="append", dest="label_values", metavar="V",
                    help="label value of the object (repeat to merge several, e.g. 1 2 3 4 for the "
                         "whole tumour); default: every non-zero label together")
@@ -50,13 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def find_cases(args) -> list[tuple[Path, Path]]:
-    """(volume, label) pairs from the positional pairs and from --cases."""
+def find_cases(args) -> tuple[list[tuple[Path, Path]], list[dict]]:
+    """(volume, label) pairs from the positional pairs and from --cases, and the case folders
+    left out (each with what it lacks). A folder that lacks its label or all of its images is
+    an error unless --skip-incomplete: a benchmark over fewer cases than the folder holds must
+    never pass for the whole set."""
     from ..errors import InvalidInputError
 
     if len(args.pairs) % 2:
         raise InvalidInputError("Give cases as VOLUME LABEL pairs: an odd number of paths was given.")
     cases = [(args.pairs[n], args.pairs[n + 1]) for n in range(0, len(args.pairs), 2)]
+    skipped: list[dict] = []
     if args.cases is not None:
         if not args.cases.is_dir():
             raise InvalidInputError(f"--cases {args.cases} is not a folder.")
@@ -64,15 +71,55 @@ def find_cases(args) -> list[tuple[Path, Path]]:
             raise InvalidInputError("--cases needs --image-name and --label-name (file names inside each case).")
         for folder in sorted(d for d in args.cases.iterdir() if d.is_dir()):
             label = folder / args.label_name
-            images = [folder / name for name in args.image_name if (folder / name).exists()]
-            if label.exists() and images:
-                cases += [(image, label) for image in images]
+            images = [folder / name for name in args.image_name if (folder / name).is_file()]
+            lacking = ([] if label.is_file() else [args.label_name]) + ([] if images else list(args.image_name))
+            if lacking:
+                near = sorted(f.name for f in folder.iterdir()
+                              if f.name.lower() in {n.lower() for n in lacking} and f.name not in lacking)
+                skipped.append({"folder": str(folder), "lacks": lacking,
+                                **({"names_differing_in_case": near} if near else {})})
+                continue
+            cases += [(image, label) for image in images]
+        if skipped and not args.skip_incomplete:
+            listed = "; ".join(
+                f"{item['folder']} lacks {', '.join(item['lacks'])}"
+                + (f" (it has {', '.join(item['names_differing_in_case'])}: names differ in case)"
+                   if "names_differing_in_case" in item else "") for item in skipped[:10])
+            more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            raise InvalidInputError(
+                f"{len(skipped)} case folder(s) of {args.cases} cannot be evaluated: {listed}{more}. "
+                "Nothing was evaluated. Fix or remove them, or pass --skip-incomplete to evaluate "
+                "the others (the left-out folders are then recorded in results.json).")
         if not cases:
             raise InvalidInputError(
                 f"No sub-folder of {args.cases} holds {args.label_name} and one of {args.image_name}.")
     if not cases:
         raise InvalidInputError("No cases: give VOLUME LABEL pairs or --cases with --image-name and --label-name.")
-    return cases
+    return cases, skipped
+
+
+def case_names(cases: list[tuple[Path, Path]]) -> list[str]:
+    """One distinct name per case: ``folder/stem``, with more of the path where two cases would
+    share a name (``A/x/vol`` and ``B/x/vol``), and a number as the last resort (one volume
+    given twice)."""
+    from ..evaluation.propagation import volume_stem
+
+    def name(volume: Path, depth: int) -> str:
+        parts = volume.resolve().parent.parts[-depth:] if depth else ()
+        return "/".join([*parts, volume_stem(volume)])
+
+    names = [name(v, 1) for v, _ in cases]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 8:
+        depth += 1
+        counts = {n: names.count(n) for n in names}
+        names = [name(v, depth) if counts[n] > 1 else n for n, (v, _) in zip(names, cases)]
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if names.count(n) == 1 else f"{n}#{seen[n]}")
+    return unique
 
 
 def run(args) -> int:
@@ -91,36 +138,42 @@ def run(args) -> int:
     if any(v < 1 for v in args.label_values or []):
         raise InvalidInputError(f"--label-value takes positive label numbers, got {args.label_values}.")
     axis = AXES[args.axis]
-    cases = find_cases(args)
+    cases, skipped = find_cases(args)
+    for item in skipped:
+        print(f"warning: left out {item['folder']}: it lacks {', '.join(item['lacks'])}", file=sys.stderr)
+    names = case_names(cases)
+    counts = [len(set(args.slices))] if args.slice_choice == "explicit" else args.num_slices
+    # Every output is named and checked before any work: a clash found after hours of STCN
+    # propagation would lose them.
+    montage_of = {} if args.no_montage else {
+        (index, n): args.out / f"montage_{names[index].replace('/', '_').replace('#', '_')}_n{n}.png"
+        for index in range(len(cases)) for n in counts}
     inputs = [("--cases", args.cases), ("--weights", args.weights), ("--fusion-weights", args.fusion_weights)]
     inputs += [("a case", path) for case in cases for path in case]
-    check_outputs(inputs, [("--out", args.out / "results.json")], writable=False)
+    outputs = [("--out", args.out / "results.json")] + [("a montage", png) for png in montage_of.values()]
+    check_outputs(inputs, outputs, writable=False)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InvalidInputError(f"Cannot create the output folder {args.out}: {err}") from err
+    check_outputs(inputs, outputs)
 
-    counts = [len(set(args.slices))] if args.slice_choice == "explicit" else args.num_slices
     results = []
-    montages: list = []  # each its own file: two cases of one name must not share a montage
-    for volume_path, label_path in cases:
+    for index, (volume_path, label_path) in enumerate(cases):
         for n in counts:
-            progress = TqdmProgress(desc=f"{volume_path.parent.name} n={n}", unit="frame") \
+            progress = TqdmProgress(desc=f"{names[index]} n={n}", unit="frame") \
                 if args.method == "stcn" else None
             result, volume, label, pred = evaluate_files(
                 volume_path, label_path, label_values=args.label_values, axis=axis, num_slices=n,
                 method=args.method, slice_choice=args.slice_choice, slices=args.slices,
                 device=args.device, weights=args.weights, fusion_weights=args.fusion_weights,
-                progress=progress)
+                progress=progress, name=names[index])
             if progress is not None:
                 progress.close()
             if not args.no_montage:
                 from ..evaluation.propagation import object_mask
 
-                safe = result.name.replace("/", "_")
-                png = args.out / f"montage_{safe}_n{n}.png"
-                montages.append(("a montage", png))
-                check_outputs(inputs, [("--out", args.out / "results.json")] + montages)
+                png = montage_of[(index, n)]
                 write_propagation_montage(
                     png, volume, object_mask(label.array, args.label_values), pred, axis,
                     montage_slices(result.object_extent, result.slices), result.slices,
@@ -131,9 +184,19 @@ def run(args) -> int:
                 print(f"{'case':<36} {'n':>3} {'dice':>7} {'sens':>7} {'ppv':>7} {'iou':>7} {'sec':>6}  slices")
             results.append(result)
             _print_row(result)
+            # Written after every case, so that an error in a later one keeps the earlier ones.
+            _write_report(args, axis, results, skipped, complete=False)
 
-    summary = summarize(results)
-    _print_summary(summary, METRICS)
+    _print_summary(summarize(results), METRICS)
+    out_json = _write_report(args, axis, results, skipped, complete=True)
+    print(f"wrote {out_json}")
+    return 0
+
+
+def _write_report(args, axis: int, results: list, skipped: list[dict], *, complete: bool) -> Path:
+    from ..evaluation.propagation import summarize
+    from ..output.atomic import atomic_write
+
     report = {
         "command": "evaluate-propagation",
         "argv": sys.argv[1:],
@@ -143,16 +206,15 @@ def run(args) -> int:
         "axis": axis,
         "slice_choice": args.slice_choice,
         "label_values": args.label_values or "non-zero",
+        "complete": complete,
         "cases": [r.to_json() for r in results],
-        "summary": summary,
+        "skipped": skipped,
+        "summary": summarize(results),
     }
     out_json = args.out / "results.json"
-    from ..output.atomic import atomic_write
-
     with atomic_write(out_json) as tmp:
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"wrote {out_json}")
-    return 0
+    return out_json
 
 
 def _print_row(result) -> None:

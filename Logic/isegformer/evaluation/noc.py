@@ -113,12 +113,21 @@ def mean_iou_curve(results: Sequence[SampleResult], max_clicks: int) -> np.ndarr
 
 
 def summarize(results: Sequence[SampleResult], max_clicks: int,
-              thresholds: Sequence[float] = NOC_THRESHOLDS) -> dict:
-    """NoC mean and std per threshold, the count of samples at ``max_clicks``, timing."""
+              thresholds: Sequence[float] = NOC_THRESHOLDS, stop_iou: Optional[float] = None) -> dict:
+    """NoC mean and std per threshold, the count of samples at ``max_clicks``, timing.
+
+    A threshold above ``stop_iou`` (the IoU at which the loop stopped clicking) was not
+    measured: a sample that stopped there would count as ``max_clicks``, a failure it never
+    had. Its NoC and count are None, with ``"not_measured"`` saying why."""
     metrics: dict = {"samples": len(results)}
     for t in thresholds:
-        nocs = np.array([number_of_clicks(r.ious, t, max_clicks) for r in results], dtype=float)
         key = f"{round(t * 100)}"
+        if stop_iou is not None and t > stop_iou + 1e-9:
+            metrics[f"noc@{key}"] = {"mean": None, "std": None, "not_measured":
+                                     f"the loop stopped clicking at IoU {stop_iou:g}, below {t:g}"}
+            metrics[f">={max_clicks}@{key}"] = None
+            continue
+        nocs = np.array([number_of_clicks(r.ious, t, max_clicks) for r in results], dtype=float)
         metrics[f"noc@{key}"] = {"mean": float(nocs.mean()) if nocs.size else float("nan"),
                                  "std": float(nocs.std()) if nocs.size else float("nan")}
         metrics[f">={max_clicks}@{key}"] = int((nocs == max_clicks).sum())
@@ -144,6 +153,11 @@ def evaluate(predictor: ClickPredictor, samples: Iterable[Sample], *, max_clicks
     """The NoC loop over ``samples``; ``progress(done, total, name)`` after each sample."""
     if max_clicks < 1:
         raise InvalidInputError(f"max_clicks must be at least 1, got {max_clicks}.")
+    above = [t for t in NOC_THRESHOLDS if t > stop_iou + 1e-9]
+    if above:
+        log.warning("stop_iou %g is below NoC@%s: those are not measured (reported as None); use "
+                    "a stop IoU of at least %g for every NoC of the protocol", stop_iou,
+                    "/".join(str(round(t * 100)) for t in above), max(NOC_THRESHOLDS))
     if predictor.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(predictor.device)
     results: list[SampleResult] = []
@@ -158,5 +172,5 @@ def evaluate(predictor: ClickPredictor, samples: Iterable[Sample], *, max_clicks
     peak, kind = _peak_memory(predictor.device)
     report_ = NocReport(results, max_clicks, stop_iou, time.perf_counter() - start, peak, kind,
                         str(predictor.device))
-    report_.metrics = summarize(results, max_clicks)
+    report_.metrics = summarize(results, max_clicks, stop_iou=stop_iou)
     return report_

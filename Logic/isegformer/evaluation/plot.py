@@ -23,6 +23,9 @@ def plot_iou_curve(mean_ious: Sequence[float], path: Union[str, Path], *, title:
     ax.set_ylabel("mean IoU (samples that stopped keep their last IoU)")
     ax.set_ylim(0, 1)
     ax.set_xlim(1, max(len(mean_ious), 2))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # clicks are counted, never 1.25
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)

@@ -223,7 +223,7 @@ def evaluate_files(volume_path: str | Path, label_path: str | Path, **kwargs) ->
         label = read_label_map(label_path, volume)  # values checked, Slicer's flipped/cropped grids placed
     except InvalidInputError as err:
         raise InvalidInputError(f"{Path(label_path).name} vs {Path(volume_path).name}: {err}") from err
-    kwargs.setdefault("name", Path(volume_path).parent.name + "/" + _stem(Path(volume_path)))
+    kwargs.setdefault("name", Path(volume_path).parent.name + "/" + volume_stem(Path(volume_path)))
     result, pred = evaluate_case(volume, label, **kwargs)
     return result, volume, label, pred
 
@@ -241,7 +241,7 @@ def summarize(results: Sequence[CaseResult]) -> dict:
     return summary
 
 
-def _stem(path: Path) -> str:
+def volume_stem(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd"):
         if name.endswith(suffix):
