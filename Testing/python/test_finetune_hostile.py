@@ -287,6 +287,11 @@ def test_temporaries_of_a_killed_checkpoint_write_are_removed_by_the_next_run(tm
     stale = _leftover_temporaries(out)
     wanted = MODEL_FILE if which == "model" else STATE_FILE
     assert len(stale) == 1 and wanted in stale[0], stale  # what the kill left behind
+    if which == "state":  # its model.pth was complete: a new run may not write over it
+        with pytest.raises(InvalidInputError, match="already holds model.pth"):
+            finetune(_slices(), out, _settings())
+        assert _leftover_temporaries(out) == []  # removed even by the refused run
+        (out / MODEL_FILE).unlink()
     result = finetune(_slices(), out, _settings())  # the next run in the same folder
     assert result.checkpoint.is_file()
     assert _leftover_temporaries(out) == []

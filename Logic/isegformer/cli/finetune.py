@@ -36,42 +36,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--masks", type=Path, metavar="DIR", help="folder of PNG masks named like the images")
     data.add_argument("--label-value", type=int, metavar="N",
                       help="the label to learn; default: each label value is an object of its own")
-    data.add_argument("--axis", default="k", choices=sorted(AXES),
+    data.add_argument("--axis", choices=sorted(AXES),
                       help="slice axis of the (k, j, i) array: k (0, default), j (1) or i (2)")
-    data.add_argument("--slices", default="paper",
+    data.add_argument("--slices",
                       help="'paper' (slices 40,80,120: the paper's 3 per volume, default), 'all' "
                            "(every labelled slice) or a list such as 35,60,92")
-    data.add_argument("--min-area", type=int, default=20,
+    data.add_argument("--min-area", type=int,
                       help="objects smaller than this many pixels are skipped (default 20)")
     val = p.add_argument_group("validation (optional held-out data for the per-epoch NoC@85)")
     val.add_argument("--val-volumes", type=Path, nargs="+", metavar="FILE")
     val.add_argument("--val-labels", type=Path, nargs="+", metavar="FILE")
-    val.add_argument("--val-slices", default="all", help="slices of the validation volumes (default all)")
+    val.add_argument("--val-slices", help="slices of the validation volumes (default all)")
     val.add_argument("--val-images", type=Path, metavar="DIR")
     val.add_argument("--val-masks", type=Path, metavar="DIR")
-    val.add_argument("--val-samples", type=int, default=8,
+    val.add_argument("--val-samples", type=int,
                      help="objects in the quick NoC@85 after each epoch (0: none; default 8)")
-    val.add_argument("--val-max-clicks", type=int, default=20)
-    model = p.add_argument_group("model and training")
-    model.add_argument("--init", default="official",
+    val.add_argument("--val-max-clicks", type=int, help="(default 20)")
+    model = p.add_argument_group(
+        "model and training",
+        "With --resume, an option left out keeps the run's value; only --epochs, --lr, --amp, "
+        "--gradient-checkpointing, --val-samples, --val-max-clicks, --device and --workers may "
+        "differ from it.")
+    model.add_argument("--init",
                        help="'official' (the released checkpoint, default), 'scratch', or the path "
                             "of a checkpoint to continue from (e.g. a previous fine-tune)")
     model.add_argument("--imagenet", type=Path, metavar="FILE",
                        help="with --init scratch: an ImageNet Swin checkpoint for the backbone")
-    model.add_argument("--variant", default="swin_base", choices=("swin_base", "swin_large", "tiny"),
+    model.add_argument("--variant", choices=("swin_base", "swin_large", "tiny"),
                        help="network size for --init official/scratch (default swin_base)")
-    model.add_argument("--epochs", type=int, default=10)
-    model.add_argument("--steps-per-epoch", type=int, default=100)
-    model.add_argument("--batch-size", type=int, default=8)
-    model.add_argument("--lr", type=float, default=5e-4)
-    model.add_argument("--crop", type=int, nargs=2, default=(320, 480), metavar=("ROWS", "COLS"),
+    model.add_argument("--epochs", type=int, help="(default 10; on resume it may extend the run)")
+    model.add_argument("--steps-per-epoch", type=int, help="(default 100)")
+    model.add_argument("--batch-size", type=int, help="(default 8)")
+    model.add_argument("--lr", type=float,
+                       help="learning rate (default 5e-4; on resume the new base rate)")
+    model.add_argument("--crop", type=int, nargs=2, metavar=("ROWS", "COLS"),
                        help="training crop size (default 320 480)")
-    model.add_argument("--seed", type=int, default=0)
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    model.add_argument("--no-amp", action="store_true", help="no mixed precision (CUDA)")
-    model.add_argument("--no-gradient-checkpointing", action="store_true",
-                       help="keep every activation (faster, more memory; CUDA)")
-    model.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    model.add_argument("--seed", type=int, help="(default 0)")
+    model.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    model.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                       help="mixed precision (CUDA; default on)")
+    model.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                       help="recompute activations to save memory (CUDA; default on; off is "
+                            "faster and needs more memory)")
+    model.add_argument("--workers", type=int, help="data loader processes (default 0)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, metavar="DIR",
                      help="run folder; default ISEGFORMER_HOME/finetuned/NAME")
@@ -86,30 +93,72 @@ def _emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
+#: Options that only work as a pair (each needs the other).
+_PAIRS = (("volumes", "labels"), ("images", "masks"), ("val_volumes", "val_labels"),
+          ("val_images", "val_masks"))
+#: Options (or pairs) of which at most one may be given: the other would be silently ignored.
+_EXCLUSIVE = ((("volumes", "labels"), ("images", "masks")),
+              (("val_volumes", "val_labels"), ("val_images", "val_masks")),
+              (("out",), ("name",)))
+#: Options that mean something only next to another one.
+_NEEDS = (("slices", ("volumes",)), ("axis", ("volumes", "val_volumes")),
+          ("val_slices", ("val_volumes",)))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_option_combinations(args) -> None:
+    """Refuse every option combination whose meaning is not what the user would expect: a half
+    pair, two data sources of one kind, or an option that the others make unused."""
+    from ..errors import InvalidInputError
+
+    given = {name for name, value in vars(args).items()
+             if value is not None and value is not False and value != []}
+    for group_a, group_b in _EXCLUSIVE:
+        if given & set(group_a) and given & set(group_b):
+            raise InvalidInputError(
+                f"Give either {'/'.join(map(_flag, group_a))} or {'/'.join(map(_flag, group_b))}, "
+                "not both.")
+    for first, second in _PAIRS:
+        if (first in given) != (second in given):
+            missing = second if first in given else first
+            raise InvalidInputError(
+                f"{_flag(first)} and {_flag(second)} go together: {_flag(missing)} is missing.")
+    for option, needs in _NEEDS:
+        if option in given and not given & set(needs):
+            raise InvalidInputError(
+                f"{_flag(option)} is used only with {' or '.join(map(_flag, needs))}, which is "
+                "not given; leave it out, or add what it goes with.")
+    if "imagenet" in given and args.init != "scratch":
+        raise InvalidInputError("--imagenet is used only with --init scratch (a random network "
+                                "whose backbone it fills); leave it out, or add --init scratch.")
+
+
 def _load_slices(args):
     from ..errors import InvalidInputError
-    from ..finetune.data import parse_slice_choice, slices_from_png_folders, slices_from_volumes
+    from ..finetune.data import (DEFAULT_MIN_AREA, parse_slice_choice, slices_from_png_folders,
+                                 slices_from_volumes)
 
-    if (args.volumes or args.labels) and (args.images or args.masks):
-        raise InvalidInputError("Give either --volumes/--labels or --images/--masks, not both.")
-    if args.volumes or args.labels:
-        if not (args.volumes and args.labels):
-            raise InvalidInputError("--volumes and --labels go together: one label map per volume.")
-        train = slices_from_volumes(args.volumes, args.labels, AXES[args.axis],
-                                    parse_slice_choice(args.slices), args.label_value, args.min_area)
-    elif args.images or args.masks:
-        if not (args.images and args.masks):
-            raise InvalidInputError("--images and --masks go together.")
-        train = slices_from_png_folders(args.images, args.masks, args.label_value, args.min_area)
+    axis = AXES[args.axis or "k"]
+    min_area = args.min_area if args.min_area is not None else DEFAULT_MIN_AREA
+    if args.volumes:
+        train = slices_from_volumes(args.volumes, args.labels, axis,
+                                    parse_slice_choice(args.slices or "paper"), args.label_value,
+                                    min_area)
+    elif args.images:
+        train = slices_from_png_folders(args.images, args.masks, args.label_value, min_area)
     else:
         raise InvalidInputError(
             "No training data: give --volumes FILE... --labels FILE... or --images DIR --masks DIR.")
     val = None
-    if args.val_volumes or args.val_labels:
-        val = slices_from_volumes(args.val_volumes or [], args.val_labels or [], AXES[args.axis],
-                                  parse_slice_choice(args.val_slices), args.label_value, args.min_area)
-    elif args.val_images or args.val_masks:
-        val = slices_from_png_folders(args.val_images, args.val_masks, args.label_value, args.min_area)
+    if args.val_volumes:
+        val = slices_from_volumes(args.val_volumes, args.val_labels, axis,
+                                  parse_slice_choice(args.val_slices or "all"), args.label_value,
+                                  min_area)
+    elif args.val_images:
+        val = slices_from_png_folders(args.val_images, args.val_masks, args.label_value, min_area)
     return train, val
 
 
@@ -136,7 +185,7 @@ def _guard_run_files(args, out_dir: Path) -> None:
         value = getattr(args, n)
         for p in value if isinstance(value, list) else [value]:
             inputs.append((f"--{n.replace('_', '-')}", p))
-    if not args.resume:  # resuming continues from the run's own files, by design
+    if not args.resume and args.init:  # resuming continues from the run's own files, by design
         inputs.append(("--init", args.init))
     guard_outputs([p for _, p in inputs], [out_dir / f for f in (MODEL_FILE, STATE_FILE, RUN_FILE)],
                   input_names=[n for n, _ in inputs])
@@ -155,18 +204,21 @@ def run(args) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
+        check_option_combinations(args)
         out_dir = _out_dir(args)
         _guard_run_files(args, out_dir)
-        train, val = _load_slices(args)
+        # Options left out stay None: a new run takes the recipe's value, a resumed one its own.
         settings = FinetuneSettings(
             init=args.init, variant=args.variant,
             imagenet_checkpoint=str(args.imagenet) if args.imagenet else None,
             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-            lr=args.lr, crop_size=tuple(args.crop), min_area=args.min_area, seed=args.seed,
-            device=args.device, mixed_precision=not args.no_amp,
-            gradient_checkpointing=not args.no_gradient_checkpointing,
+            lr=args.lr, crop_size=tuple(args.crop) if args.crop else None,
+            min_area=args.min_area, seed=args.seed, device=args.device,
+            mixed_precision=args.amp, gradient_checkpointing=args.gradient_checkpointing,
             val_samples=args.val_samples, val_max_clicks=args.val_max_clicks,
             num_workers=args.workers)
+        settings.validate()  # before the data is read and long before any model is built
+        train, val = _load_slices(args)
         if json_mode:
             _emit("start", out_dir=str(out_dir), training_slices=len(train),
                   validation_slices=len(val) if val else 0)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, InvalidInputError
 from ..json_io import read_json_bounded
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,9 @@ FINETUNED_DIR = "finetuned"
 MODEL_FILE = "model.pth"          # the fine-tuned network, official checkpoint format
 STATE_FILE = "training_state.pt"  # everything needed to resume
 RUN_FILE = "finetune.json"        # settings, status and history, for people and listings
-STATUSES = ("finished", "running", "cancelled")
+LOCK_FILE = ".isegformer-run.lock"  # held (flock) by the one process writing the run
+RUN_FILES = (MODEL_FILE, STATE_FILE, RUN_FILE)
+STATUSES = ("finished", "running", "cancelled", "failed")
 
 
 class RunRecordError(FileFormatError):
@@ -85,7 +89,7 @@ def finetuned_home(home: Optional[Path] = None) -> Path:
 class FinetunedModel:
     name: str              # the run folder's name
     checkpoint: Path       # its model.pth
-    status: str            # "finished", "running", "cancelled" or "unknown"
+    status: str            # "finished", "running", "cancelled", "failed" or "unknown"
     epochs_done: int
     init: str
     last_noc85: Optional[float]
@@ -121,3 +125,68 @@ def list_finetuned(home: Optional[Path] = None) -> list[FinetunedModel]:
         models.append(FinetunedModel(run_dir.name, checkpoint, record.status, record.epochs_done,
                                      record.init, record.last_noc85, size))
     return models
+
+
+class RunFolderBusyError(InvalidInputError):
+    """Another process is writing a fine-tuning run into the same folder."""
+
+
+class RunLock:
+    """The exclusive right to write a run folder, held for the whole run.
+
+    The operating system's lock (``flock``; ``msvcrt.locking`` on Windows, the same calls the
+    weights cache's FileLock uses) goes away with its holder, so a killed run never blocks the
+    folder. The lock file stays in place after release: removing it would let a process that
+    opened the old file and one that creates a new one both believe they hold the lock. It
+    records who holds it, so that a refused second writer can be told which process to wait for.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        from ..output.atomic import OutputPathError
+        from ..weights.cache import _try_lock
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise OutputPathError(
+                f"Cannot write in the run folder {self.path.parent}: {err.strerror or err}. "
+                "Choose an --out folder you can write to."
+            ) from None
+        if not _try_lock(fd):
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunFolderBusyError(
+                f"Another fine-tuning run is writing to {self.path.parent}"
+                + (f" ({holder})" if holder else "")
+                + ". Wait for it to end (or stop it), or choose another --out folder."
+            )
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError:
+            pass  # who holds it is only for messages
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        from ..weights.cache import _unlock
+
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                _unlock(fd)
+            finally:
+                os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 200).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.startswith("pid ") else ""

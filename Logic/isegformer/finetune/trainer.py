@@ -24,9 +24,10 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,96 +46,219 @@ from ..checkpoint import (
 from ..click_engine.build import validate_click_config
 from ..click_engine.model import ClickModelConfig, ISegFormer
 from ..device import resolve_device
-from ..errors import CancelledError, CheckpointError, InvalidInputError
+from ..errors import CancelledError, CheckpointError, InvalidInputError, ISegFormerError
 from ..progress import ProgressCallback, report
 from .augment import AugmentSettings, Augmenter
 from .data import DEFAULT_MIN_AREA, TrainingSlice, training_example
 from .init import InitReport, initial_model
 from .loss import NormalizedFocalLoss
 from .points_sampler import MultiPointSampler, SamplerSettings, next_training_points
-from .runs import MODEL_FILE, RUN_FILE, STATE_FILE
+from .runs import (MODEL_FILE, RUN_FILE, RUN_FILES, STATE_FILE, RunLock, RunRecordError,
+                   read_run_record)
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-_STATE_ADVICE = ("Delete it to start over from model.pth with --init, or restore it from a "
-                 "backup.")
+_STATE_ADVICE = ("Restore it from a backup; or, to go on from this folder's model.pth without "
+                 "its training state, start a new run in another --out folder with --init "
+                 "pointing at that model.pth.")
 #: The reference drops the learning rate at epoch 49 of 55; we keep that proportion.
 LR_DROP_FRACTION = 49 / 55
 
 
 @dataclass
 class FinetuneSettings:
-    """Everything that defines a fine-tuning run (defaults: the paper's recipe)."""
+    """Everything that defines a fine-tuning run.
 
-    init: str = "official"                 # "official", "scratch" or a checkpoint path
-    variant: str = "swin_base"             # network for "official" and "scratch"
+    A field left as None takes the paper's recipe (:data:`RECIPE`) in a new run; in a resumed
+    run it keeps the run's stored value. A field given on resume must equal the stored one,
+    except those in :data:`RESUME_CHANGEABLE` (applied, logged and recorded) and
+    :data:`PER_INVOCATION` (where this invocation runs).
+    """
+
+    init: Optional[str] = None             # "official", "scratch" or a checkpoint path
+    variant: Optional[str] = None          # network for "official" and "scratch"
     model_config: Optional[ClickModelConfig] = None  # a custom shape for "scratch" (overrides variant)
     imagenet_checkpoint: Optional[str] = None        # ImageNet Swin weights for "scratch"
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    batch_size: int = 8
-    lr: float = 5e-4
+    epochs: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
     lr_milestones: Optional[tuple[int, ...]] = None  # epochs after which lr *= lr_gamma
-    lr_gamma: float = 0.1
-    crop_size: tuple[int, int] = (320, 480)
-    max_num_points: int = 12
-    max_iterative_clicks: int = 3
-    min_area: int = DEFAULT_MIN_AREA
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: bool = True           # CUDA only
-    gradient_checkpointing: bool = True    # CUDA only
-    val_samples: int = 8
-    val_max_clicks: int = 20
-    val_zoom_in: bool = True
-    num_workers: int = 0
+    lr_gamma: Optional[float] = None
+    crop_size: Optional[tuple[int, int]] = None
+    max_num_points: Optional[int] = None
+    max_iterative_clicks: Optional[int] = None
+    min_area: Optional[int] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    mixed_precision: Optional[bool] = None  # CUDA only
+    gradient_checkpointing: Optional[bool] = None  # CUDA only
+    val_samples: Optional[int] = None
+    val_max_clicks: Optional[int] = None
+    val_zoom_in: Optional[bool] = None
+    num_workers: Optional[int] = None
+
+    def with_defaults(self) -> "FinetuneSettings":
+        """A copy with every field left as None set to the paper's recipe."""
+        return replace(self, **{k: v for k, v in RECIPE.items() if getattr(self, k) is None})
 
     def validate(self) -> None:
-        positive = {"epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
-                    "batch_size": self.batch_size, "max_num_points": self.max_num_points,
-                    "val_max_clicks": self.val_max_clicks}
+        """Refuse impossible settings (of the recipe-completed copy) before anything is built."""
+        s = self.with_defaults()
+        ints = {"epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch, "batch_size": s.batch_size,
+                "max_num_points": s.max_num_points, "val_max_clicks": s.val_max_clicks,
+                "max_iterative_clicks": s.max_iterative_clicks, "min_area": s.min_area,
+                "val_samples": s.val_samples, "num_workers": s.num_workers}
+        not_int = [f"{k}={v!r}" for k, v in ints.items() if not isinstance(v, numbers.Integral) or isinstance(v, bool)]
+        if not_int:
+            raise InvalidInputError(f"These settings must be whole numbers: {', '.join(not_int)}.")
+        positive = {k: ints[k] for k in ("epochs", "steps_per_epoch", "batch_size",
+                                         "max_num_points", "val_max_clicks")}
         bad = [f"{k}={v}" for k, v in positive.items() if int(v) < 1]
         if bad:
             raise InvalidInputError(f"These settings must be at least 1: {', '.join(bad)}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise InvalidInputError(f"The learning rate must be a positive number, got {self.lr}.")
-        if not (isinstance(self.lr_gamma, (int, float)) and math.isfinite(self.lr_gamma)
-                and self.lr_gamma > 0):
-            raise InvalidInputError(f"lr_gamma must be a positive number, got {self.lr_gamma}.")
-        if type(self.seed) is not int or not 0 <= self.seed < 2**63:
-            raise InvalidInputError(f"The seed must be an integer from 0 to 2**63-1, got {self.seed}.")
-        if not 0 <= self.max_iterative_clicks <= self.max_num_points:
+        if not (isinstance(s.lr, (int, float)) and math.isfinite(s.lr) and s.lr > 0):
+            raise InvalidInputError(f"The learning rate must be a positive number, got {s.lr}.")
+        if not (isinstance(s.lr_gamma, (int, float)) and math.isfinite(s.lr_gamma)
+                and s.lr_gamma > 0):
+            raise InvalidInputError(f"lr_gamma must be a positive number, got {s.lr_gamma}.")
+        if type(s.seed) is not int or not 0 <= s.seed < 2**63:
+            raise InvalidInputError(f"The seed must be an integer from 0 to 2**63-1, got {s.seed}.")
+        if not 0 <= s.max_iterative_clicks <= s.max_num_points:
             raise InvalidInputError(
-                f"max_iterative_clicks must be in 0..{self.max_num_points}, got {self.max_iterative_clicks}."
+                f"max_iterative_clicks must be in 0..{s.max_num_points}, got {s.max_iterative_clicks}."
             )
-        if self.val_samples < 0 or self.num_workers < 0:
+        if s.val_samples < 0 or s.num_workers < 0:
             raise InvalidInputError("val_samples and num_workers cannot be negative.")
+        if s.min_area < 0:
+            raise InvalidInputError(f"min_area cannot be negative, got {s.min_area}.")
+        crop = tuple(s.crop_size)
+        if len(crop) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in crop):
+            raise InvalidInputError(f"The crop size must be two whole numbers (rows, cols), got {crop}.")
+        Augmenter(AugmentSettings(crop_size=crop))  # its own checks, before any model is built
+        if s.model_config is not None:
+            validate_click_config(s.model_config)
+        if s.imagenet_checkpoint is not None and s.init != "scratch":
+            raise InvalidInputError(
+                f"An ImageNet backbone (--imagenet) is only used with --init scratch; this run "
+                f"starts from --init {s.init!r}. Leave --imagenet out, or use --init scratch.")
 
     def milestones(self) -> list[int]:
         if self.lr_milestones is not None:
             return sorted(int(m) for m in self.lr_milestones)
-        drop = int(round(self.epochs * LR_DROP_FRACTION))
-        return [drop] if 0 < drop < self.epochs else []
+        epochs = self.epochs if self.epochs is not None else RECIPE["epochs"]
+        drop = int(round(epochs * LR_DROP_FRACTION))
+        return [drop] if 0 < drop < epochs else []
 
     def to_plain(self) -> dict[str, Any]:
-        plain = asdict(self)
-        plain["crop_size"] = list(self.crop_size)
-        plain["lr_milestones"] = self.milestones()
-        if self.model_config is not None:
-            plain["model_config"] = self.model_config.to_plain()["params"]
+        resolved = self.with_defaults()
+        plain = asdict(resolved)
+        plain["crop_size"] = list(resolved.crop_size)
+        plain["lr_milestones"] = resolved.milestones()
+        if resolved.model_config is not None:
+            plain["model_config"] = resolved.model_config.to_plain()["params"]
         return plain
 
     @classmethod
     def from_plain(cls, plain: dict[str, Any]) -> "FinetuneSettings":
+        """The stored settings of a run; a field the record lacks takes the recipe's value."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in plain.items() if k in known}
-        values["crop_size"] = tuple(values.get("crop_size", (320, 480)))
+        if values.get("crop_size") is not None:
+            values["crop_size"] = tuple(values["crop_size"])
         if values.get("lr_milestones") is not None:
             values["lr_milestones"] = tuple(values["lr_milestones"])
         if values.get("model_config") is not None:
             values["model_config"] = config_from_plain(values["model_config"])
-        return cls(**values)
+        return cls(**values).with_defaults()
+
+
+#: The paper's recipe: the value of every setting a new run is not given. None for
+#: model_config, imagenet_checkpoint and lr_milestones means: the variant's shape, no ImageNet
+#: backbone, and the drop at 49/55 of the run.
+RECIPE: dict[str, Any] = dict(
+    init="official", variant="swin_base", model_config=None, imagenet_checkpoint=None,
+    epochs=10, steps_per_epoch=100, batch_size=8, lr=5e-4, lr_milestones=None, lr_gamma=0.1,
+    crop_size=(320, 480), max_num_points=12, max_iterative_clicks=3, min_area=DEFAULT_MIN_AREA,
+    seed=0, device="auto", mixed_precision=True, gradient_checkpointing=True, val_samples=8,
+    val_max_clicks=20, val_zoom_in=True, num_workers=0)
+
+#: Settings a resumed run may change: the run's length, the learning rate (set in the
+#: optimiser, so that a diverged run can go on from its last good epoch), and what changes only
+#: speed, memory or the per-epoch validation, never the training batches.
+RESUME_CHANGEABLE = ("epochs", "lr", "mixed_precision", "gradient_checkpointing", "val_samples",
+                     "val_max_clicks", "val_zoom_in")
+#: Where this invocation runs: not part of the run, so never compared with the stored run.
+PER_INVOCATION = ("device", "num_workers")
+#: The command-line option of each setting, for messages.
+OPTION_NAMES = {
+    "init": "--init", "variant": "--variant", "model_config": "the network shape (model_config)",
+    "imagenet_checkpoint": "--imagenet", "epochs": "--epochs", "steps_per_epoch": "--steps-per-epoch",
+    "batch_size": "--batch-size", "lr": "--lr", "lr_milestones": "lr_milestones",
+    "lr_gamma": "lr_gamma", "crop_size": "--crop", "max_num_points": "max_num_points",
+    "max_iterative_clicks": "max_iterative_clicks", "min_area": "--min-area", "seed": "--seed",
+    "mixed_precision": "--amp/--no-amp", "gradient_checkpointing":
+        "--gradient-checkpointing/--no-gradient-checkpointing", "val_samples": "--val-samples",
+    "val_max_clicks": "--val-max-clicks", "val_zoom_in": "val_zoom_in",
+}
+
+
+def _shown(name: str, value: Any) -> str:
+    if name == "model_config":
+        return "another network shape" if value is not None else "the variant's shape"
+    if name in ("crop_size", "lr_milestones"):
+        return " ".join(str(v) for v in _comparable(name, value)) or "none"
+    return str(value)
+
+
+def _comparable(name: str, value: Any) -> Any:
+    if name == "crop_size":
+        return tuple(int(v) for v in value)
+    if name == "lr_milestones":
+        return tuple(sorted(int(m) for m in value))
+    if name == "model_config":
+        return value.to_plain()["params"] if value is not None else None
+    return value
+
+
+def resumed_settings(stored: FinetuneSettings, given: FinetuneSettings, epochs_done: int,
+                     run_dir: Path) -> tuple[FinetuneSettings, dict[str, list]]:
+    """The settings a resumed run goes on with, and what changed (name: [stored, new]).
+
+    Only what ``given`` sets (not None) counts; a setting outside RESUME_CHANGEABLE that differs
+    from the stored run is refused, since the run would silently become another one.
+    """
+    merged, changed, refused = replace(stored), {}, []
+    for f in fields(FinetuneSettings):
+        new = getattr(given, f.name)
+        if f.name in PER_INVOCATION:
+            setattr(merged, f.name, new if new is not None else RECIPE[f.name])
+            continue
+        old = getattr(stored, f.name)
+        if new is None or _comparable(f.name, new) == _comparable(f.name, old):
+            continue
+        if f.name in RESUME_CHANGEABLE:
+            setattr(merged, f.name, new)
+            changed[f.name] = [old, new]
+        else:
+            refused.append(f"{OPTION_NAMES[f.name]} {_shown(f.name, new)} (the run has "
+                           f"{_shown(f.name, old) if f.name != 'model_config' else 'its own'})")
+    if refused:
+        raise InvalidInputError(
+            f"The run in {run_dir} cannot be resumed with other settings: {'; '.join(refused)}. "
+            "Leave these options out to go on with the run's own values, or start a new run in "
+            "another --out folder. On resume only --epochs, --lr, --amp/--no-amp, "
+            "--gradient-checkpointing, --val-samples, --val-max-clicks, --device and --workers "
+            "may change."
+        )
+    if merged.epochs < epochs_done:
+        raise InvalidInputError(
+            f"The run in {run_dir} has already done {epochs_done} epochs, so --epochs "
+            f"{merged.epochs} is too few: give --epochs {epochs_done} or more, or leave it out "
+            f"(the run's length is {stored.epochs})."
+        )
+    return merged, changed
 
 
 def config_from_plain(params: dict[str, Any]) -> ClickModelConfig:
@@ -322,32 +446,94 @@ def _cpu_state(module_state: dict) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------------
 class _Run:
+    """One invocation of a run: checks, then the folder's lock, then the model, then epochs.
+
+    Everything that can be refused (settings, the folder, the stored state) is refused before
+    the folder is changed or any model is built or downloaded; from the first write on, the
+    folder's lock is held and ``finetune.json`` says what the run is doing.
+    """
+
     def __init__(self, slices, out_dir, settings, val_slices, resume):
         if not slices:
             raise InvalidInputError("No training slice was given: there is nothing to fine-tune on.")
         self.slices = list(slices)
         self.out_dir = Path(out_dir).expanduser()
-        if self.out_dir.is_dir():
-            # A run killed while writing its checkpoint left a temporary file; remove it now,
-            # not only at the next epoch's write (which a cancelled resume may never reach).
-            remove_stale_temporaries(self.out_dir)
         self.state_path = self.out_dir / STATE_FILE
-        self.fingerprint = data_fingerprint(self.slices)
+        self.model: Optional[ISegFormer] = None
         self.history: list[EpochRecord] = []
+        self.saved_epochs = 0       # epochs whose files are on disk (a failed save adds none)
+        self.resumes: list[dict] = []
         self.start_epoch = 0
+        settings.validate()  # what was given, before the folder is touched (resume: again merged)
+        self._check_out_dir(resume)
+        self.lock = RunLock(self.out_dir)
+        self.lock.acquire()
+        try:
+            self._prepare(settings, val_slices, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def _check_out_dir(self, resume: bool) -> None:
+        from ..output.atomic import OutputPathError
+
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise OutputPathError(f"--out {self.out_dir} is a file, not a folder: give the run "
+                                  "a folder of its own (it need not exist yet).")
+        if resume and not self.out_dir.is_dir():
+            raise InvalidInputError(f"Nothing to resume: the run folder {self.out_dir} does not "
+                                    "exist. Check --out, or start a new run (without --resume).")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputPathError(
+                f"Cannot create the run folder {self.out_dir} (--out): {err.strerror or err}. "
+                "Choose a folder you can write to."
+            ) from None
+
+    def _prepare(self, given: FinetuneSettings, val_slices, resume: bool) -> None:
+        # A run killed while writing its checkpoint left a temporary file; remove it now,
+        # not only at the next epoch's write (which a cancelled resume may never reach).
+        remove_stale_temporaries(self.out_dir)
+        self.fingerprint = data_fingerprint(self.slices)
         state = self._previous_state(resume)
+        changed: dict[str, list] = {}
         if state is not None:
-            requested = settings
-            settings = self._stored(lambda: FinetuneSettings.from_plain(state["settings"]),
-                                    "its settings")
-            # The schedule and the data stay as they were; only these may change on resume.
-            settings.epochs = max(requested.epochs, int(state["epoch"]))
-            settings.device, settings.num_workers = requested.device, requested.num_workers
-            self._stored(settings.validate, "its settings")
+            stored = self._stored(lambda: FinetuneSettings.from_plain(state["settings"]),
+                                  "its settings")
+            self._stored(stored.validate, "its settings")
+            # The schedule and the data stay as they were; only what resume allows may change.
+            settings, changed = resumed_settings(stored, given, int(state["epoch"]), self.out_dir)
+            self.start_epoch = self.saved_epochs = int(state["epoch"])
+            self.history = self._stored(
+                lambda: [EpochRecord(**r) for r in state.get("history", [])], "its history")
+            self.resumes = self._stored(lambda: [dict(r) for r in state.get("resumes", [])],
+                                        "its record of earlier resumes")
+        else:
+            settings = given.with_defaults()
         settings.validate()
         self.settings = settings
         self.device = resolve_device(settings.device)
+        if changed:
+            for name, (old, new) in changed.items():
+                log.info("Resuming with %s %s (the run had %s).", OPTION_NAMES[name], new, old)
+            self.resumes.append({"epoch": self.start_epoch, "changed": changed})
+        self.init = InitReport(str(state.get("init", "resumed")) if state is not None
+                               else str(settings.init))
+        # The first write: a folder that cannot take the record fails here, before any model
+        # is built or downloaded and before an epoch is trained.
+        self._write_run_file("running")
+        try:
+            self._build(state, val_slices, changed)
+        except Exception as err:  # noqa: BLE001 - recorded, then raised as it was
+            self._record_failure(err)
+            raise
 
+    def _build(self, state: Optional[dict], val_slices, changed: dict) -> None:
+        settings = self.settings
         if state is not None:
             # Rebuilt from the stored config, not from the tensors' shapes: drop-path and dropout
             # rates leave no trace in the shapes but shape the training.
@@ -359,10 +545,6 @@ class _Run:
             self._stored(lambda: self.model.load_state_dict(state["model"], strict=True),
                          "its weights")
             self.model.train()
-            self.init = InitReport(str(state.get("init", "resumed")))
-            self.start_epoch = int(state["epoch"])
-            self.history = self._stored(
-                lambda: [EpochRecord(**r) for r in state.get("history", [])], "its history")
             if state.get("data") != self.fingerprint:
                 log.warning("The training slices differ from those the run started with; "
                             "resuming anyway with the slices given now.")
@@ -389,23 +571,49 @@ class _Run:
             if state.get("scaler"):
                 self._stored(lambda: self.scaler.load_state_dict(state["scaler"]),
                              "its gradient scaler")
+            if "lr" in changed:
+                self._set_base_lr(settings.lr)
         self.loss_fn = NormalizedFocalLoss(alpha=0.5, gamma=2.0)
         self.val_samples = validation_samples(val_slices if val_slices else self.slices,
                                               settings.val_samples)
         self.val_kind = "held-out" if val_slices else "training"
 
+    def _set_base_lr(self, lr: float) -> None:
+        """A new base learning rate for a resumed run; the drops already passed apply to it."""
+        import bisect
+
+        passed = bisect.bisect_right(self.settings.milestones(), self.scheduler.last_epoch)
+        current = lr * self.settings.lr_gamma ** passed
+        for group in self.optimizer.param_groups:
+            group["lr"], group["initial_lr"] = current, lr
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [current] * len(self.optimizer.param_groups)
+
     def _previous_state(self, resume: bool) -> Optional[dict]:
-        if not self.state_path.exists():
-            if resume:
+        present = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if not resume:
+            if present and not self._unfinished_first_epoch(present):
+                if STATE_FILE in present:
+                    what = "Continue that run with --resume, or choose another --out folder."
+                else:
+                    what = "Choose another --out folder, or move these files away first."
+                    if MODEL_FILE in present:
+                        what += (f" To start from this model, give --init "
+                                 f"{self.out_dir / MODEL_FILE} with another --out folder.")
                 raise InvalidInputError(
-                    f"Nothing to resume in {self.out_dir}: it holds no {STATE_FILE}. Start a new "
-                    "run (without --resume)."
+                    f"{self.out_dir} already holds {', '.join(present)}"
+                    f"{self._record_summary()}; a new run there would write over "
+                    f"{'it' if len(present) == 1 else 'them'}. {what}"
                 )
             return None
-        if not resume:
+        if STATE_FILE not in present:
+            held = (f" (it holds {', '.join(present)}{self._record_summary()})" if present else "")
             raise InvalidInputError(
-                f"{self.out_dir} already holds a fine-tuning run. Continue it with --resume, or "
-                "choose another --out folder."
+                f"Nothing to resume in {self.out_dir}: it holds no {STATE_FILE}{held}, so no "
+                "epoch of a run was completed there. Start a new run (without --resume) in "
+                "another --out folder" + (f", with --init {self.out_dir / MODEL_FILE} to start "
+                                          "from its model" if MODEL_FILE in present else "")
+                + "."
             )
         state = read_torch_object(self.state_path, advice=_STATE_ADVICE)
         problem = _state_problem(state)
@@ -413,6 +621,27 @@ class _Run:
             raise CheckpointError(f"{self.state_path} is not a training state of this version: "
                                   f"{problem}. {_STATE_ADVICE}")
         return state
+
+    def _unfinished_first_epoch(self, present: list[str]) -> bool:
+        """Only this package's record of a run that never completed an epoch: nothing to lose."""
+        if present != [RUN_FILE]:
+            return False
+        try:
+            record = read_run_record(self.out_dir / RUN_FILE)
+        except (OSError, RunRecordError):
+            return False
+        if record.epochs_done == 0:
+            log.info("%s holds the record of a run that completed no epoch (%s); starting anew.",
+                     self.out_dir, record.status)
+            return True
+        return False
+
+    def _record_summary(self) -> str:
+        try:
+            record = read_run_record(self.out_dir / RUN_FILE)
+        except (OSError, RunRecordError):
+            return ""
+        return f" (a fine-tuning run, {record.status} after {record.epochs_done} epochs)"
 
     def _stored(self, build: Callable[[], Any], what: str) -> Any:
         """``build()`` from the stored training state; any failure names the file and ``what``."""
@@ -425,6 +654,21 @@ class _Run:
                 f"{self.state_path} cannot be resumed: {what} do not fit this version "
                 f"({type(err).__name__}: {str(err)[:200]}). {_STATE_ADVICE}"
             ) from None
+
+    def _record_failure(self, err: BaseException) -> None:
+        message = str(err) if isinstance(err, ISegFormerError) else f"{type(err).__name__}: {err}"
+        try:
+            self._write_run_file("failed", error=message)
+        except Exception as record_err:  # noqa: BLE001 - the first error is the one to report
+            log.warning("could not record the failure in %s: %s", self.out_dir / RUN_FILE, record_err)
+
+    def _divergence_advice(self) -> str:
+        if self.saved_epochs:
+            return (f"The files in {self.out_dir} still hold the last good epoch "
+                    f"({self.saved_epochs}): go on from it with --resume and a lower learning "
+                    "rate (--lr), or with mixed precision off (--no-amp).")
+        return ("No epoch was completed, so there is nothing to resume: run again with a lower "
+                "learning rate (--lr), or with mixed precision off (--no-amp).")
 
     # --- steps ----------------------------------------------------------------------------------
     def _train_step(self, batch: dict[str, torch.Tensor], rng: np.random.Generator) -> tuple[float, float, float]:
@@ -446,8 +690,7 @@ class _Run:
         loss = self.loss_fn(logits, targets)
         if not torch.isfinite(loss):
             raise InvalidInputError(
-                f"The training loss became {loss.item()} (diverged). Lower the learning rate "
-                "(--lr) or turn mixed precision off, and resume from the last epoch."
+                f"The training loss became {loss.item()} (diverged). {self._divergence_advice()}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -495,11 +738,8 @@ class _Run:
         if bad:  # never let a diverged epoch replace the last good one's files
             raise InvalidInputError(
                 f"Training diverged in epoch {len(self.history)}: the weights "
-                f"{describe_keys(bad, 4)} became NaN or infinite. The files in {self.out_dir} "
-                "still hold the last good epoch; lower the learning rate (--lr) and resume from "
-                "it (--resume)."
+                f"{describe_keys(bad, 4)} became NaN or infinite. {self._divergence_advice()}"
             )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         model_path = save_checkpoint(self.out_dir / MODEL_FILE, self.model.state_dict(), self._model_config())
         state = {
             "format": STATE_FORMAT,
@@ -513,26 +753,32 @@ class _Run:
             "history": [asdict(r) for r in self.history],
             "init": self.init.source,
             "data": self.fingerprint,
+            "resumes": self.resumes,
         }
         _atomic_torch_save(state, self.state_path)
+        self.saved_epochs = len(self.history)
         self._write_run_file(status)
         return model_path
 
-    def _write_run_file(self, status: str) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out_dir / RUN_FILE, {
+    def _write_run_file(self, status: str, error: Optional[str] = None) -> None:
+        history = self.history[:self.saved_epochs]
+        record = {
             "status": status,
             "checkpoint": MODEL_FILE if (self.out_dir / MODEL_FILE).exists() else None,
-            "epochs_done": len(self.history),
+            "epochs_done": len(history),
             "init": self.init.describe(),
-            "model": self.model.config.to_plain()["params"],
+            "model": self.model.config.to_plain()["params"] if self.model is not None else None,
             "device": str(self.device),
             "torch": torch.__version__,
             "training_slices": [s.name for s in self.slices],
-            "validation": self.val_kind,
+            "validation": getattr(self, "val_kind", None),
             "settings": self.settings.to_plain(),
-            "history": [asdict(r) for r in self.history],
-        })
+            "history": [asdict(r) for r in history],
+            "resumes": self.resumes,
+        }
+        if error is not None:
+            record["error"] = error
+        _write_json(self.out_dir / RUN_FILE, record)
 
     def run(self, progress: Optional[ProgressCallback], on_epoch: Optional[Callable[[EpochRecord], None]]):
         s = self.settings
@@ -544,17 +790,28 @@ class _Run:
                 for epoch in range(self.start_epoch, s.epochs):
                     record = self._epoch(epoch, progress)
                     self.history.append(record)
-                    self._save("running" if epoch + 1 < s.epochs else "finished")
+                    try:
+                        self._save("running" if epoch + 1 < s.epochs else "finished")
+                    finally:
+                        del self.history[self.saved_epochs:]  # an epoch that was not saved
                     log.info("Epoch %d: loss %.4f, NoC@85 (%s slices) %s, %.1f s", record.epoch,
                              record.loss, self.val_kind, record.val_noc85, record.seconds)
                     if on_epoch is not None:
                         on_epoch(record)
+                if self.start_epoch >= s.epochs:  # resumed a run that had already finished
+                    log.info("The run in %s had already done its %d epochs; give a larger "
+                             "--epochs to extend it.", self.out_dir, s.epochs)
+                    if (self.out_dir / MODEL_FILE).exists():
+                        self._write_run_file("finished")
+                    else:
+                        self._save("finished")
             except (CancelledError, KeyboardInterrupt):
                 # The last completed epoch's files stay as they were.
                 self._write_run_file("cancelled")
                 raise
-        if not (self.out_dir / MODEL_FILE).exists():  # resumed a run that had already finished
-            self._save("finished")
+            except Exception as err:  # noqa: BLE001 - recorded, then raised as it was
+                self._record_failure(err)
+                raise
         return FinetuneResult(self.out_dir / MODEL_FILE, self.out_dir, len(self.history),
                               self.history, self.init.describe())
 
@@ -573,7 +830,14 @@ def finetune(
     ``val_slices`` (default: the training slices themselves) give the per-epoch NoC@85.
     ``progress(done, total, message)`` is called after every step; raising CancelledError from it
     stops the run, leaving the last completed epoch's checkpoint intact. With ``resume`` the run
-    in ``out_dir`` continues from its last completed epoch (``settings.epochs`` may be raised).
+    in ``out_dir`` continues from its last completed epoch: a setting left as None keeps the
+    run's value; a given one must equal it, except RESUME_CHANGEABLE ones (``epochs`` may extend
+    the run, ``lr`` sets a new base learning rate), which are applied and recorded. Without
+    ``resume``, a folder that already holds a run's files is refused. One process at a time
+    writes a run folder (its lock); a failed run is recorded as "failed" with its message.
     """
     run = _Run(slices, out_dir, settings or FinetuneSettings(), val_slices, resume)
-    return run.run(progress, on_epoch)
+    try:
+        return run.run(progress, on_epoch)
+    finally:
+        run.close()
