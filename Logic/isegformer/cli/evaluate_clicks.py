@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vol.add_argument("--labels", type=Path, help="label map on the volume's grid")
     vol.add_argument("--axis", default="k", choices=sorted(AXES),
                      help="slice axis: k (0), j (1) or i (2) of the (k, j, i) array; default k")
-    vol.add_argument("--slices", help="e.g. '40,50,60-70'; default: every slice with the object")
+    vol.add_argument("--slices",
+                     help="indices and ranges such as '40,50,60-70', 'paper' (40,80,120) or 'all'; "
+                          "default: every slice with the object (each slice once)")
     vol.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
                      help="intensity window; default: 0.1/99.9 percentiles of the volume")
     p.add_argument("--label", type=int, action="append", dest="label_values", metavar="N",

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..volume.slice_choice import SliceChoice
 from .noc import Sample
 
 log = logging.getLogger(__name__)
@@ -40,42 +41,20 @@ def find_png_folders(images: Path, masks: Optional[Path]) -> tuple[Path, Path]:
         "give the masks folder with --masks.")
 
 
-def _read_png(path: Path) -> np.ndarray:
-    # Pillow is not a direct dependency; matplotlib and scikit-image (which are) require it.
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
-                return np.array(img)
-            return np.array(img.convert("RGB"))
-    except OSError as err:
-        raise InvalidInputError(f"Could not read {path} as an image: {err}") from err
-
-
 def _as_model_image(array: np.ndarray, path: Path) -> np.ndarray:
     """uint8 (H, W, 3) as the reference reads it, or a gray image scaled to [0, 1]."""
+    if array.min() == array.max():  # refused here, before any sample runs, not by the click session
+        raise InvalidInputError(
+            f"The image {path} is constant (every pixel is {array.flat[0]}): there is nothing to "
+            "segment in it. Replace it, or move it and its mask out of the folders.")
     if array.dtype == np.uint8:
         return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
     array = array.astype(np.float64)
     lo, hi = np.percentile(array, [0.1, 99.9])
     if hi <= lo:
         lo, hi = array.min(), array.max()
-    if hi <= lo:
-        raise InvalidInputError(f"{path.name} is a constant image: nothing to segment.")
     log.info("%s is not 8-bit; scaled by its 0.1-99.9 percentiles.", path.name)
     return np.clip((array - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def _as_label_image(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim == 3:
-        if not (array == array[..., :1]).all():
-            raise InvalidInputError(
-                f"The mask {path.name} has differing colour channels: give a single-channel "
-                "label image (0 background, 1, 2, ... objects).")
-        array = array[..., 0]
-    return array.astype(np.int64)
 
 
 def _objects(labels: np.ndarray, wanted: Optional[Sequence[int]], objects: str) -> list[int]:
@@ -90,74 +69,71 @@ def _objects(labels: np.ndarray, wanted: Optional[Sequence[int]], objects: str) 
 
 def png_samples(images_dir: Path, masks_dir: Path, labels: Optional[Sequence[int]] = None,
                 objects: str = "all") -> list[Sample]:
-    """One sample per image and object; masks are matched to images by file stem."""
-    image_paths = sorted(images_dir.glob("*.png"))
-    if not image_paths:
-        raise InvalidInputError(f"No PNG images in {images_dir}.")
-    masks = {p.name.split(".")[0]: p for p in masks_dir.glob("*.png")}
+    """One sample per image and object; masks are matched to images by their full stem.
+
+    Pairing and reading follow the package's one PNG rule (:mod:`isegformer.volume.png_pairs`,
+    :mod:`isegformer.volume.png_files`), the same as ``finetune``'s.
+    """
+    from ..volume.png_files import read_png_image, read_png_labels
+    from ..volume.png_pairs import png_pairs
+
     samples: list[Sample] = []
-    for path in image_paths:
-        stem = path.name.split(".")[0]
-        if stem not in masks:
-            raise InvalidInputError(
-                f"No mask for {path.name} in {masks_dir}: masks must share the image's name.")
-        image = _as_model_image(_read_png(path), path)
-        label_map = _as_label_image(_read_png(masks[stem]), masks[stem])
+    for image_path, mask_path in png_pairs(images_dir, masks_dir):
+        image = _as_model_image(read_png_image(image_path), image_path)
+        label_map = read_png_labels(mask_path)
         if label_map.shape != image.shape[:2]:
             raise InvalidInputError(
-                f"{masks[stem].name} is {label_map.shape}, its image {image.shape[:2]}.")
+                f"The mask {mask_path} is {label_map.shape[1]}x{label_map.shape[0]} pixels but its "
+                f"image {image_path.name} is {image.shape[1]}x{image.shape[0]}: a mask must have its "
+                "image's size. Give the mask made on this image (or resize it with nearest-neighbour "
+                "interpolation, which keeps its label values).")
         for value in _objects(label_map, labels, objects):
-            samples.append(Sample(f"{path.name}#{value}", image, (label_map == value).astype(np.int8)))
+            samples.append(Sample(f"{image_path.name}#{value}", image,
+                                  (label_map == value).astype(np.int8)))
     if not samples:
         raise InvalidInputError(f"No mask in {masks_dir} holds an object (a nonzero label).")
     return samples
 
 
-def parse_slices(spec: Optional[str], count: int) -> Optional[list[int]]:
-    """'10,20,30-40' -> [10, 20, 30, ..., 40]; None -> None (every slice with the object)."""
-    if not spec:
-        return None
-    out: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                first, last = (int(v) for v in part.split("-", 1))
-                out.extend(range(first, last + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError as err:
-        raise InvalidInputError(
-            f"Could not read slices {spec!r}: use numbers and ranges, e.g. '10,20,30-40'.") from err
-    bad = [s for s in out if not 0 <= s < count]
-    if bad:
-        raise InvalidInputError(f"Slices {bad} are outside the volume: it has slices 0..{count - 1}.")
-    return out
-
-
 def volume_samples(volume_path: Path, labels_path: Path, axis: int,
-                   slices: Optional[str] = None, labels: Optional[Sequence[int]] = None,
-                   window: Optional[Sequence[float]] = None) -> Iterator[Sample]:
-    """One sample per chosen slice and label present in it; intensities by the volume's window."""
+                   slices: Optional[SliceChoice] = None, labels: Optional[Sequence[int]] = None,
+                   window: Optional[Sequence[float]] = None) -> list[Sample]:
+    """One sample per chosen slice and label present in it; intensities by the volume's window.
+
+    ``slices`` follows the package's one slice grammar (:mod:`isegformer.volume.slice_choice`):
+    ``None`` or ``"all"`` for every slice holding an object, ``"paper"``, a spec such as
+    ``"10,20,30-40"`` or a list of indices. Every chosen slice is checked (NaN/inf voxels, a
+    constant image) before any sample is made, so a bad slice stops the evaluation before it starts.
+    """
     from ..volume import read_label_map, read_volume
-    from ..volume.intensity import normalize
+    from ..volume.intensity import normalize, robust_window
+    from ..volume.slice_choice import chosen_slices
+    from ..volume.slice_content import refuse_constant_slices, refuse_nonfinite_slices
     from ..volume.slicing import check_axis, extract_slice
 
     check_axis(axis)
     volume = read_volume(volume_path)
     label_map = read_label_map(labels_path, volume).array
-    unit = normalize(volume.array, tuple(window) if window else None)
-    chosen = parse_slices(slices, volume.shape[axis])
+    where = Path(volume_path).name
+    chosen = chosen_slices(slices, volume.shape[axis], where, axis)
     indices = chosen if chosen is not None else range(volume.shape[axis])
-    found = False
+    objects: list[tuple[int, np.ndarray, list[int]]] = []
     for index in indices:
         label_slice = np.rint(extract_slice(label_map, axis, index)).astype(np.int64)
-        for value in _objects(label_slice, labels, "all"):
-            found = True
-            yield Sample(f"{Path(volume_path).name}:axis{axis}:{index}#{value}",
-                         np.ascontiguousarray(extract_slice(unit, axis, index)),
-                         (label_slice == value).astype(np.int8))
-    if not found:
+        values = _objects(label_slice, labels, "all")
+        if values:
+            objects.append((index, label_slice, values))
+    if not objects:
+        which = "slices" if chosen is None else f"slices {chosen}"
         raise InvalidInputError(
-            f"None of the chosen slices of {Path(labels_path).name} holds the label(s) "
+            f"None of the chosen {which} of {Path(labels_path).name} holds the label(s) "
             f"{list(labels) if labels else 'any nonzero'}: choose other slices or --label.")
+    used = [index for index, _, _ in objects]
+    refuse_nonfinite_slices(volume.array, axis, used, where)
+    low_high = tuple(window) if window else robust_window(volume.array)
+    refuse_constant_slices(volume.array, axis, used, where, low_high)
+    unit = normalize(volume.array, low_high)
+    return [Sample(f"{where}:axis{axis}:{index}#{value}",
+                   np.ascontiguousarray(extract_slice(unit, axis, index)),
+                   (label_slice == value).astype(np.int8))
+            for index, label_slice, values in objects for value in values]

@@ -14,26 +14,25 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from ..volume import read_label_map, read_volume
 from ..volume.intensity import gray_to_rgb, normalize, robust_window
+from ..volume.png_files import MAX_PNG_PIXELS, read_png_image, read_png_labels  # noqa: F401
+from ..volume.png_pairs import png_pairs
+from ..volume.slice_choice import PAPER_SLICES, SliceChoice, chosen_slices, parse_slice_choice  # noqa: F401
+from ..volume.slice_content import refuse_constant_slices, refuse_nonfinite_slices
 from ..volume.slicing import check_axis, extract_slice
 from .augment import PADDING_LABEL, Augmenter, center_crop
 from .points_sampler import MultiPointSampler
 
 log = logging.getLogger(__name__)
 
-#: The slices the paper annotated in each OAI-ZIB training volume.
-PAPER_SLICES: tuple[int, ...] = (40, 80, 120)
 #: Objects smaller than this (in pixels) are not used as training targets (the paper's value).
 DEFAULT_MIN_AREA = 20
-PNG_SUFFIXES = (".png",)
-
-SliceChoice = Union[str, Sequence[int]]  # "paper", "all", or explicit indices
 
 
 @dataclass
@@ -51,23 +50,6 @@ class TrainingSlice:
 
     def object_mask(self, object_id: int) -> np.ndarray:
         return self.label == object_id
-
-
-def parse_slice_choice(text: str) -> SliceChoice:
-    """``"paper"`` (40, 80, 120), ``"all"`` (every labelled slice) or ``"12,40,77"``."""
-    value = text.strip().lower()
-    if value in ("paper", "all"):
-        return value
-    try:
-        indices = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        indices = []
-    if not indices or min(indices) < 0:
-        raise InvalidInputError(
-            f"--slices must be 'paper' (slices {', '.join(map(str, PAPER_SLICES))}), 'all' (every "
-            f"labelled slice) or a comma-separated list of slice indices such as 40,80,120; got {text!r}."
-        )
-    return sorted(set(indices))
 
 
 # --- labels ---------------------------------------------------------------------------------------
@@ -136,30 +118,19 @@ def slices_from_volume(
     objects = _select_objects(labels, label_value)
     count = volume.shape[axis]
 
-    if slices == "all":
+    chosen = chosen_slices(slices, count, name, axis)
+    if chosen is None:  # "all"
         moved = np.moveaxis(objects, axis, 0)
         indices = [i for i in range(count) if moved[i].any()]
-    elif slices == "paper":
-        indices = [i for i in PAPER_SLICES if i < count]
-        if len(indices) < len(PAPER_SLICES):
-            log.warning("%s has %d slices along axis %d: using the paper's slices %s only.",
-                        name, count, axis, indices)
     else:
-        indices = list(slices)  # type: ignore[arg-type]
-        outside = [i for i in indices if not 0 <= i < count]
-        if outside:
-            raise InvalidInputError(
-                f"Slices {outside} do not exist in {name}: it has slices 0..{count - 1} along axis "
-                f"{axis}. Choose indices in that range (or --slices all)."
-            )
+        indices = chosen
     if not indices:
         raise InvalidInputError(
             f"{name} has no slice to train on along axis {axis} ({count} slices). Choose slices "
             "with --slices (e.g. --slices all), or another --axis."
         )
 
-    window = robust_window(volume.array)
-    result, unlabelled, too_small = [], [], []
+    usable, unlabelled, too_small = [], [], []
     for index in indices:
         label = np.ascontiguousarray(extract_slice(objects, axis, index))
         if not label.any():
@@ -169,6 +140,13 @@ def slices_from_volume(
         if not ids:
             too_small.append(index)
             continue
+        usable.append((index, label, ids))
+    # Every training slice is checked before the window (which refuses any NaN without saying where).
+    refuse_nonfinite_slices(volume.array, axis, [index for index, _, _ in usable], name)
+    window = robust_window(volume.array)
+    refuse_constant_slices(volume.array, axis, [index for index, _, _ in usable], name, window)
+    result = []
+    for index, label, ids in usable:
         image = gray_to_rgb(normalize(extract_slice(volume.array, axis, index), window))
         result.append(TrainingSlice(image.astype(np.float32), label, ids, f"{name} axis {axis} slice {index}"))
     if unlabelled or too_small:
@@ -211,61 +189,17 @@ def slices_from_volumes(
 
 # --- PNG folders ----------------------------------------------------------------------------------
 def _image_to_unit_rgb(array: np.ndarray, what: str) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        array = array[..., :3]
-        if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
-            log.info("%s is a colour image; training uses it as it is.", what)
-    elif array.ndim == 3 and array.shape[2] in (1, 2):
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = gray_to_rgb(array)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise InvalidInputError(f"{what} has shape {array.shape}; expected a gray or RGB image.")
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if np.issubdtype(array.dtype, np.floating) and array.min() >= 0.0 and array.max() <= 1.0:
-        return array.astype(np.float32)
-    return normalize(array)  # 16-bit and other ranges: the robust window of the image itself
-
-
-#: Larger than any slice of a medical volume; PIL's own bomb limit is ~179 megapixels.
-MAX_PNG_PIXELS = 64 * 1024 * 1024
-
-
-def read_png(path: Path, what: str) -> np.ndarray:
-    """The pixels of a PNG file, or InvalidInputError saying which file is unusable and why.
-
-    A damaged or truncated file makes the image libraries raise SyntaxError, OSError,
-    ValueError or a decompression-bomb warning turned error; all of them mean the same to the
-    user.
-    """
-    from PIL import Image
-    from skimage.io import imread
-
-    try:
-        with Image.open(path) as image:  # reads the header only: the size before the pixels
-            width, height = image.size
-        if width < 1 or height < 1 or width * height > MAX_PNG_PIXELS:
-            raise InvalidInputError(
-                f"{what} {path.name} is {width}x{height} pixels; slices must have between 1 "
-                f"and {MAX_PNG_PIXELS} pixels."
-            )
-        array = np.asarray(imread(path))
-    except InvalidInputError:
-        raise
-    except MemoryError:
-        raise InvalidInputError(f"{what} {path.name} is too large to load.") from None
-    except Exception as err:  # noqa: BLE001 - PIL raises SyntaxError, OSError, ValueError, ...
+    """(H, W, 3) float32 in [0, 1] from :func:`read_png_image`'s 8-bit RGB or 16/32-bit gray."""
+    if array.min() == array.max():
         raise InvalidInputError(
-            f"{what} {path} cannot be read as a PNG image ({type(err).__name__}: {err}). It is "
-            "damaged or not a PNG: replace it, or remove it from the folder."
-        ) from None
-    if array.ndim not in (2, 3) or array.dtype.kind not in "biuf":
-        raise InvalidInputError(
-            f"{what} {path.name} has pixels of shape {array.shape} and type {array.dtype}; "
-            "expected a gray or RGB(A) image."
-        )
-    return array
+            f"The image {what} is constant (every pixel is {array.flat[0]}) but its mask holds an "
+            "object: there is nothing to learn from it. Replace it, or move it and its mask out of "
+            "the folders.")
+    if array.dtype != np.uint8:
+        return gray_to_rgb(normalize(array))  # the robust window of the image itself
+    if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
+        log.info("%s is a colour image; training uses it as it is.", what)
+    return array.astype(np.float32) / 255.0
 
 
 def slices_from_png_folders(
@@ -274,41 +208,24 @@ def slices_from_png_folders(
     label_value: Optional[int] = None,
     min_area: int = DEFAULT_MIN_AREA,
 ) -> list[TrainingSlice]:
-    """Image/mask pairs matched by file name (``images/x.png`` with ``masks/x.png``).
+    """Image/mask pairs matched by full stem (``images/x.png`` with ``masks/x.png``).
 
-    Masks are label images (0 background); for a colour mask the first channel is used.
+    Pairing and reading follow the package's one PNG rule (:mod:`isegformer.volume.png_pairs`,
+    :mod:`isegformer.volume.png_files`), the same as ``evaluate-clicks``'s: masks keep their
+    stored values (a palette mask its indices), and a colour mask whose channels differ is refused.
     """
-    images_dir, masks_dir = Path(images_dir).expanduser(), Path(masks_dir).expanduser()
-    for folder, flag in ((images_dir, "--images"), (masks_dir, "--masks")):
-        if not folder.is_dir():
-            raise InvalidInputError(f"{flag} {folder} is not a folder. Give the folder of PNG files.")
-    try:
-        images = sorted(p for p in images_dir.iterdir()
-                        if p.suffix.lower() in PNG_SUFFIXES and p.is_file())
-        masks = {p.stem: p for p in masks_dir.iterdir()
-                 if p.suffix.lower() in PNG_SUFFIXES and p.is_file()}
-    except OSError as err:
-        raise InvalidInputError(f"Cannot list the PNG folders: {err.strerror or err}.") from None
-    if not images:
-        raise InvalidInputError(f"{images_dir} holds no .png image.")
-    missing = [p.name for p in images if p.stem not in masks]
-    if missing:
-        raise InvalidInputError(
-            f"{len(missing)} image(s) have no mask of the same name in {masks_dir} (e.g. {missing[:3]}). "
-            "Give every image a mask with the same file name."
-        )
+    pairs = png_pairs(images_dir, masks_dir)
     result, skipped = [], []
     values_seen: set[int] = set()
-    for path in images:
-        image = _image_to_unit_rgb(read_png(path, "The image"), path.name)
-        raw = read_png(masks[path.stem], "The mask")
-        if raw.ndim == 3:
-            raw = raw[..., 0]
-        labels = _integer_labels(raw, f"The mask {masks[path.stem].name}")
-        if labels.shape != image.shape[:2]:
+    for path, mask_path in pairs:
+        pixels = read_png_image(path)
+        labels = _integer_labels(read_png_labels(mask_path), f"The mask {mask_path.name}")
+        if labels.shape != pixels.shape[:2]:
             raise InvalidInputError(
-                f"The mask {masks[path.stem].name} is {labels.shape[1]}x{labels.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}: they must have the same size."
+                f"The mask {mask_path} is {labels.shape[1]}x{labels.shape[0]} pixels but its image "
+                f"{path.name} is {pixels.shape[1]}x{pixels.shape[0]}: a mask must have its image's "
+                "size. Give the mask made on this image (or resize it with nearest-neighbour "
+                "interpolation, which keeps its label values)."
             )
         values_seen.update(int(v) for v in np.unique(labels) if v > 0)
         label = _select_objects(labels, label_value)
@@ -316,6 +233,7 @@ def slices_from_png_folders(
         if not ids:
             skipped.append(path.name)
             continue
+        image = _image_to_unit_rgb(pixels, path.name)
         result.append(TrainingSlice(image.astype(np.float32), label, ids, path.name))
     if skipped:
         log.warning("Skipped %d image(s) without an object of %d pixels or more: %s",
