@@ -295,3 +295,12 @@ def test_evaluate_clicks_refuses_a_nan_slice_before_any_sample_or_model(tmp_path
                  "--labels", str(lab), "--slices", "4-6", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 1 and "slice(s) 5 along axis 0" in err and "none.pth" not in err
+
+
+@pytest.mark.parametrize("indices", [[5, 5], ["a"], [2.5], [True]])
+def test_api_slice_lists_follow_the_same_rules(tmp_path, indices):
+    vol, lab = _volume_pair(tmp_path)
+    with pytest.raises(InvalidInputError, match="more than once|whole numbers"):
+        slices_from_volume(vol, lab, 0, indices)
+    with pytest.raises(InvalidInputError, match="more than once|whole numbers"):
+        volume_samples(vol, lab, 0, indices)

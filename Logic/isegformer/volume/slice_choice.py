@@ -65,7 +65,11 @@ def parse_slice_choice(text: str, option: str = "--slices") -> Union[str, list[i
 def _checked_indices(indices: Sequence[int], option: str) -> list[int]:
     values = []
     for index in indices:
-        if isinstance(index, bool) or int(index) != index:
+        try:
+            whole = not isinstance(index, (bool, str)) and int(index) == index
+        except (TypeError, ValueError, OverflowError):
+            whole = False
+        if not whole:
             raise InvalidInputError(f"{option}: slice indices are whole numbers, got {index!r}.")
         values.append(int(index))
     negative = sorted({v for v in values if v < 0})
