@@ -224,7 +224,7 @@ def test_a_constant_image_is_refused_while_reading_not_while_clicking(tmp_path):
 
 # --- item 11: one --slices grammar ---------------------------------------------------------------
 
-def _volume_pair(tmp_path, suffix=".nii.gz", nan_slice=None):
+def _volume_pair(tmp_path, suffix=".nii.gz", nan_slice=None, nan_voxels=None):
     import SimpleITK as sitk
 
     labels = np.zeros((12, 32, 32), np.uint8)
@@ -232,7 +232,7 @@ def _volume_pair(tmp_path, suffix=".nii.gz", nan_slice=None):
     rng = np.random.default_rng(0)
     volume = (rng.normal(size=labels.shape) + 5 * labels).astype(np.float32)
     if nan_slice is not None:
-        volume[nan_slice] = np.nan
+        volume[nan_slice, :nan_voxels] = np.nan  # the whole slice, or its first nan_voxels rows
     paths = tmp_path / f"vol{suffix}", tmp_path / f"lab{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(volume), str(paths[0]))
     sitk.WriteImage(sitk.GetImageFromArray(labels), str(paths[1]))
@@ -278,13 +278,21 @@ def test_nan_in_a_chosen_slice_is_refused_by_its_index(tmp_path):
         slices_from_volume(vol, lab, 0, [4, 5, 6])
 
 
-def test_a_nifti_nan_slice_is_refused_not_trained_as_black(tmp_path):
-    """ITK's NIfTI reader turns NaN into 0: the slice arrives constant and is refused by index."""
-    vol, lab = _volume_pair(tmp_path, ".nii.gz", nan_slice=5)
-    with pytest.raises(InvalidInputError, match=r"slice\(s\) 5 along axis 0 are constant.*NaN"):
+@pytest.mark.parametrize("rows", [None, 1])  # the whole slice 5, or its first row only
+def test_a_nifti_nan_slice_is_refused_not_trained_as_zeros(tmp_path, rows):
+    """ITK's NIfTI reader turns NaN into 0; the stored voxels still name slice 5."""
+    vol, lab = _volume_pair(tmp_path, ".nii.gz", nan_slice=5, nan_voxels=rows)
+    with pytest.raises(InvalidInputError, match=r"slice\(s\) 5 along axis 0 hold NaN"):
         slices_from_volume(vol, lab, 0, [4, 5, 6])
-    with pytest.raises(InvalidInputError, match=r"slice\(s\) 5 along axis 0 are constant"):
+    with pytest.raises(InvalidInputError, match=r"slice\(s\) 5 along axis 0 hold NaN"):
         volume_samples(vol, lab, 0, "4-6")
+    assert len(slices_from_volume(vol, lab, 0, [4, 6])) == 2  # the other slices are usable
+
+
+def test_a_slice_without_contrast_is_refused_by_its_index(tmp_path):
+    vol, lab = _volume_pair(tmp_path)
+    with pytest.raises(InvalidInputError, match=r"slice\(s\) 3, 4 along axis 0 are constant"):
+        volume_samples(vol, lab, 0, "3-4", window=(50.0, 60.0))  # every voxel under the window
 
 
 def test_evaluate_clicks_refuses_a_nan_slice_before_any_sample_or_model(tmp_path, capsys):

@@ -142,7 +142,8 @@ def slices_from_volume(
             continue
         usable.append((index, label, ids))
     # Every training slice is checked before the window (which refuses any NaN without saying where).
-    refuse_nonfinite_slices(volume.array, axis, [index for index, _, _ in usable], name)
+    refuse_nonfinite_slices(volume.array, axis, [index for index, _, _ in usable], name,
+                            volume_path)
     window = robust_window(volume.array)
     refuse_constant_slices(volume.array, axis, [index for index, _, _ in usable], name, window)
     result = []

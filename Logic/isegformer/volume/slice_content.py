@@ -3,18 +3,20 @@
 A command that works through many slices (an evaluation, a fine-tune) checks every chosen slice
 first, so that one bad slice is reported by its index before hours of work, not in the middle:
 
-- a slice with NaN or infinite voxels (they have no intensity to show or learn);
-- a slice that is constant once the intensity window is applied (nothing to segment). ITK's
-  NIfTI reader turns NaN voxels into 0 without a word, so a NaN slice of a ``.nii`` file arrives
-  here as a constant slice of zeros, and the message says so.
+- a slice with NaN or infinite voxels (they have no intensity to show or learn). ITK's NIfTI
+  reader turns them into 0 without a word, so for a NIfTI file the stored voxels are looked at
+  (:mod:`isegformer.volume.nifti_nonfinite`);
+- a slice that is constant once the intensity window is applied (nothing to segment).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError
+from .nifti_nonfinite import stored_nonfinite
 from .slicing import extract_slice
 
 
@@ -23,16 +25,23 @@ def _listed(indices: Sequence[int]) -> str:
     return shown + (f", ... ({len(indices)} slices)" if len(indices) > 20 else "")
 
 
-def refuse_nonfinite_slices(array: np.ndarray, axis: int, indices: Sequence[int], where: str) -> None:
-    """InvalidInputError naming the chosen slices that hold NaN or infinite voxels."""
+def refuse_nonfinite_slices(array: np.ndarray, axis: int, indices: Sequence[int], where: str,
+                            source: Optional[str | Path] = None) -> None:
+    """InvalidInputError naming the chosen slices that hold NaN or infinite voxels.
+
+    ``source``: the file ``array`` was read from; a NIfTI file's stored voxels are checked too.
+    """
     if not np.issubdtype(array.dtype, np.floating):
         return
-    bad = [i for i in indices if not np.isfinite(extract_slice(array, axis, i)).all()]
+    stored = stored_nonfinite(source, array.shape) if source is not None else None
+    bad = [i for i in indices
+           if not np.isfinite(extract_slice(array, axis, i)).all()
+           or (stored is not None and extract_slice(stored, axis, i).any())]
     if bad:
         raise InvalidInputError(
             f"{where}: the chosen slice(s) {_listed(bad)} along axis {axis} hold NaN or infinite "
-            "voxels. Replace them in the volume (e.g. with the background value), or leave those "
-            "slices out with --slices."
+            "voxels (a NIfTI reader would show them as 0). Replace them in the volume (e.g. with "
+            "the background value), or leave those slices out with --slices."
         )
 
 
@@ -50,6 +59,5 @@ def refuse_constant_slices(array: np.ndarray, axis: int, indices: Sequence[int],
         raise InvalidInputError(
             f"{where}: the chosen slice(s) {_listed(bad)} along axis {axis} are constant within the "
             f"intensity window [{low:g}, {high:g}]: there is nothing to see in them. Check the "
-            "slices, the window and the file (a NIfTI reader reads NaN voxels as 0, so a slice of "
-            "NaN arrives as a slice of zeros); leave those slices out with --slices."
+            "slices, the window and the file, or leave those slices out with --slices."
         )
