@@ -136,13 +136,22 @@ def check_option_combinations(args) -> None:
                                 "whose backbone it fills); leave it out, or add --init scratch.")
 
 
-def _load_slices(args):
+def _min_area(args, out_dir: Path) -> int:
+    """--min-area, else the resumed run's own, else the default."""
+    from ..finetune.data import DEFAULT_MIN_AREA
+    from ..finetune.runs import recorded_setting
+
+    if args.min_area is not None:
+        return args.min_area
+    stored = recorded_setting(out_dir, "min_area") if args.resume else None
+    return stored if type(stored) is int and stored >= 0 else DEFAULT_MIN_AREA
+
+
+def _load_slices(args, min_area: int):
     from ..errors import InvalidInputError
-    from ..finetune.data import (DEFAULT_MIN_AREA, parse_slice_choice, slices_from_png_folders,
-                                 slices_from_volumes)
+    from ..finetune.data import parse_slice_choice, slices_from_png_folders, slices_from_volumes
 
     axis = AXES[args.axis or "k"]
-    min_area = args.min_area if args.min_area is not None else DEFAULT_MIN_AREA
     if args.volumes:
         train = slices_from_volumes(args.volumes, args.labels, axis,
                                     parse_slice_choice(args.slices or "paper"), args.label_value,
@@ -218,7 +227,7 @@ def run(args) -> int:
             val_samples=args.val_samples, val_max_clicks=args.val_max_clicks,
             num_workers=args.workers)
         settings.validate()  # before the data is read and long before any model is built
-        train, val = _load_slices(args)
+        train, val = _load_slices(args, _min_area(args, out_dir))
         if json_mode:
             _emit("start", out_dir=str(out_dir), training_slices=len(train),
                   validation_slices=len(val) if val else 0)

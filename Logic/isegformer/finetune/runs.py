@@ -78,6 +78,20 @@ def read_run_record(path: Path) -> RunRecord:
     return RunRecord(status, epochs, init, known[-1] if known else None)
 
 
+def recorded_setting(run_dir: Path, name: str) -> Any:
+    """A setting as the run's ``finetune.json`` records it; None without a readable record.
+
+    For what must be known before the training state is read (the CLI selects the training
+    objects with the run's ``min_area`` before the trainer opens the run)."""
+    try:
+        data = read_json_bounded(Path(run_dir) / RUN_FILE, f"the run record in {run_dir}",
+                                 error=RunRecordError, max_bytes=16 << 20)
+    except (OSError, RunRecordError):
+        return None
+    settings = data.get("settings") if isinstance(data, dict) else None
+    return settings.get(name) if isinstance(settings, dict) else None
+
+
 def finetuned_home(home: Optional[Path] = None) -> Path:
     """``ISEGFORMER_HOME/finetuned`` (or under ``home``)."""
     from ..weights.cache import cache_home

@@ -110,7 +110,7 @@ class FinetuneSettings:
                 "max_num_points": s.max_num_points, "val_max_clicks": s.val_max_clicks,
                 "max_iterative_clicks": s.max_iterative_clicks, "min_area": s.min_area,
                 "val_samples": s.val_samples, "num_workers": s.num_workers}
-        not_int = [f"{k}={v!r}" for k, v in ints.items() if not isinstance(v, numbers.Integral) or isinstance(v, bool)]
+        not_int = [f"{k}={v!r}" for k, v in ints.items() if not _whole(v)]
         if not_int:
             raise InvalidInputError(f"These settings must be whole numbers: {', '.join(not_int)}.")
         positive = {k: ints[k] for k in ("epochs", "steps_per_epoch", "batch_size",
@@ -134,7 +134,7 @@ class FinetuneSettings:
         if s.min_area < 0:
             raise InvalidInputError(f"min_area cannot be negative, got {s.min_area}.")
         crop = tuple(s.crop_size)
-        if len(crop) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in crop):
+        if len(crop) != 2 or not all(_whole(v) for v in crop):
             raise InvalidInputError(f"The crop size must be two whole numbers (rows, cols), got {crop}.")
         Augmenter(AugmentSettings(crop_size=crop))  # its own checks, before any model is built
         if s.model_config is not None:
@@ -261,6 +261,10 @@ def resumed_settings(stored: FinetuneSettings, given: FinetuneSettings, epochs_d
     return merged, changed
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def config_from_plain(params: dict[str, Any]) -> ClickModelConfig:
     """The inverse of ``ClickModelConfig.to_plain()["params"]``; the shape is validated."""
     known = {f.name for f in fields(ClickModelConfig)}
@@ -304,6 +308,7 @@ _INIT_STREAM, _EPOCH_STREAM = 2, 1
 
 def starting_model(settings: FinetuneSettings) -> tuple[ISegFormer, InitReport]:
     """The network a run starts from (CPU, train mode); random weights follow the run's seed."""
+    settings = settings.with_defaults()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(settings.seed, _INIT_STREAM))
         return initial_model(settings.init, settings.model_config or settings.variant,
