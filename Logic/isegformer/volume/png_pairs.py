@@ -18,33 +18,35 @@ log = logging.getLogger(__name__)
 PNG_SUFFIX = ".png"
 
 
-def png_files_by_stem(folder: Path, flag: str) -> dict[str, Path]:
-    """The ``.png`` files of ``folder`` (any case), keyed by their full stem, in name order."""
+def png_files_by_stem(folder: Path, what: str) -> dict[str, Path]:
+    """The ``.png`` files of ``folder`` (any case), keyed by their full stem, in name order.
+
+    ``what`` names the folder in messages ("The image folder").
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise InvalidInputError(f"{flag} {folder} is not a folder. Give the folder of PNG files.")
+        raise InvalidInputError(f"{what} {folder} is not a folder. Give the folder of PNG files.")
     try:
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == PNG_SUFFIX and p.is_file())
     except OSError as err:
-        raise InvalidInputError(f"Cannot list {flag} {folder}: {err.strerror or err}.") from None
+        raise InvalidInputError(f"Cannot list {what.lower()} {folder}: {err.strerror or err}.") from None
     by_stem: dict[str, Path] = {}
     for path in paths:
         if path.stem in by_stem:
             raise InvalidInputError(
-                f"{flag} {folder} holds both {by_stem[path.stem].name} and {path.name}, which pair "
+                f"{what} {folder} holds both {by_stem[path.stem].name} and {path.name}, which pair "
                 "with the same mask/image name: rename or remove one of them."
             )
         by_stem[path.stem] = path
     return by_stem
 
 
-def png_pairs(images_dir: Path, masks_dir: Path, images_flag: str = "--images",
-              masks_flag: str = "--masks") -> list[tuple[Path, Path]]:
+def png_pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
     """(image, mask) paths matched by full stem, in image-name order; every image needs a mask."""
-    images = png_files_by_stem(images_dir, images_flag)
-    masks = png_files_by_stem(masks_dir, masks_flag)
+    images = png_files_by_stem(images_dir, "The image folder")
+    masks = png_files_by_stem(masks_dir, "The mask folder")
     if not images:
-        raise InvalidInputError(f"{images_flag} {images_dir} holds no .png image.")
+        raise InvalidInputError(f"The image folder {images_dir} holds no .png image.")
     missing = [p.name for stem, p in images.items() if stem not in masks]
     if missing:
         raise InvalidInputError(
