@@ -312,3 +312,11 @@ def test_api_slice_lists_follow_the_same_rules(tmp_path, indices):
         slices_from_volume(vol, lab, 0, indices)
     with pytest.raises(InvalidInputError, match="more than once|whole numbers"):
         volume_samples(vol, lab, 0, indices)
+
+
+def test_paper_slices_in_a_short_volume_say_so_in_both_commands(tmp_path):
+    vol, lab = _volume_pair(tmp_path)  # 12 slices: 40, 80 and 120 do not exist
+    with pytest.raises(InvalidInputError, match=r"none of the paper's slices 40, 80, 120 exists"):
+        slices_from_volume(vol, lab, 0, "paper")
+    with pytest.raises(InvalidInputError, match=r"none of the paper's slices 40, 80, 120 exists"):
+        volume_samples(vol, lab, 0, "paper")

@@ -101,6 +101,11 @@ def chosen_slices(choice: Optional[SliceChoice], count: int, where: str, axis: i
         return None
     if choice == "paper":
         indices = [i for i in PAPER_SLICES if i < count]
+        if not indices:
+            raise InvalidInputError(
+                f"{where} has {count} slices along axis {axis}, so none of the paper's slices "
+                f"{', '.join(map(str, PAPER_SLICES))} exists: choose slices with {option} (e.g. "
+                f"{option} all), or another axis.")
         if len(indices) < len(PAPER_SLICES):
             log.warning("%s has %d slices along axis %d: using the paper's slices %s only.",
                         where, count, axis, indices)
