@@ -168,6 +168,7 @@ def test_a_folder_holding_a_users_files_is_refused_and_left_as_it_was(nifti, tmp
     err = capsys.readouterr().err
     assert "already holds" in err and "another --out" in err and "Traceback" not in err
     assert _files(out) == files
+    assert sorted(os.listdir(out)) == sorted(files)  # not even a lock file was added
 
 
 # --- items 8 and 14d: refused before any model is built ----------------------------------------------

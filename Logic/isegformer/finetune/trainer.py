@@ -469,8 +469,11 @@ class _Run:
         self.saved_epochs = 0       # epochs whose files are on disk (a failed save adds none)
         self.resumes: list[dict] = []
         self.start_epoch = 0
-        settings.validate()  # what was given, before the folder is touched (resume: again merged)
+        if not resume:  # a resumed run's settings are checked once merged with the stored ones
+            settings.validate()
+        self.device = resolve_device(settings.device or RECIPE["device"])
         self._check_out_dir(resume)
+        self._check_run_files(resume)  # before the lock file is made in a folder that is refused
         self.lock = RunLock(self.out_dir)
         self.lock.acquire()
         try:
@@ -504,7 +507,8 @@ class _Run:
         # not only at the next epoch's write (which a cancelled resume may never reach).
         remove_stale_temporaries(self.out_dir)
         self.fingerprint = data_fingerprint(self.slices)
-        state = self._previous_state(resume)
+        self._check_run_files(resume)  # again, now that no other process can change them
+        state = self._read_state() if resume else None
         changed: dict[str, list] = {}
         if state is not None:
             stored = self._stored(lambda: FinetuneSettings.from_plain(state["settings"]),
@@ -521,7 +525,6 @@ class _Run:
             settings = given.with_defaults()
         settings.validate()
         self.settings = settings
-        self.device = resolve_device(settings.device)
         if changed:
             for name, (old, new) in changed.items():
                 log.info("Resuming with %s %s (the run had %s).", OPTION_NAMES[name], new, old)
@@ -533,6 +536,9 @@ class _Run:
         self._write_run_file("running")
         try:
             self._build(state, val_slices, changed)
+        except (CancelledError, KeyboardInterrupt):  # e.g. during the official model's download
+            self._write_run_file("cancelled")
+            raise
         except Exception as err:  # noqa: BLE001 - recorded, then raised as it was
             self._record_failure(err)
             raise
@@ -594,10 +600,14 @@ class _Run:
         self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
         self.scheduler._last_lr = [current] * len(self.optimizer.param_groups)
 
-    def _previous_state(self, resume: bool) -> Optional[dict]:
+    def _check_run_files(self, resume: bool) -> None:
+        """A new run needs a folder without a run's files; a resumed one, a training state."""
         present = [name for name in RUN_FILES if (self.out_dir / name).exists()]
         if not resume:
-            if present and not self._unfinished_first_epoch(present):
+            if present and self._unfinished_first_epoch(present):
+                log.info("%s holds only the record of a run that completed no epoch; a new run "
+                         "takes its place.", self.out_dir)
+            elif present:
                 if STATE_FILE in present:
                     what = "Continue that run with --resume, or choose another --out folder."
                 else:
@@ -610,16 +620,21 @@ class _Run:
                     f"{self._record_summary()}; a new run there would write over "
                     f"{'it' if len(present) == 1 else 'them'}. {what}"
                 )
-            return None
+            return
         if STATE_FILE not in present:
             held = (f" (it holds {', '.join(present)}{self._record_summary()})" if present else "")
+            if not present or self._unfinished_first_epoch(present):
+                what = "Start a new run there (without --resume)."
+            else:
+                what = ("Start a new run (without --resume) in another --out folder"
+                        + (f", with --init {self.out_dir / MODEL_FILE} to start from its model"
+                           if MODEL_FILE in present else "") + ".")
             raise InvalidInputError(
                 f"Nothing to resume in {self.out_dir}: it holds no {STATE_FILE}{held}, so no "
-                "epoch of a run was completed there. Start a new run (without --resume) in "
-                "another --out folder" + (f", with --init {self.out_dir / MODEL_FILE} to start "
-                                          "from its model" if MODEL_FILE in present else "")
-                + "."
+                f"epoch of a run was completed there. {what}"
             )
+
+    def _read_state(self) -> dict:
         state = read_torch_object(self.state_path, advice=_STATE_ADVICE)
         problem = _state_problem(state)
         if problem:
@@ -635,11 +650,7 @@ class _Run:
             record = read_run_record(self.out_dir / RUN_FILE)
         except (OSError, RunRecordError):
             return False
-        if record.epochs_done == 0:
-            log.info("%s holds the record of a run that completed no epoch (%s); starting anew.",
-                     self.out_dir, record.status)
-            return True
-        return False
+        return record.epochs_done == 0
 
     def _record_summary(self) -> str:
         try:
