@@ -218,7 +218,7 @@ def test_a_saved_scene_resumes_the_session(slicer_env, tmp_path):
 
     with unittest.mock.patch.object(SessionBridge, "open", classmethod(open_fake)), \
             unittest.mock.patch.object(SessionBridge, "warm_up", lambda self: None), \
-            unittest.mock.patch("isegformer.weights.resolve.resolve_model", lambda name, download=False: Path(name)):
+            unittest.mock.patch("isegformer.weights.resolve.resolve_model", lambda name, download=False, kind=None: Path(name)):
         resumed.propagate()
     assert opened == [1]
     replayed = [call for call in session.calls if call[0] == "click"]
@@ -274,7 +274,7 @@ def _real_sessions(networks, factories):
     stack.enter_context(unittest.mock.patch.object(SessionBridge, "open", classmethod(open_real)))
     stack.enter_context(unittest.mock.patch.object(SessionBridge, "warm_up", lambda self: None))
     stack.enter_context(unittest.mock.patch("isegformer.weights.resolve.resolve_model",
-                                            lambda name, download=False: Path(str(name))))
+                                            lambda name, download=False, kind=None: Path(str(name))))
     return stack
 
 
