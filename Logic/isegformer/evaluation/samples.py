@@ -129,7 +129,7 @@ def volume_samples(volume_path: Path, labels_path: Path, axis: int,
             f"None of the chosen {which} of {Path(labels_path).name} holds the label(s) "
             f"{list(labels) if labels else 'any nonzero'}: choose other slices or --label.")
     used = [index for index, _, _ in objects]
-    refuse_nonfinite_slices(volume.array, axis, used, where, volume_path)
+    refuse_nonfinite_slices(volume.array, axis, used, where)
     low_high = tuple(window) if window else robust_window(volume.array)
     refuse_constant_slices(volume.array, axis, used, where, low_high)
     unit = normalize(volume.array, low_high)

@@ -142,8 +142,7 @@ def slices_from_volume(
             continue
         usable.append((index, label, ids))
     # Every training slice is checked before the window (which refuses any NaN without saying where).
-    refuse_nonfinite_slices(volume.array, axis, [index for index, _, _ in usable], name,
-                            volume_path)
+    refuse_nonfinite_slices(volume.array, axis, [index for index, _, _ in usable], name)
     window = robust_window(volume.array)
     refuse_constant_slices(volume.array, axis, [index for index, _, _ in usable], name, window)
     result = []

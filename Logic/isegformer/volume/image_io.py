@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import FileFormatError, InvalidInputError
 from .labels import as_label_array
+from .nifti_nonfinite import restore_nonfinite
 from .sitk_path import sitk_path
 from .truncation import check_not_truncated
 from .volume import Volume
@@ -45,9 +46,16 @@ def read_volume(path: str | os.PathLike, series_id: Optional[str] = None) -> Vol
                 "NRRD (.nrrd), MetaImage (.mha/.mhd) file, or a folder with one DICOM series."
             ) from err
     try:
-        return Volume.from_sitk(image)
+        volume = Volume.from_sitk(image)
     except InvalidInputError as err:
         raise InvalidInputError(f"{p}: {err}") from err
+    if not p.is_dir():
+        # ITK's NIfTI reader writes 0 where the file stores NaN or inf: put them back, so that a
+        # NIfTI reads as stored, as an NRRD does, and no NaN passes for a dark voxel.
+        restored = restore_nonfinite(p, volume.array)
+        if restored is not volume.array:
+            volume = Volume(restored, volume.ijk_to_ras)
+    return volume
 
 
 def read_label_map(path: str | os.PathLike, reference: Volume) -> Volume:

@@ -3,20 +3,17 @@
 A command that works through many slices (an evaluation, a fine-tune) checks every chosen slice
 first, so that one bad slice is reported by its index before hours of work, not in the middle:
 
-- a slice with NaN or infinite voxels (they have no intensity to show or learn). ITK's NIfTI
-  reader turns them into 0 without a word, so for a NIfTI file the stored voxels are looked at
-  (:mod:`isegformer.volume.nifti_nonfinite`);
+- a slice with NaN or infinite voxels (they have no intensity to show or learn; a NIfTI's are
+  in the array too, see :mod:`isegformer.volume.nifti_nonfinite`);
 - a slice that is constant once the intensity window is applied (nothing to segment).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError
-from .nifti_nonfinite import stored_nonfinite
 from .slicing import extract_slice
 
 
@@ -25,18 +22,11 @@ def _listed(indices: Sequence[int]) -> str:
     return shown + (f", ... ({len(indices)} slices)" if len(indices) > 20 else "")
 
 
-def refuse_nonfinite_slices(array: np.ndarray, axis: int, indices: Sequence[int], where: str,
-                            source: Optional[str | Path] = None) -> None:
-    """InvalidInputError naming the chosen slices that hold NaN or infinite voxels.
-
-    ``source``: the file ``array`` was read from; a NIfTI file's stored voxels are checked too.
-    """
+def refuse_nonfinite_slices(array: np.ndarray, axis: int, indices: Sequence[int], where: str) -> None:
+    """InvalidInputError naming the chosen slices that hold NaN or infinite voxels."""
     if not np.issubdtype(array.dtype, np.floating):
         return
-    stored = stored_nonfinite(source, array.shape) if source is not None else None
-    bad = [i for i in indices
-           if not np.isfinite(extract_slice(array, axis, i)).all()
-           or (stored is not None and extract_slice(stored, axis, i).any())]
+    bad = [i for i in indices if not np.isfinite(extract_slice(array, axis, i)).all()]
     if bad:
         raise InvalidInputError(
             f"{where}: the chosen slice(s) {_listed(bad)} along axis {axis} hold NaN or infinite "
