@@ -6,6 +6,9 @@ about 240 MB in the session and its undo history.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,16 +17,9 @@ from isegformer.segments.segment import SliceAnnotation
 from isegformer.session import Session
 from isegformer.volume import Volume
 
-
-def many_label_map(shape=(64, 256, 256), labels=60, seed=0) -> np.ndarray:
-    """Small boxes of ``labels`` values, each over a run of slices, a few touching each other."""
-    rng = np.random.default_rng(seed)
-    label_map = np.zeros(shape, np.uint8)
-    for value in range(1, labels + 1):
-        k0 = int(rng.integers(0, shape[0] - 20))
-        j0, i0 = (int(v) for v in rng.integers(0, shape[1] - 30, size=2))
-        label_map[k0:k0 + 20, j0:j0 + int(rng.integers(3, 30)), i0:i0 + int(rng.integers(3, 30))] = value
-    return label_map
+# The label map the memory benchmark measures (small boxes of 60 values over runs of slices).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from label_map_memory import many_label_map  # noqa: E402
 
 
 def test_a_many_label_map_costs_less_than_the_map_itself_and_keeps_every_voxel():

@@ -152,22 +152,21 @@ def _load_slices(args, min_area: int):
     from ..finetune.data import parse_slice_choice, slices_from_png_folders, slices_from_volumes
 
     axis = AXES[args.axis or "k"]
-    if args.volumes:
-        train = slices_from_volumes(args.volumes, args.labels, axis,
-                                    parse_slice_choice(args.slices or "paper"), args.label_value,
-                                    min_area)
-    elif args.images:
-        train = slices_from_png_folders(args.images, args.masks, args.label_value, min_area)
-    else:
+
+    def read(volumes, labels, slices, images, masks):
+        if volumes:
+            return slices_from_volumes(volumes, labels, axis, parse_slice_choice(slices),
+                                       args.label_value, min_area)
+        if images:
+            return slices_from_png_folders(images, masks, args.label_value, min_area)
+        return None
+
+    # Training takes the paper's slices by default, validation every slice.
+    train = read(args.volumes, args.labels, args.slices or "paper", args.images, args.masks)
+    if train is None:
         raise InvalidInputError(
             "No training data: give --volumes FILE... --labels FILE... or --images DIR --masks DIR.")
-    val = None
-    if args.val_volumes:
-        val = slices_from_volumes(args.val_volumes, args.val_labels, axis,
-                                  parse_slice_choice(args.val_slices or "all"), args.label_value,
-                                  min_area)
-    elif args.val_images:
-        val = slices_from_png_folders(args.val_images, args.val_masks, args.label_value, min_area)
+    val = read(args.val_volumes, args.val_labels, args.val_slices or "all", args.val_images, args.val_masks)
     return train, val
 
 

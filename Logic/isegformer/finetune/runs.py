@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from ..errors import FileFormatError, InvalidInputError
 from ..json_io import read_json_bounded
+from ..os_lock import try_lock, unlock_and_close
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,8 @@ class RunFolderBusyError(InvalidInputError):
 class RunLock:
     """The exclusive right to write a run folder, held for the whole run.
 
-    The operating system's lock (``flock``; ``msvcrt.locking`` on Windows, the same calls the
-    weights cache's FileLock uses) goes away with its holder, so a killed run never blocks the
-    folder. The lock file stays in place after release: removing it would let a process that
+    The operating system's lock (:mod:`isegformer.os_lock`, as for the weights cache) goes away
+    with its holder, so a killed run never blocks the folder. The lock file stays in place after release: removing it would let a process that
     opened the old file and one that creates a new one both believe they hold the lock. It
     records who holds it, so that a refused second writer can be told which process to wait for.
     """
@@ -161,8 +161,6 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         from ..output.atomic import OutputPathError
-        from ..weights.cache import _try_lock
-
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -170,7 +168,7 @@ class RunLock:
                 f"Cannot write in the run folder {self.path.parent}: {err.strerror or err}. "
                 "Choose an --out folder you can write to."
             ) from None
-        if not _try_lock(fd):
+        if not try_lock(fd):
             holder = _read_holder(fd)
             os.close(fd)
             raise RunFolderBusyError(
@@ -187,14 +185,9 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        from ..weights.cache import _unlock
-
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            try:
-                _unlock(fd)
-            finally:
-                os.close(fd)
+            unlock_and_close(fd)
 
 
 def _read_holder(fd: int) -> str:

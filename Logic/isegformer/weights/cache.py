@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterator, Optional
 from ..atomic import atomic_replace
 from ..errors import WeightsError
 from ..json_io import JSONDocumentError, loads_bounded
+from ..os_lock import try_lock, unlock_and_close
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class FileLock:
             raise cache_write_error(f"create the lock file {self.path}", err) from None
         start = time.monotonic()
         try:
-            while not _try_lock(fd):
+            while not try_lock(fd):
                 if self.timeout is not None and time.monotonic() - start > self.timeout:
                     raise LockTimeoutError(
                         f"another process has held {self.path} for more than {self.timeout:.0f} s. "
@@ -169,10 +170,7 @@ class FileLock:
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            try:
-                _unlock(fd)
-            finally:
-                os.close(fd)
+            unlock_and_close(fd)
 
     def __enter__(self) -> "FileLock":
         self.acquire()
@@ -180,35 +178,6 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
