@@ -203,3 +203,33 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_aside(path: str | os.PathLike, label: str) -> Path:
+    """Move ``path`` to a free ``<name>.<label>-<UTC time>[-N]`` beside it and return that.
+
+    Never over an existing file: two files set aside within one second (or by two processes)
+    both survive. A hard link claims the new name atomically (it fails if the name exists), then
+    the old name is removed; where hard links are not possible (some network or FAT folders), a
+    rename to a name checked free just before is the fallback.
+    """
+    import datetime as _dt
+
+    source = Path(path)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for number in range(1, 10_000):
+        target = source.with_name(f"{source.name}.{label}-{stamp}" + ("" if number == 1 else f"-{number}"))
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if target.exists() or target.is_symlink():
+                continue
+            os.rename(source, target)
+            return target
+        os.unlink(source)
+        return target
+    raise FileExistsError(errno.EEXIST, "no free name to set the file aside", str(source))

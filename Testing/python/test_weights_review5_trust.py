@@ -184,3 +184,71 @@ def test_session_refuses_a_dataset_as_click_model_before_downloading(
         session.click_slice(0, 1, 8.0, 8.0)
     assert server.requests_for("/d.zip") == []
     assert not session.segment("s").has_annotations
+
+
+# --- review R6: the fixes above, attacked ---------------------------------------------------------
+
+def _place_by_hand(isolated, data: bytes):
+    target = isolated / "models" / "m" / "m.pth"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
+
+
+def test_a_hand_placed_file_changed_in_place_is_corruption_not_a_new_file(
+        isolated, server, tmp_path, checkpoint_bytes):
+    import os
+
+    target = _place_by_hand(isolated, checkpoint_bytes)
+    registry = registry_for(tmp_path, server)
+    resolve_model("m", registry=registry, download=False)  # trusted on first use
+    stat = target.stat()
+    damaged = bytearray(checkpoint_bytes)
+    damaged[len(damaged) // 2] ^= 0xFF  # a bit flip in place: same size, same time
+    target.write_bytes(bytes(damaged))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ChecksumMismatchError, match="changed without its size or modification time"):
+        resolve_model("m", registry=registry, download=False)
+    assert not target.exists()
+    [aside] = target.parent.glob("m.pth.rejected-*")
+    assert aside.read_bytes() == bytes(damaged)
+
+
+def test_two_files_set_aside_in_one_second_both_survive(isolated, server, tmp_path, checkpoint_bytes):
+    registry = registry_for(tmp_path, server, sha256="0" * 64)
+    copies = []
+    for marker in (b"first", b"second"):
+        target = _place_by_hand(isolated, checkpoint_bytes + marker)
+        copies.append(target.read_bytes())
+        with pytest.raises(ChecksumMismatchError, match="moved to"):
+            resolve_model("m", registry=registry, download=False)
+    kept = sorted(p.read_bytes() for p in target.parent.glob("m.pth.rejected-*"))
+    assert kept == sorted(copies)
+
+
+def test_a_damaged_download_is_fetched_again_and_must_match_its_first_hash(
+        isolated, server, tmp_path, checkpoint_bytes):
+    server.add("/m.pth", Route(checkpoint_bytes))
+    registry = registry_for(tmp_path, server)
+    path = resolve_model("m", registry=registry, options=FAST)
+    first = recorded(isolated, "m")
+    path.write_bytes(checkpoint_bytes[:-1] + b"!")  # damaged on disk
+    # `isegformer download m`, as the advice says: the bad file goes aside and is fetched again
+    assert download_model("m", registry=registry, options=FAST) == path
+    assert path.read_bytes() == checkpoint_bytes and recorded(isolated, "m").sha256 == first.sha256
+    assert len(list(path.parent.glob("m.pth.rejected-*"))) == 1
+    # The recorded hash survived the set-aside: another upstream file needs --force.
+    path.write_bytes(checkpoint_bytes[:-1] + b"?")
+    server.add("/m.pth", Route(_other_checkpoint()))
+    with pytest.raises(ChecksumMismatchError, match="--force"):
+        download_model("m", registry=registry, options=FAST)
+
+
+def test_a_checkpoint_path_needs_no_readable_registry(tmp_path, monkeypatch):
+    from isegformer.weights.resolve import is_weights_path
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json")
+    monkeypatch.setenv("ISEGFORMER_REGISTRY", str(broken))
+    assert is_weights_path(str(tmp_path / "my.pth")) and is_weights_path("weights.pkl")
+    assert not is_weights_path("some_name")

@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ..atomic import atomic_replace
+from ..atomic import atomic_replace, move_aside
 from ..errors import WeightsError
 from ..json_io import JSONDocumentError, loads_bounded
 from ..os_lock import try_lock, unlock_and_close
@@ -313,14 +313,12 @@ class ModelCache:
     def _set_aside(self, raw: bytes, locked: bool) -> str:
         """Move the damaged record aside (kept for inspection; starting afresh only costs
         re-hashing), under the record's lock and only if it is still the bytes we judged."""
-        backup = self.record_path.with_name(f"cache.json.corrupt-{int(time.time())}")
-
         def move() -> str:
             try:
                 with open(self.record_path, "rb") as stream:
                     if stream.read(_MAX_RECORD_BYTES + 1) != raw:
                         return "left it (another process rewrote it meanwhile)"
-                os.replace(self.record_path, backup)
+                backup = move_aside(self.record_path, "corrupt")
             except OSError:
                 return "left it in place (the folder is not writable)"
             return f"moved it to {backup}"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from ..atomic import move_aside
 from ..errors import CancelledError, ChecksumMismatchError, WeightsError
 from ..progress import ProgressCallback, report
 from .cache import (
@@ -208,7 +209,14 @@ def _fetch(entry: ModelEntry, cache: ModelCache, *, download: bool, force: bool,
         return _use_read_only_cache(entry, cache, final, err, force=force)
     try:
         if not force and final.is_file():
-            return _check_cached(entry, cache, final)
+            try:
+                return _check_cached(entry, cache, final)
+            except ChecksumMismatchError as err:
+                if not download or final.exists():
+                    raise
+                # The bad file was moved aside: fetch the file again (checked against the hash
+                # recorded at its first download, which the set-aside kept).
+                log.warning("%s; downloading it again", err)
         if not download:
             raise WeightsError(
                 f"{entry.name} is not in the cache ({final} does not exist). Run "
@@ -282,7 +290,7 @@ def _check_cached(entry: ModelEntry, cache: ModelCache, final: Path) -> Path:
         )
     record = cache.download_record(entry.name)
     replaced_by_hand = (source == "first-use" and record is not None and record.url == _PLACED_BY_HAND
-                        and actual != expected)
+                        and actual != expected and _replaced_since(cache, final, record))
     if expected is None or replaced_by_hand:
         if entry.size is not None and size != entry.size:
             aside = _set_aside(cache, entry, final)
@@ -308,11 +316,24 @@ def _check_cached(entry: ModelEntry, cache: ModelCache, final: Path) -> Path:
             cache.remember_download(entry.name, DownloadRecord(
                 filename=entry.filename, url=_PLACED_BY_HAND, downloaded_at=utc_now(),
                 size=size, sha256=actual, trust="first-use"))
+            # Its size and time, as for a local file: a later change in place with both kept is
+            # corruption, a file copied over it (a new time) is the user's new file.
+            stat = final.stat()
+            cache.remember_local(final, LocalRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                                                    sha256=actual, first_seen=utc_now()))
         except CacheWriteError as err:  # bookkeeping only: the file itself was checked
             log.warning("%s: its first-use hash was not recorded (%s)", final, err)
         return final
     if actual != expected or (entry.size is not None and size != entry.size):
         aside = _set_aside(cache, entry, final)
+        if record is not None and record.url == _PLACED_BY_HAND and source == "first-use":
+            raise ChecksumMismatchError(
+                f"{final} changed without its size or modification time changing (SHA256 "
+                f"{actual}, recorded {expected} when it was put there by hand on "
+                f"{record.downloaded_at}): it is corrupt or was tampered with. It was not loaded, "
+                f"and was moved to {aside}. Put a good copy there (a file copied in is trusted "
+                f"anew), or run `isegformer download {entry.name}`."
+            )
         if source == "registry":
             found = (f"its SHA256 is {actual}, the registry's is {expected}" if actual != expected
                      else f"it has {size} bytes, the registry expects {entry.size}")
@@ -498,19 +519,31 @@ def _manual_hint(entry: ModelEntry, final: Path) -> str:
 
 def _set_aside(cache: ModelCache, entry: ModelEntry, final: Path) -> Path:
     """Move a cached file that failed its check out of the way (never delete it: it may be the
-    user's own copy) and forget its record; returns where it went."""
-    stamp = utc_now().replace(":", "").replace("-", "")
-    aside = final.with_name(f"{final.name}.rejected-{stamp}")
+    user's own copy; never over an earlier one) and return where it went. The hash recorded at
+    a download is kept, so that the next download must match it (only ``--force`` forgets it);
+    a hand-placed file's record goes with the file."""
     try:
-        os.replace(final, aside)
+        aside = move_aside(final, "rejected")
     except OSError as err:
         raise ChecksumMismatchError(
             f"{final} failed its check and could not be moved aside ({err.strerror or err}); it "
             f"was not loaded. Move or delete it by hand, then run `isegformer download "
             f"{entry.name}`."
         ) from None
-    _forget(cache, entry)
+    record = cache.download_record(entry.name)
+    if record is not None and record.url == _PLACED_BY_HAND:
+        _forget(cache, entry)
     return aside
+
+
+def _replaced_since(cache: ModelCache, final: Path, record: DownloadRecord) -> bool:
+    """Whether a hand-placed cache file was replaced (a new size or modification time) since its
+    hash was recorded, rather than changed in place (corruption)."""
+    stat = final.stat()
+    local = cache.local_record(final)
+    if local is None:  # recorded by an older version, without its time: go by the size
+        return stat.st_size != record.size
+    return (local.size, local.mtime_ns) != (stat.st_size, stat.st_mtime_ns)
 
 
 def _discard_empty(cache: ModelCache, entry: ModelEntry, final: Path) -> None:
@@ -556,10 +589,14 @@ def is_weights_path(text: str, registry: RegistryLike = None) -> bool:
     name is never a path; anything else with a separator, a weights or image suffix, or naming
     an existing file is. The one rule for the package, the CLI and the Slicer module."""
     text = str(text)
-    if text in _registry(registry):
-        return False
-    return ("/" in text or os.sep in text or text.lower().endswith(_PATH_SUFFIXES)
-            or Path(text).expanduser().exists())
+    if "/" in text or os.sep in text:
+        return True  # no registry name holds a separator: no need to read the registry
+    try:
+        if text in _registry(registry):
+            return False
+    except RegistryError as err:  # a broken registry must not make a file unusable
+        log.warning("model registry unavailable (%s); judging %r by its name alone", err, text)
+    return text.lower().endswith(_PATH_SUFFIXES) or Path(text).expanduser().exists()
 
 
 def _registry(registry: RegistryLike) -> Registry:
