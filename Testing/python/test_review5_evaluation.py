@@ -71,8 +71,35 @@ def test_results_of_the_cases_before_a_failing_one_are_kept(tmp_path):
     code = main(["evaluate-propagation", *map(str, good), str(bad_image), str(bad_label),
                  "--num-slices", "3", "--no-montage", "--out", str(out)])
     assert code == 1
-    report = json.loads((out / "results.json").read_text())
+    report = json.loads((out / "results.partial.json").read_text())
     assert report["complete"] is False and [c["name"] for c in report["cases"]] == ["good/vol"]
+    assert not (out / "results.json").exists()
+
+
+def test_a_failed_rerun_keeps_the_last_complete_report(tmp_path):
+    good = cone_case(tmp_path / "good")
+    out = tmp_path / "out"
+    assert main(["evaluate-propagation", *map(str, good), "--num-slices", "3", "--no-montage",
+                 "--out", str(out)]) == 0
+    complete = (out / "results.json").read_bytes()
+    assert not (out / "results.partial.json").exists()
+    bad_image, bad_label = cone_case(tmp_path / "bad")
+    write_volume(Volume(np.zeros((20, 32, 32), np.uint8), np.eye(4)), bad_label)
+    assert main(["evaluate-propagation", *map(str, good), str(bad_image), str(bad_label),
+                 "--num-slices", "3", "--no-montage", "--out", str(out)]) == 1
+    assert (out / "results.json").read_bytes() == complete
+    assert json.loads((out / "results.partial.json").read_text())["complete"] is False
+
+
+def test_case_names_that_flatten_alike_still_get_their_own_montages(tmp_path):
+    first = cone_case(tmp_path / "a_b", seed=1)
+    second_folder = tmp_path / "a"
+    second = cone_case(second_folder, image="b_vol.nii.gz", label="b_lab.nii.gz", seed=2)
+    out = tmp_path / "out"
+    assert main(["evaluate-propagation", *map(str, first), *map(str, second), "--num-slices", "3",
+                 "--out", str(out)]) == 0
+    montages = [case["montage"] for case in json.loads((out / "results.json").read_text())["cases"]]
+    assert len(set(montages)) == 2 and all(Path(m).is_file() for m in montages)
 
 
 def test_a_noc_threshold_above_the_stop_iou_is_not_measured_not_a_failure():

@@ -145,12 +145,14 @@ def run(args) -> int:
     counts = [len(set(args.slices))] if args.slice_choice == "explicit" else args.num_slices
     # Every output is named and checked before any work: a clash found after hours of STCN
     # propagation would lose them.
+    files = file_names(names)
     montage_of = {} if args.no_montage else {
-        (index, n): args.out / f"montage_{names[index].replace('/', '_').replace('#', '_')}_n{n}.png"
+        (index, n): args.out / f"montage_{files[index]}_n{n}.png"
         for index in range(len(cases)) for n in counts}
     inputs = [("--cases", args.cases), ("--weights", args.weights), ("--fusion-weights", args.fusion_weights)]
     inputs += [("a case", path) for case in cases for path in case]
-    outputs = [("--out", args.out / "results.json")] + [("a montage", png) for png in montage_of.values()]
+    outputs = [("--out", args.out / "results.json"), ("--out", args.out / PARTIAL_REPORT)]
+    outputs += [("a montage", png) for png in montage_of.values()]
     check_outputs(inputs, outputs, writable=False)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -184,13 +186,33 @@ def run(args) -> int:
                 print(f"{'case':<36} {'n':>3} {'dice':>7} {'sens':>7} {'ppv':>7} {'iou':>7} {'sec':>6}  slices")
             results.append(result)
             _print_row(result)
-            # Written after every case, so that an error in a later one keeps the earlier ones.
+            # Written after every case, so that an error in a later one keeps the earlier ones;
+            # under its own name, so that a failed re-run leaves the last complete report alone.
             _write_report(args, axis, results, skipped, complete=False)
 
     _print_summary(summarize(results), METRICS)
     out_json = _write_report(args, axis, results, skipped, complete=True)
+    partial = args.out / PARTIAL_REPORT
+    if partial.exists():
+        partial.unlink()
     print(f"wrote {out_json}")
     return 0
+
+
+#: The report of a run in progress (or one that failed), beside the last complete results.json.
+PARTIAL_REPORT = "results.partial.json"
+
+
+def file_names(names: list[str]) -> list[str]:
+    """File-name forms of distinct case names, distinct too: '/' and '#' become '_', and where
+    that makes two alike (``a_b/vol`` and ``a/b_vol``) a number follows."""
+    plain = [name.replace("/", "_").replace("#", "_") for name in names]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in plain:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if plain.count(name) == 1 else f"{name}-{seen[name]}")
+    return unique
 
 
 def _write_report(args, axis: int, results: list, skipped: list[dict], *, complete: bool) -> Path:
@@ -211,7 +233,7 @@ def _write_report(args, axis: int, results: list, skipped: list[dict], *, comple
         "skipped": skipped,
         "summary": summarize(results),
     }
-    out_json = args.out / "results.json"
+    out_json = args.out / ("results.json" if complete else PARTIAL_REPORT)
     with atomic_write(out_json) as tmp:
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return out_json

@@ -30,8 +30,9 @@ def refuse_nonfinite_slices(array: np.ndarray, axis: int, indices: Sequence[int]
     if bad:
         raise InvalidInputError(
             f"{where}: the chosen slice(s) {_listed(bad)} along axis {axis} hold NaN or infinite "
-            "voxels (a NIfTI reader would show them as 0). Replace them in the volume (e.g. with "
-            "the background value), or leave those slices out with --slices."
+            "voxels (a NIfTI viewer shows them as 0). Replace them in the volume (e.g. with the "
+            "background value): the intensity window is computed over the whole volume, so "
+            "every voxel must be finite, also in the slices left out."
         )
 
 
