@@ -1,43 +1,84 @@
-"""Where a NIfTI file stores NaN or infinite voxels, which ITK's reader turns into 0 unannounced.
+"""Where a NIfTI or Analyze file stores NaN or infinite voxels, which ITK's reader turns into 0.
 
 ITK's NIfTI reader (niftilib) replaces every non-finite float voxel with 0 while it reads, without
 an error or a warning, so the array SimpleITK hands over cannot tell a NaN from a true 0. The
 package's one volume reader (:func:`isegformer.volume.read_volume`) puts them back from the
 stored voxels, so that a NIfTI is seen as stored, exactly as an NRRD or MetaImage is (those
 readers keep NaN), and each consumer applies its own rule (a Session refuses a volume with NaN,
-the evaluation names the slice). Only a single-file NIfTI-1/-2 (``.nii``, ``.nii.gz``) of float32
-or float64 scalars can hold them; its header is read first, so any other file costs one header
-read. A header this module does not follow gives "not known", and the array stays as read.
+the evaluation names the slice).
+
+The same reader handles every layout that can hold such voxels: a single-file NIfTI-1/-2
+(``.nii``, ``.nii.gz``), a NIfTI-1/-2 pair (``.hdr`` + ``.img``/``.img.gz``, magic ``ni1``/
+``ni2``) and an Analyze 7.5 pair (no magic), each of float32 or float64 scalars. Its header is
+read first, so any other file costs one header read. A restored voxel gets the value the reader
+would have given it: the file's ``scl_slope``/``scl_inter`` applied as ITK applies them (so a
+negative slope turns a stored +inf into -inf; NaN stays NaN). Only positions the file stores as
+non-finite are touched, and only after the reader's array is found to be exactly the stored
+voxels, scaled, with those positions at the scaled 0: anything else (a header this module does
+not follow, a layout read otherwise) gives "not known", and the array stays as read.
 """
 from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes: FLOAT32, FLOAT64
+_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI/Analyze datatype codes: FLOAT32, FLOAT64
+_DOUBLE_EPSILON = float(np.finfo(np.float64).eps)  # ITK's threshold for "no slope"
 
 
-def _header_fields(header: bytes) -> Optional[tuple[str, list[int], int, int]]:
-    """(byte order, dims, datatype, vox_offset) of a single-file NIfTI-1/-2 header, else None."""
+@dataclass(frozen=True)
+class _Header:
+    endian: str
+    dims: list[int]
+    datatype: int
+    vox_offset: int
+    slope: float
+    inter: float
+    paired: bool  # voxels in a separate .img file
+    nifti2: bool
+    analyze: bool  # Analyze 7.5: no magic, and ITK applies no scaling
+
+
+def _is_nifti_magic(magic: bytes) -> bool:
+    """niftilib's test for a NIfTI magic of any version (anything else in a 348-byte header is
+    Analyze 7.5 to it)."""
+    return len(magic) == 4 and magic[:1] == b"n" and magic[1:2] in (b"+", b"i") \
+        and magic[2:3].isdigit() and magic[3:] == b"\x00"
+
+
+def _parse_header(header: bytes) -> Optional[_Header]:
+    """The fields this module needs from a NIfTI-1/-2 or Analyze 7.5 header, else None."""
     for endian in "<>":
-        if len(header) >= 352 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            if header[344:348] != b"n+1\x00":
-                return None
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            magic = header[344:348]
+            if magic in (b"n+1\x00", b"ni1\x00"):
+                analyze = False
+            elif _is_nifti_magic(magic):
+                return None  # another NIfTI version in a NIfTI-1 sized header
+            else:
+                analyze = True
             dims = list(struct.unpack(endian + "8h", header[40:56]))
             datatype = struct.unpack(endian + "h", header[70:72])[0]
-            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
-            return endian, dims, datatype, int(vox_offset)
-        if len(header) >= 544 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            if header[4:8] != b"n+2\x00":
+            vox_offset, slope, inter = struct.unpack(endian + "3f", header[108:120])
+            if not np.isfinite(vox_offset):
+                return None
+            return _Header(endian, dims, datatype, int(vox_offset), slope, inter,
+                           paired=magic != b"n+1\x00", nifti2=False, analyze=analyze)
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            magic = header[4:8]
+            if magic not in (b"n+2\x00", b"ni2\x00"):
                 return None
             datatype = struct.unpack(endian + "h", header[12:14])[0]
             dims = list(struct.unpack(endian + "8q", header[16:80]))
             vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            return endian, dims, datatype, int(vox_offset)
+            slope, inter = struct.unpack(endian + "2d", header[176:192])
+            return _Header(endian, dims, datatype, int(vox_offset), slope, inter,
+                           paired=magic == b"ni2\x00", nifti2=True, analyze=False)
     return None
 
 
@@ -47,34 +88,81 @@ def _open(path: Path):
     return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def stored_float_voxels(path: str | Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
-    """The (k, j, i) float voxels ``path`` stores, for an array of ``shape``; ``None`` when the
-    file is not a float NIfTI this module reads, or its layout does not match ``shape`` (then
-    nothing is claimed). A float file is read once more; any other costs a header read."""
-    path = Path(path)
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return None
+def _one_sibling(stem: Path, extension: str) -> Optional[Path]:
+    """The one existing file ``stem`` + ``extension`` (any case, optionally gzipped), else None:
+    with two candidates (``a.img`` and ``a.img.gz``) it is not known which the reader took."""
+    found: list[Path] = []
+    for ext in {extension.lower(), extension.upper()}:
+        for gz in ("", ".gz", ".GZ"):
+            candidate = stem.with_name(stem.name + ext + gz)
+            if candidate.is_file() and not any(_same_file(candidate, f) for f in found):
+                found.append(candidate)
+    return found[0] if len(found) == 1 else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        with _open(path) as stream:
-            fields = _header_fields(stream.read(544))
-            if fields is None:
-                return None
-            endian, dims, datatype, vox_offset = fields
-            if datatype not in _FLOAT_TYPES or not 3 <= dims[0] <= 7 or vox_offset < 0:
-                return None
-            sizes = [max(int(d), 1) for d in dims[1: dims[0] + 1]]
-            if any(size != 1 for size in sizes[3:]) or tuple(reversed(sizes[:3])) != tuple(shape):
-                return None  # a vector or 4D image: SimpleITK's array is laid out otherwise
-            dtype = np.dtype(endian + _FLOAT_TYPES[datatype])
-            count = int(np.prod(sizes[:3]))
-            stream.seek(vox_offset)
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _header_file(path: Path) -> Optional[tuple[Path, Optional[Path]]]:
+    """(header file, stem of a pair's files or None for a single file) for ``path``, else None."""
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return path, None
+    for ext in (".hdr", ".img"):
+        for full in (ext, ext + ".gz"):
+            if name.endswith(full):
+                stem = path.with_name(path.name[: len(path.name) - len(full)])
+                header = path if ext == ".hdr" else _one_sibling(stem, ".hdr")
+                return None if header is None else (header, stem)
+    return None
+
+
+def _read_stored(path: Path, shape: tuple[int, ...]) -> Optional[tuple[_Header, np.ndarray]]:
+    located = _header_file(path)
+    if located is None:
+        return None
+    header_file, pair_stem = located
+    try:
+        with _open(header_file) as stream:
+            fields = _parse_header(stream.read(544))
+        if fields is None or fields.paired != (pair_stem is not None):
+            return None  # e.g. a .nii holding a pair's header: the reader looks elsewhere
+        if fields.datatype not in _FLOAT_TYPES or not 3 <= fields.dims[0] <= 7:
+            return None
+        # a single file's voxels follow its header (the reader moves a smaller offset)
+        minimum_offset = 0 if fields.paired else (544 if fields.nifti2 else 352)
+        if fields.vox_offset < minimum_offset:
+            return None
+        sizes = [max(int(d), 1) for d in fields.dims[1: fields.dims[0] + 1]]
+        if any(size != 1 for size in sizes[3:]) or tuple(reversed(sizes[:3])) != tuple(shape):
+            return None  # a vector or 4D image: SimpleITK's array is laid out otherwise
+        voxel_file = header_file if pair_stem is None else _one_sibling(pair_stem, ".img")
+        if voxel_file is None:
+            return None
+        dtype = np.dtype(fields.endian + _FLOAT_TYPES[fields.datatype])
+        count = int(np.prod(sizes[:3]))
+        with _open(voxel_file) as stream:
+            stream.seek(fields.vox_offset)
             data = stream.read(count * dtype.itemsize)
-    except (OSError, EOFError, ValueError):
+    except (OSError, EOFError, ValueError, struct.error):
         return None  # the reader before this one reports unreadable files
     if len(data) < count * dtype.itemsize:
         return None
     # the file's order is i fastest, then j, then k: SimpleITK's (k, j, i) array in C order
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+    return fields, np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+
+
+def stored_float_voxels(path: str | Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """The (k, j, i) float voxels ``path`` stores (before any scaling), for an array of
+    ``shape``; ``None`` when the file is not a float NIfTI/Analyze this module reads, or its
+    layout does not match ``shape`` (then nothing is claimed). A float file is read once more;
+    any other costs a header read."""
+    stored = _read_stored(Path(path), shape)
+    return None if stored is None else stored[1]
 
 
 def stored_nonfinite(path: str | Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
@@ -83,17 +171,52 @@ def stored_nonfinite(path: str | Path, shape: tuple[int, ...]) -> Optional[np.nd
     return None if voxels is None else ~np.isfinite(voxels)
 
 
+def _reader_scaling(fields: _Header) -> Optional[tuple[float, float]]:
+    """(slope, intercept) ITK's reader applies, or None when it applies none.
+
+    niftilib turns a non-finite slope or intercept into 0, and ITK takes a slope within double
+    epsilon of 0 as 1 (the NIfTI standard would scale nothing; only the reader's rule keeps a
+    restored voxel consistent with the finite ones it returned). Analyze 7.5 is never scaled."""
+    if fields.analyze:
+        return None
+    slope = float(fields.slope) if np.isfinite(fields.slope) else 0.0
+    inter = float(fields.inter) if np.isfinite(fields.inter) else 0.0
+    if abs(slope) < _DOUBLE_EPSILON:
+        slope = 1.0
+    if abs(slope - 1.0) <= _DOUBLE_EPSILON and abs(inter) <= _DOUBLE_EPSILON:
+        return None
+    return slope, inter
+
+
+def _as_read(voxels: np.ndarray, bad: np.ndarray, scaling, dtype: np.dtype) -> np.ndarray:
+    """What ITK's reader gives for ``voxels``: non-finite ones as 0, then scaled (in double)."""
+    zeroed = np.where(bad, 0, voxels)
+    if scaling is None:
+        return zeroed.astype(dtype, copy=False)
+    slope, inter = scaling
+    return (zeroed.astype(np.float64) * slope + inter).astype(dtype)
+
+
 def restore_nonfinite(path: str | Path, array: np.ndarray) -> np.ndarray:
-    """``array`` as read from ``path``, with the NaN and infinite voxels the file stores put back
-    where ITK's reader wrote 0 (a copy then; else ``array`` itself)."""
+    """``array`` as read from ``path``, with the NaN and infinite voxels the file stores put back,
+    scaled as the reader scales, where ITK's reader wrote 0 (a copy then; else ``array`` itself)."""
     if not np.issubdtype(array.dtype, np.floating):
         return array
-    voxels = stored_float_voxels(path, array.shape)
-    if voxels is None:
+    stored = _read_stored(Path(path), array.shape)
+    if stored is None:
         return array
+    fields, voxels = stored
     bad = ~np.isfinite(voxels)
     if not bad.any():
         return array
+    scaling = _reader_scaling(fields)
+    # One slice at a time, so that checking a large volume needs no second full-size copy.
+    for k in range(array.shape[0]):
+        if not np.array_equal(_as_read(voxels[k], bad[k], scaling, array.dtype), array[k]):
+            return array  # the reader read this file otherwise than modelled here: not known
     restored = np.array(array, copy=True)
-    restored[bad] = voxels[bad]
+    values = voxels[bad].astype(np.float64)
+    if scaling is not None:
+        values = values * scaling[0] + scaling[1]
+    restored[bad] = values.astype(array.dtype)
     return restored
