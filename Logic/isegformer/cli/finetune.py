@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+from ..errors import InvalidInputError
 from .common import AXES
+
+log = logging.getLogger(__name__)
 
 STEP_EVENT_INTERVAL_S = 0.5
 
@@ -54,9 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--val-max-clicks", type=int, help="(default 20)")
     model = p.add_argument_group(
         "model and training",
-        "With --resume, an option left out keeps the run's value; only --epochs, --lr, --amp, "
-        "--gradient-checkpointing, --val-samples, --val-max-clicks, --device and --workers may "
-        "differ from it.")
+        "With --resume, an option left out keeps the run's value, the data options too; only "
+        "--epochs, --lr, --amp, --gradient-checkpointing, --val-samples, --val-max-clicks, "
+        "--device, --workers and the data options may differ from it (a data change is "
+        "recorded; other data without one is refused).")
     model.add_argument("--init",
                        help="'official' (the released checkpoint, default), 'scratch', or the path "
                             "of a checkpoint to continue from (e.g. a previous fine-tune)")
@@ -136,22 +141,110 @@ def check_option_combinations(args) -> None:
                                 "whose backbone it fills); leave it out, or add --init scratch.")
 
 
-def _min_area(args, out_dir: Path) -> int:
-    """--min-area, else the resumed run's own, else the default."""
+def _normalised(name: str, value):
+    """A data option's value as recorded and compared: paths absolute, slice choices parsed."""
+    from ..volume.slice_choice import parse_slice_choice
+
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [str(Path(v).expanduser().resolve()) for v in value]
+    if isinstance(value, Path) or name in ("images", "masks", "val_images", "val_masks"):
+        return str(Path(value).expanduser().resolve())
+    if name in ("slices", "val_slices"):
+        return parse_slice_choice(value, _flag(name))
+    return value
+
+
+def data_selection(args) -> dict:
+    """What selects this invocation's training and validation slices, defaults filled in: the
+    record a run keeps (``finetune.json`` ``"data"``), so that a resume can take it back."""
     from ..finetune.data import DEFAULT_MIN_AREA
-    from ..finetune.runs import recorded_setting
+    from ..finetune.runs import DATA_OPTIONS
 
-    if args.min_area is not None:
-        return args.min_area
-    stored = recorded_setting(out_dir, "min_area") if args.resume else None
-    return stored if type(stored) is int and stored >= 0 else DEFAULT_MIN_AREA
+    plain = {name: _normalised(name, getattr(args, name)) for name in DATA_OPTIONS}
+    plain["slices"] = (args.slices or "paper") if args.volumes else None
+    plain["val_slices"] = (args.val_slices or "all") if args.val_volumes else None
+    plain["axis"] = (args.axis or "k") if args.volumes or args.val_volumes else None
+    plain["min_area"] = DEFAULT_MIN_AREA if args.min_area is None else args.min_area
+    return plain
 
 
-def _load_slices(args, min_area: int):
-    from ..errors import InvalidInputError
-    from ..finetune.data import parse_slice_choice, slices_from_png_folders, slices_from_volumes
+def resumed_data_options(args, out_dir: Path) -> tuple[argparse.Namespace, dict]:
+    """The data options a resumed run goes on with, and what this resume changes.
 
+    The one place where a resume's data is chosen: each data option left out takes the run's
+    recorded value (a data source as a whole: given --images, the run's --volumes are not
+    taken); one given that differs from the record is a change, returned as name:
+    [recorded, given] (the trainer applies and records it, and only then accepts training
+    data that differs from the run's). A record written before data options were recorded
+    lacks them: those left out take the defaults, as before, which is logged; the trainer
+    refuses the resume if the data then differs from the run's."""
+    from ..finetune.runs import TRAIN_SOURCE_OPTIONS, VAL_SOURCE_OPTIONS, recorded_data_selection
+
+    chosen = argparse.Namespace(**vars(args))
+    if not args.resume:
+        return chosen, {}
+    recorded = recorded_data_selection(out_dir)
+    changes, taken, unrecorded = {}, [], []
+
+    def compare(name):
+        if name not in recorded:
+            return
+        new = _normalised(name, getattr(args, name))
+        try:
+            old = _normalised(name, recorded[name])
+        except InvalidInputError:  # a recorded slice choice changed by hand
+            old = recorded[name]
+        if new != old:
+            given = getattr(args, name)
+            changes[name] = [recorded[name], new if name in _PATH_OPTIONS else given]
+
+    def take(name, note=True):
+        if name in recorded:
+            value = recorded[name]
+            setattr(chosen, name, [Path(v) for v in value] if isinstance(value, list)
+                    else Path(value) if value is not None and name in _PATH_OPTIONS else value)
+            if value is not None:
+                taken.append(f"{_flag(name)} {' '.join(value) if isinstance(value, list) else value}")
+        elif note:
+            unrecorded.append(_flag(name))
+
+    for group in (TRAIN_SOURCE_OPTIONS, VAL_SOURCE_OPTIONS):
+        given = any(getattr(args, name) is not None for name in group)
+        for name in group:
+            compare(name) if given else take(name, note=False)
+    uses = {"slices": bool(chosen.volumes), "val_slices": bool(chosen.val_volumes),
+            "axis": bool(chosen.volumes or chosen.val_volumes), "label_value": True,
+            "min_area": True}
+    for name, used in uses.items():
+        if getattr(args, name) is not None:
+            compare(name)
+        elif used:
+            take(name)
+    if taken:
+        log.info("Resuming with the run's own data options: %s.", "; ".join(taken))
+    if unrecorded and not set(recorded) - {"min_area"}:
+        log.warning("The run record in %s holds no data options (an older version wrote it): "
+                    "%s take the values given now or their defaults, as before; the training "
+                    "data is checked against the run's.", out_dir, ", ".join(unrecorded))
+    for name, (old, new) in changes.items():
+        log.info("Resuming with %s %s (the run had %s).", _flag(name), new, old)
+    return chosen, changes
+
+
+_PATH_OPTIONS = ("volumes", "labels", "images", "masks", "val_volumes", "val_labels",
+                 "val_images", "val_masks")
+
+
+def _load_slices(args):
+    from ..finetune.data import (DEFAULT_MIN_AREA, parse_slice_choice, slices_from_png_folders,
+                                 slices_from_volumes)
+
+    if (args.axis or "k") not in AXES:  # only a run record changed by hand gets here
+        raise InvalidInputError(f"--axis {args.axis!r} is not one of {', '.join(sorted(AXES))}.")
     axis = AXES[args.axis or "k"]
+    min_area = DEFAULT_MIN_AREA if args.min_area is None else args.min_area
 
     def read(volumes, labels, slices, images, masks):
         if volumes:
@@ -212,8 +305,11 @@ def run(args) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        check_option_combinations(args)
         out_dir = _out_dir(args)
+        # On resume the data options left out come from the run's record; the combination
+        # checks and the rest of the command see the options the run will really use.
+        args, data_changes = resumed_data_options(args, out_dir)
+        check_option_combinations(args)
         _guard_run_files(args, out_dir)
         # Options left out stay None: a new run takes the recipe's value, a resumed one its own.
         settings = FinetuneSettings(
@@ -226,7 +322,7 @@ def run(args) -> int:
             val_samples=args.val_samples, val_max_clicks=args.val_max_clicks,
             num_workers=args.workers)
         settings.validate()  # before the data is read and long before any model is built
-        train, val = _load_slices(args, _min_area(args, out_dir))
+        train, val = _load_slices(args)
         if json_mode:
             _emit("start", out_dir=str(out_dir), training_slices=len(train),
                   validation_slices=len(val) if val else 0)
@@ -260,7 +356,8 @@ def run(args) -> int:
     bar = None if json_mode else TqdmProgress(desc="fine-tuning", unit="step")
     try:
         result = finetune(train, out_dir, settings, val_slices=val, resume=args.resume,
-                          progress=json_progress if json_mode else bar, on_epoch=on_epoch)
+                          progress=json_progress if json_mode else bar, on_epoch=on_epoch,
+                          data_selection=data_selection(args), data_changes=data_changes)
     except (KeyboardInterrupt, CancelledError):
         if json_mode:
             _emit("cancelled", out_dir=str(out_dir))

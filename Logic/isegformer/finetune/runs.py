@@ -79,18 +79,55 @@ def read_run_record(path: Path) -> RunRecord:
     return RunRecord(status, epochs, init, known[-1] if known else None)
 
 
-def recorded_setting(run_dir: Path, name: str) -> Any:
-    """A setting as the run's ``finetune.json`` records it; None without a readable record.
+#: The command-line options that select the training and validation slices. A run records them
+#: (paths made absolute, defaults filled in) under ``"data"`` in ``finetune.json`` and in its
+#: training state; a resume takes each one it is not given from there.
+TRAIN_SOURCE_OPTIONS = ("volumes", "labels", "images", "masks")
+VAL_SOURCE_OPTIONS = ("val_volumes", "val_labels", "val_images", "val_masks")
+DATA_OPTIONS = TRAIN_SOURCE_OPTIONS + VAL_SOURCE_OPTIONS + (
+    "slices", "axis", "label_value", "min_area", "val_slices")
 
-    For what must be known before the training state is read (the CLI selects the training
-    objects with the run's ``min_area`` before the trainer opens the run)."""
+
+def _well_formed_data_value(name: str, value: Any) -> bool:
+    if value is None:
+        return name != "min_area"
+    if name in TRAIN_SOURCE_OPTIONS + VAL_SOURCE_OPTIONS:
+        if name.endswith(("volumes", "labels")):
+            return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+        return isinstance(value, str)
+    if name in ("slices", "axis", "val_slices"):
+        return isinstance(value, str)
+    return type(value) is int and (name != "min_area" or value >= 0)
+
+
+def recorded_data_selection(run_dir: Path) -> dict[str, Any]:
+    """The data options the run's ``finetune.json`` records: only those it holds, well formed.
+
+    A record written before the data options were recorded holds none of them, except
+    ``min_area`` (kept among its settings); one that is missing or unreadable gives ``{}``.
+    A malformed value (a record changed by hand) is left out with a warning, so it is treated
+    as not recorded; the training data's fingerprint still guards the resume."""
     try:
         data = read_json_bounded(Path(run_dir) / RUN_FILE, f"the run record in {run_dir}",
                                  error=RunRecordError, max_bytes=16 << 20)
     except (OSError, RunRecordError):
-        return None
-    settings = data.get("settings") if isinstance(data, dict) else None
-    return settings.get(name) if isinstance(settings, dict) else None
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    recorded = data.get("data") if isinstance(data.get("data"), dict) else {}
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    if "min_area" not in recorded and "min_area" in settings:
+        recorded = {**recorded, "min_area": settings["min_area"]}
+    chosen = {}
+    for name in DATA_OPTIONS:
+        if name not in recorded:
+            continue
+        if _well_formed_data_value(name, recorded[name]):
+            chosen[name] = recorded[name]
+        else:
+            log.warning("The run record in %s holds a malformed %s (%.40r); it is ignored.",
+                        run_dir, name, recorded[name])
+    return chosen
 
 
 def finetuned_home(home: Optional[Path] = None) -> Path:

@@ -185,10 +185,11 @@ RECIPE: dict[str, Any] = dict(
     val_max_clicks=20, val_zoom_in=True, num_workers=0)
 
 #: Settings a resumed run may change: the run's length, the learning rate (set in the
-#: optimiser, so that a diverged run can go on from its last good epoch), and what changes only
-#: speed, memory or the per-epoch validation, never the training batches.
+#: optimiser, so that a diverged run can go on from its last good epoch), what changes only
+#: speed, memory or the per-epoch validation, and min_area, which selects the training objects
+#: as the other data options do (an explicit change of the data; see ``finetune``).
 RESUME_CHANGEABLE = ("epochs", "lr", "mixed_precision", "gradient_checkpointing", "val_samples",
-                     "val_max_clicks", "val_zoom_in")
+                     "val_max_clicks", "val_zoom_in", "min_area")
 #: Where this invocation runs: not part of the run, so never compared with the stored run.
 PER_INVOCATION = ("device", "num_workers")
 #: The command-line option of each setting, for messages.
@@ -249,8 +250,8 @@ def resumed_settings(stored: FinetuneSettings, given: FinetuneSettings, epochs_d
             f"The run in {run_dir} cannot be resumed with other settings: {'; '.join(refused)}. "
             "Leave these options out to go on with the run's own values, or start a new run in "
             "another --out folder. On resume only --epochs, --lr, --amp/--no-amp, "
-            "--gradient-checkpointing, --val-samples, --val-max-clicks, --device and --workers "
-            "may change."
+            "--gradient-checkpointing, --val-samples, --val-max-clicks, --device, --workers "
+            "and the data options (--min-area, --slices, --label-value, ...) may change."
         )
     if merged.epochs < epochs_done:
         raise InvalidInputError(
@@ -458,7 +459,8 @@ class _Run:
     folder's lock is held and ``finetune.json`` says what the run is doing.
     """
 
-    def __init__(self, slices, out_dir, settings, val_slices, resume):
+    def __init__(self, slices, out_dir, settings, val_slices, resume, data_selection=None,
+                 data_changes=None):
         if not slices:
             raise InvalidInputError("No training slice was given: there is nothing to fine-tune on.")
         self.slices = list(slices)
@@ -469,6 +471,8 @@ class _Run:
         self.saved_epochs = 0       # epochs whose files are on disk (a failed save adds none)
         self.resumes: list[dict] = []
         self.start_epoch = 0
+        self.data_selection = dict(data_selection) if data_selection is not None else None
+        self.data_changes = dict(data_changes or {})
         if not resume:  # a resumed run's settings are checked once merged with the stored ones
             settings.validate()
         self.device = resolve_device(settings.device or RECIPE["device"])
@@ -525,9 +529,19 @@ class _Run:
             settings = given.with_defaults()
         settings.validate()
         self.settings = settings
+        if state is not None:
+            self._check_resumed_data(state, changed)
+            if self.data_selection is None and isinstance(state.get("data_selection"), dict):
+                # A caller that gives no selection keeps the run's, with its stated changes.
+                self.data_selection = {**state["data_selection"],
+                                       **{k: v[1] for k, v in self.data_changes.items()}}
+            if self.data_selection is not None and "min_area" in changed:
+                self.data_selection["min_area"] = settings.min_area
+            changed = {**changed, **self.data_changes}
         if changed:
             for name, (old, new) in changed.items():
-                log.info("Resuming with %s %s (the run had %s).", OPTION_NAMES[name], new, old)
+                log.info("Resuming with %s %s (the run had %s).",
+                         OPTION_NAMES.get(name, "--" + name.replace("_", "-")), new, old)
             self.resumes.append({"epoch": self.start_epoch, "changed": changed})
         self.init = InitReport(str(state.get("init", "resumed")) if state is not None
                                else str(settings.init))
@@ -556,9 +570,6 @@ class _Run:
             self._stored(lambda: self.model.load_state_dict(state["model"], strict=True),
                          "its weights")
             self.model.train()
-            if state.get("data") != self.fingerprint:
-                log.warning("The training slices differ from those the run started with; "
-                            "resuming anyway with the slices given now.")
         else:
             self.model, self.init = starting_model(settings)
         self.model.to(self.device)
@@ -588,6 +599,36 @@ class _Run:
         self.val_samples = validation_samples(val_slices if val_slices else self.slices,
                                               settings.val_samples)
         self.val_kind = "held-out" if val_slices else "training"
+
+    def _check_resumed_data(self, state: dict, changed: dict) -> None:
+        """A resume never trains on other data unless a data option was changed explicitly."""
+        stored = state.get("data")
+        if stored == self.fingerprint:
+            return
+        if stored is None:
+            log.warning("The training state in %s holds no fingerprint of its training data, so "
+                        "the slices given now cannot be checked against the run's.", self.out_dir)
+            return
+        explicit = sorted(set(self.data_changes) | ({"min_area"} & set(changed)))
+        if explicit:
+            log.warning("The training slices differ from those the run was trained on, as this "
+                        "resume asked (%s changed).",
+                        ", ".join("--" + n.replace("_", "-") for n in explicit))
+            return
+        recorded = state.get("data_selection")
+        if isinstance(recorded, dict):
+            why = ("Its data options are the same, so the data files themselves changed: "
+                   "restore them")
+        else:
+            why = ("The run was started by an older version, which did not record its data "
+                   "options, so the defaults were used for those left out: give --slices, "
+                   "--axis and --label-value as the run started with them")
+        raise InvalidInputError(
+            f"The training slices read now differ from those the run in {self.out_dir} was "
+            f"trained on, and no data option was changed, so the resume would silently train "
+            f"on other data. {why}; or give the data options you mean to change; or start a "
+            f"new run in another --out folder with --init {self.out_dir / MODEL_FILE}."
+        )
 
     def _set_base_lr(self, lr: float) -> None:
         """A new base learning rate for a resumed run; the drops already passed apply to it."""
@@ -769,6 +810,7 @@ class _Run:
             "history": [asdict(r) for r in self.history],
             "init": self.init.source,
             "data": self.fingerprint,
+            "data_selection": self.data_selection,
             "resumes": self.resumes,
         }
         _atomic_torch_save(state, self.state_path)
@@ -787,6 +829,7 @@ class _Run:
             "device": str(self.device),
             "torch": torch.__version__,
             "training_slices": [s.name for s in self.slices],
+            "data": self.data_selection,
             "validation": getattr(self, "val_kind", None),
             "settings": self.settings.to_plain(),
             "history": [asdict(r) for r in history],
@@ -840,6 +883,8 @@ def finetune(
     resume: bool = False,
     progress: Optional[ProgressCallback] = None,
     on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    data_selection: Optional[dict] = None,
+    data_changes: Optional[dict] = None,
 ) -> FinetuneResult:
     """Fine-tune a click model on ``slices``; files go to ``out_dir`` (see the module docstring).
 
@@ -848,11 +893,20 @@ def finetune(
     stops the run, leaving the last completed epoch's checkpoint intact. With ``resume`` the run
     in ``out_dir`` continues from its last completed epoch: a setting left as None keeps the
     run's value; a given one must equal it, except RESUME_CHANGEABLE ones (``epochs`` may extend
-    the run, ``lr`` sets a new base learning rate), which are applied and recorded. Without
-    ``resume``, a folder that already holds a run's files is refused. One process at a time
+    the run, ``lr`` sets a new base learning rate), which are applied and recorded.
+
+    ``data_selection`` (plain JSON: the options that chose ``slices``, see
+    :func:`isegformer.cli.finetune.data_selection`) is recorded as ``"data"`` in
+    ``finetune.json`` and in the training state; a resume that gives None keeps the run's.
+    Resuming never trains on other data without being told: training slices whose fingerprint
+    differs from the run's are refused, unless ``data_changes`` (name: [recorded, new]; the
+    CLI's :func:`~isegformer.cli.finetune.resumed_data_options`) or a new ``min_area`` says
+    that this resume changes the data, which is then logged and recorded under ``resumes``.
+    Without ``resume``, a folder that already holds a run's files is refused. One process at a time
     writes a run folder (its lock); a failed run is recorded as "failed" with its message.
     """
-    run = _Run(slices, out_dir, settings or FinetuneSettings(), val_slices, resume)
+    run = _Run(slices, out_dir, settings or FinetuneSettings(), val_slices, resume,
+               data_selection, data_changes)
     try:
         return run.run(progress, on_epoch)
     finally:
