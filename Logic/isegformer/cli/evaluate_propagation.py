@@ -114,11 +114,16 @@ def case_names(cases: list[tuple[Path, Path]]) -> list[str]:
         depth += 1
         counts = {n: names.count(n) for n in names}
         names = [name(v, depth) if counts[n] > 1 else n for n, (v, _) in zip(names, cases)]
+    return numbered_duplicates(names, "#")
+
+
+def numbered_duplicates(names: list[str], mark: str) -> list[str]:
+    """``names`` with a number (after ``mark``) on each that occurs more than once."""
     seen: dict[str, int] = {}
     unique = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        unique.append(n if names.count(n) == 1 else f"{n}#{seen[n]}")
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if names.count(name) == 1 else f"{name}{mark}{seen[name]}")
     return unique
 
 
@@ -206,13 +211,7 @@ PARTIAL_REPORT = "results.partial.json"
 def file_names(names: list[str]) -> list[str]:
     """File-name forms of distinct case names, distinct too: '/' and '#' become '_', and where
     that makes two alike (``a_b/vol`` and ``a/b_vol``) a number follows."""
-    plain = [name.replace("/", "_").replace("#", "_") for name in names]
-    seen: dict[str, int] = {}
-    unique = []
-    for name in plain:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if plain.count(name) == 1 else f"{name}-{seen[name]}")
-    return unique
+    return numbered_duplicates([name.replace("/", "_").replace("#", "_") for name in names], "-")
 
 
 def _write_report(args, axis: int, results: list, skipped: list[dict], *, complete: bool) -> Path:
