@@ -252,3 +252,15 @@ def test_a_checkpoint_path_needs_no_readable_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("ISEGFORMER_REGISTRY", str(broken))
     assert is_weights_path(str(tmp_path / "my.pth")) and is_weights_path("weights.pkl")
     assert not is_weights_path("some_name")
+
+
+def test_a_hand_placed_file_the_registry_now_sizes_otherwise_is_blamed_on_the_size(
+        isolated, server, tmp_path, checkpoint_bytes):
+    target = _place_by_hand(isolated, checkpoint_bytes)
+    resolve_model("m", registry=registry_for(tmp_path, server), download=False)  # trusted
+    resized = registry_for(tmp_path, server, size=len(checkpoint_bytes) + 1)
+    with pytest.raises(ChecksumMismatchError) as caught:
+        resolve_model("m", registry=resized, download=False)
+    assert "without its size or modification time changing" not in str(caught.value)
+    assert "registry expects" in str(caught.value)
+    assert len(list(target.parent.glob("m.pth.rejected-*"))) == 1

@@ -326,6 +326,13 @@ def _check_cached(entry: ModelEntry, cache: ModelCache, final: Path) -> Path:
         return final
     if actual != expected or (entry.size is not None and size != entry.size):
         aside = _set_aside(cache, entry, final)
+        if actual == expected:  # the file is the one recorded; only the registry's size differs
+            raise ChecksumMismatchError(
+                f"{final} has {size} bytes, the registry expects {entry.size}, while its content is "
+                f"the one recorded on {record.downloaded_at if record else 'its first use'}: it is "
+                f"not the file the registry describes. It was not loaded, and was moved to {aside}. "
+                f"{_rejection_advice(entry, final, {'registry'})}"
+            )
         if record is not None and record.url == _PLACED_BY_HAND and source == "first-use":
             raise ChecksumMismatchError(
                 f"{final} changed without its size or modification time changing (SHA256 "
