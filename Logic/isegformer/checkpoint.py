@@ -39,15 +39,22 @@ _InertPlaceholder = InertPlaceholder
 _RestrictedUnpickler = RestrictedUnpickler
 
 
+def starts_like_web_page(head: bytes) -> bool:
+    """Whether a file's first bytes are those of an HTML page (what a failed, unconfirmed or
+    refused download often saves instead of the file)."""
+    return head.lstrip().lower().startswith((b"<!doctype", b"<html"))
+
+
 def _describe_start(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(64)
-    if head.lstrip().lower().startswith((b"<!doctype", b"<html")):
+    if starts_like_web_page(head):
         return "an HTML page (a failed or unconfirmed download, e.g. a login or confirmation page)"
     return f"a file starting with bytes {head[:16]!r}"
 
 
-def _is_complete_zip(path: Path) -> bool:
+def is_complete_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive whose end records are all there (a zip cut short is not)."""
     try:
         return zipfile.is_zipfile(path)
     except zipfile.BadZipFile:  # raised, not answered, for some damaged end records
@@ -65,7 +72,7 @@ def container_problem(path: Path) -> str | None:
     is_pickle = magic[:1] == b"\x80"  # pickle protocol 2+ (torch's legacy format starts so)
     if not (is_zip or is_pickle):
         return f"it is not a PyTorch checkpoint: it is {_describe_start(path)} ({size} bytes)"
-    if is_zip and not _is_complete_zip(path):
+    if is_zip and not is_complete_zip(path):
         return (f"it is truncated or damaged: its zip archive is incomplete ({size} bytes; an "
                 "interrupted download looks like this)")
     return None

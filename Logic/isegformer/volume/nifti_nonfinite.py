@@ -21,65 +21,15 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .nifti_header import HEADER_BYTES, NiftiHeader, parse_nifti_header
+
 _FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI/Analyze datatype codes: FLOAT32, FLOAT64
 _DOUBLE_EPSILON = float(np.finfo(np.float64).eps)  # ITK's threshold for "no slope"
-
-
-@dataclass(frozen=True)
-class _Header:
-    endian: str
-    dims: list[int]
-    datatype: int
-    vox_offset: int
-    slope: float
-    inter: float
-    paired: bool  # voxels in a separate .img file
-    nifti2: bool
-    analyze: bool  # Analyze 7.5: no magic, and ITK applies no scaling
-
-
-def _is_nifti_magic(magic: bytes) -> bool:
-    """niftilib's test for a NIfTI magic of any version (anything else in a 348-byte header is
-    Analyze 7.5 to it)."""
-    return len(magic) == 4 and magic[:1] == b"n" and magic[1:2] in (b"+", b"i") \
-        and magic[2:3].isdigit() and magic[3:] == b"\x00"
-
-
-def _parse_header(header: bytes) -> Optional[_Header]:
-    """The fields this module needs from a NIfTI-1/-2 or Analyze 7.5 header, else None."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            magic = header[344:348]
-            if magic in (b"n+1\x00", b"ni1\x00"):
-                analyze = False
-            elif _is_nifti_magic(magic):
-                return None  # another NIfTI version in a NIfTI-1 sized header
-            else:
-                analyze = True
-            dims = list(struct.unpack(endian + "8h", header[40:56]))
-            datatype = struct.unpack(endian + "h", header[70:72])[0]
-            vox_offset, slope, inter = struct.unpack(endian + "3f", header[108:120])
-            if not np.isfinite(vox_offset):
-                return None
-            return _Header(endian, dims, datatype, int(vox_offset), slope, inter,
-                           paired=magic != b"n+1\x00", nifti2=False, analyze=analyze)
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            magic = header[4:8]
-            if magic not in (b"n+2\x00", b"ni2\x00"):
-                return None
-            datatype = struct.unpack(endian + "h", header[12:14])[0]
-            dims = list(struct.unpack(endian + "8q", header[16:80]))
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            slope, inter = struct.unpack(endian + "2d", header[176:192])
-            return _Header(endian, dims, datatype, int(vox_offset), slope, inter,
-                           paired=magic == b"ni2\x00", nifti2=True, analyze=False)
-    return None
 
 
 def _open(path: Path):
@@ -121,14 +71,14 @@ def _header_file(path: Path) -> Optional[tuple[Path, Optional[Path]]]:
     return None
 
 
-def _read_stored(path: Path, shape: tuple[int, ...]) -> Optional[tuple[_Header, np.ndarray]]:
+def _read_stored(path: Path, shape: tuple[int, ...]) -> Optional[tuple[NiftiHeader, np.ndarray]]:
     located = _header_file(path)
     if located is None:
         return None
     header_file, pair_stem = located
     try:
         with _open(header_file) as stream:
-            fields = _parse_header(stream.read(544))
+            fields = parse_nifti_header(stream.read(HEADER_BYTES))
         if fields is None or fields.paired != (pair_stem is not None):
             return None  # e.g. a .nii holding a pair's header: the reader looks elsewhere
         if fields.datatype not in _FLOAT_TYPES or not 3 <= fields.dims[0] <= 7:
@@ -171,7 +121,7 @@ def stored_nonfinite(path: str | Path, shape: tuple[int, ...]) -> Optional[np.nd
     return None if voxels is None else ~np.isfinite(voxels)
 
 
-def _reader_scaling(fields: _Header) -> Optional[tuple[float, float]]:
+def _reader_scaling(fields: NiftiHeader) -> Optional[tuple[float, float]]:
     """(slope, intercept) ITK's reader applies, or None when it applies none.
 
     niftilib turns a non-finite slope or intercept into 0, and ITK takes a slope within double

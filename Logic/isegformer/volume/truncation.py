@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import gzip
 import math
-import struct
 import zlib
 from pathlib import Path
 from typing import Optional
 
 from ..errors import FileFormatError
+from .nifti_header import HEADER_BYTES, parse_nifti_header
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
@@ -36,11 +36,11 @@ def check_not_truncated(path: Path) -> None:
     except OSError:
         return  # SimpleITK reports the unreadable file
     if compressed:
-        data_bytes, header = _gzip_length(path, keep=540)
+        data_bytes, header = _gzip_length(path, keep=HEADER_BYTES)
     else:
         data_bytes = path.stat().st_size
         with open(path, "rb") as handle:
-            header = handle.read(540)
+            header = handle.read(HEADER_BYTES)
     layout = _nifti_layout(header)
     if layout is None:
         return
@@ -96,24 +96,10 @@ def _gzip_length(path: Path, keep: int = 0) -> tuple[int, bytes]:
 
 def _nifti_layout(header: bytes) -> Optional[tuple[int, int, bool]]:
     """(voxel bytes, vox_offset, single file) from a NIfTI-1/-2 header, or None if it is not one."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            magic = header[344:348]
-            if magic not in (b"n+1\x00", b"ni1\x00"):
-                return None
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = struct.unpack(endian + "f", header[108:112])[0]
-            return _layout(dims, bitpix, vox_offset, magic == b"n+1\x00")
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            magic = header[4:12]
-            if magic[:4] not in (b"n+2\x00", b"ni2\x00"):
-                return None
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            return _layout(dims, bitpix, vox_offset, magic[:4] == b"n+2\x00")
-    return None
+    fields = parse_nifti_header(header)
+    if fields is None or fields.analyze:
+        return None
+    return _layout(fields.dims, fields.bitpix, fields.vox_offset, not fields.paired)
 
 
 def _layout(dims, bitpix: int, vox_offset: float, single_file: bool) -> Optional[tuple[int, int, bool]]:

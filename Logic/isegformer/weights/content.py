@@ -11,7 +11,6 @@ nothing is a web page.
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -24,21 +23,17 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".tar")
 def content_problem(path: Path, filename: str) -> Optional[str]:
     """Why the file at ``path`` cannot be the registry's ``filename`` (a phrase to follow
     "but"), or None when its container is whole."""
+    from ..checkpoint import container_problem, is_complete_zip, starts_like_web_page
+
     with open(path, "rb") as file:
         head = file.read(64)
-    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml", b"{\"error")):
+    if starts_like_web_page(head) or head.lstrip().lower().startswith((b"<?xml", b"{\"error")):
         return "it is a web page or an error message, not the file"
     name = filename.lower()
     if name.endswith(CHECKPOINT_SUFFIXES):
-        from ..checkpoint import container_problem
-
         return container_problem(path)
     if name.endswith(".zip"):
-        try:
-            whole = zipfile.is_zipfile(path)
-        except zipfile.BadZipFile:
-            whole = False
-        return None if whole else "its zip archive is incomplete (an interrupted download looks like this)"
+        return None if is_complete_zip(path) else "its zip archive is incomplete (an interrupted download looks like this)"
     if name.endswith(".gz") or name.endswith((".nii", ".nrrd", ".nhdr", ".mha")):
         from ..volume.truncation import check_not_truncated
 
