@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from isegformer.cli.main import main
 from isegformer.finetune import trainer
 from isegformer.finetune.runs import MODEL_FILE, RUN_FILE, STATE_FILE
+from finetune_testkit import two_object_volume
 
 LOGIC = Path(__file__).resolve().parents[2] / "Logic"
 
@@ -30,20 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 @pytest.fixture(scope="module")
 def nifti(tmp_path_factory):
     """A 12x40x40 volume with two labelled objects on slices 2..9, and its label map."""
-    import SimpleITK as sitk
-
-    folder = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    image = (rng.random((12, 40, 40)) * 50).astype(np.float32)
-    label = np.zeros((12, 40, 40), np.uint8)
-    label[2:10, 10:25, 12:28] = 1
-    label[2:10, 28:36, 5:15] = 2
-    image[label == 1] += 100
-    image[label == 2] += 60
-    paths = folder / "vol.nii.gz", folder / "lab.nii.gz"
-    for array, path in zip((image, label), paths):
-        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    return paths
+    return two_object_volume(tmp_path_factory.mktemp("data"))
 
 
 def _args(nifti, out, *extra):

@@ -58,6 +58,13 @@ def _palette_mask():
     return image, {1: 300, 2: 420}
 
 
+def _square_mask():
+    """A 40x40 mask holding one 20x20 object (400 px) of label 1."""
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[5:25, 5:25] = 1
+    return mask
+
+
 def _eval_counts(images, masks):
     return {s.name: int(s.gt.sum()) for s in png_samples(images, masks)}
 
@@ -88,8 +95,7 @@ def test_dotted_names_pair_with_their_own_masks_in_both_commands(tmp_path):
 
 def test_two_files_with_one_stem_are_refused(tmp_path):
     images, masks = _folders(tmp_path)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[5:25, 5:25] = 1
+    mask = _square_mask()
     _save(_gray(), images / "a.png")
     _save(_gray(1), images / "a.PNG")
     _save(mask, masks / "a.png")
@@ -100,8 +106,7 @@ def test_two_files_with_one_stem_are_refused(tmp_path):
 
 def test_upper_case_suffix_is_read_by_both_commands(tmp_path):
     images, masks = _folders(tmp_path)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[5:25, 5:25] = 1  # 400 px
+    mask = _square_mask()
     _save(_gray(), images / "a.png")
     _save(mask, masks / "a.png")
     _save(_gray(1), images / "B.PNG")
@@ -113,8 +118,7 @@ def test_upper_case_suffix_is_read_by_both_commands(tmp_path):
 
 def test_an_image_without_mask_is_refused_and_a_mask_without_image_is_named(tmp_path, caplog):
     images, masks = _folders(tmp_path)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[5:25, 5:25] = 1
+    mask = _square_mask()
     _save(_gray(), images / "a.png")
     _save(mask, masks / "a.png")
     _save(mask, masks / "orphan.png")
@@ -211,8 +215,7 @@ def test_a_mask_of_another_size_says_what_to_do(tmp_path):
 
 def test_a_constant_image_is_refused_while_reading_not_while_clicking(tmp_path):
     images, masks = _folders(tmp_path)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[5:25, 5:25] = 1
+    mask = _square_mask()
     _save(_gray(), images / "a.png")
     _save(mask, masks / "a.png")
     _save(np.full((SIZE, SIZE), 90, np.uint8), images / "flat.png")

@@ -22,32 +22,18 @@ from isegformer.cli.main import main
 from isegformer.finetune.data import slices_from_volumes
 from isegformer.finetune.runs import MODEL_FILE, RUN_FILE, STATE_FILE
 from isegformer.finetune.trainer import data_fingerprint
+from finetune_testkit import two_object_volume, write_nifti
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 LABELLED = [2, 5]  # the run's slices; the volume has 12, so the default (paper: 40, 80, 120) fails
 
 
-def _write_nifti(array, path):
-    import SimpleITK as sitk
-
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-
-
 @pytest.fixture()
 def nifti(tmp_path):
-    """A 12x40x40 volume with objects of label 1 and label 2 on slices 2..9, and its label map."""
-    rng = np.random.default_rng(0)
-    image = (rng.random((12, 40, 40)) * 50).astype(np.float32)
-    label = np.zeros((12, 40, 40), np.uint8)
-    label[2:10, 10:25, 12:28] = 1
-    label[2:10, 28:36, 5:15] = 2
-    image[label == 1] += 100
-    image[label == 2] += 60
-    paths = tmp_path / "vol.nii.gz", tmp_path / "lab.nii.gz"
-    _write_nifti(image, paths[0])
-    _write_nifti(label, paths[1])
-    return paths
+    """A 12x40x40 volume with objects of label 1 and label 2 on slices 2..9, and its label map
+    (one per test: some tests rewrite the label file)."""
+    return two_object_volume(tmp_path)
 
 
 def _start(nifti, out, *extra):
@@ -140,7 +126,7 @@ def _refused(argv, capsys) -> str:
 def test_resume_on_changed_data_files_without_a_data_option_changed_is_refused(run, nifti, capsys):
     label = np.zeros((12, 40, 40), np.uint8)
     label[2:10, 5:35, 5:35] = 2  # same path, same options, other objects
-    _write_nifti(label, nifti[1])
+    write_nifti(label, nifti[1])
     before = _files(run)
     err = _refused(["finetune", "--epochs", "2", "--device", "cpu", "--out", str(run), "--resume"],
                    capsys)

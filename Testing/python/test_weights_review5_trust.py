@@ -10,8 +10,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from isegformer.errors import ChecksumMismatchError, DownloadError, WeightsError
@@ -20,18 +18,16 @@ from weights_http_server import Route
 from weights_testkit import (  # noqa: F401 (fixtures)
     FAST,
     checkpoint_bytes,
+    downloaded,
     isolated,
     leftovers,
     model_entry,
     recorded,
     registry_for,
     server,
+    sha,
     write_registry,
 )
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _other_checkpoint() -> bytes:
@@ -48,9 +44,7 @@ def _other_checkpoint() -> bytes:
 
 def test_force_keeps_the_cached_file_and_its_record_when_the_new_download_fails(
         isolated, server, tmp_path, checkpoint_bytes):
-    server.add("/m.pth", Route(checkpoint_bytes))
-    registry = registry_for(tmp_path, server)
-    path = resolve_model("m", registry=registry, options=FAST)
+    registry, path = downloaded(server, tmp_path, checkpoint_bytes)
     before = recorded(isolated, "m")
     server.add("/m.pth", Route(b"gone", mode="status", status=404))
     with pytest.raises(DownloadError, match="kept as it was"):
@@ -63,9 +57,7 @@ def test_force_keeps_the_cached_file_and_its_record_when_the_new_download_fails(
 
 def test_force_takes_a_file_replaced_upstream_and_records_its_hash(
         isolated, server, tmp_path, checkpoint_bytes):
-    server.add("/m.pth", Route(checkpoint_bytes))
-    registry = registry_for(tmp_path, server)
-    path = resolve_model("m", registry=registry, options=FAST)
+    registry, path = downloaded(server, tmp_path, checkpoint_bytes)
     new = _other_checkpoint()
     server.add("/m.pth", Route(new))
     assert download_model("m", registry=registry, options=FAST) == path  # verified: no request
@@ -142,9 +134,7 @@ def test_a_registry_that_disagrees_with_the_server_is_blamed_not_the_user(
 
 
 def test_a_file_changed_upstream_is_offered_force(isolated, server, tmp_path, checkpoint_bytes):
-    server.add("/m.pth", Route(checkpoint_bytes))
-    registry = registry_for(tmp_path, server)
-    cached = resolve_model("m", registry=registry, options=FAST)
+    registry, cached = downloaded(server, tmp_path, checkpoint_bytes)
     cached.unlink()
     server.add("/m.pth", Route(_other_checkpoint()))
     with pytest.raises(ChecksumMismatchError, match=r"download m --force` to take the new file"):
@@ -228,9 +218,7 @@ def test_two_files_set_aside_in_one_second_both_survive(isolated, server, tmp_pa
 
 def test_a_damaged_download_is_fetched_again_and_must_match_its_first_hash(
         isolated, server, tmp_path, checkpoint_bytes):
-    server.add("/m.pth", Route(checkpoint_bytes))
-    registry = registry_for(tmp_path, server)
-    path = resolve_model("m", registry=registry, options=FAST)
+    registry, path = downloaded(server, tmp_path, checkpoint_bytes)
     first = recorded(isolated, "m")
     path.write_bytes(checkpoint_bytes[:-1] + b"!")  # damaged on disk
     # `isegformer download m`, as the advice says: the bad file goes aside and is fetched again

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from isegformer.weights import DownloadOptions, ModelCache
-from weights_http_server import FaultyServer
+from weights_http_server import FaultyServer, Route
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
               "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -95,3 +95,12 @@ def sha(data: bytes) -> str:
 def registry_for(tmp_path, server, route_path="/m.pth", **extra) -> Path:
     """A registry with one model "m" served by ``server`` at ``route_path``."""
     return write_registry(tmp_path, [model_entry("m", server.url(route_path), **extra)])
+
+
+def downloaded(server, tmp_path, data: bytes, **extra) -> tuple[Path, Path]:
+    """Model "m" served as ``data`` and downloaded once: (its registry, its cached path)."""
+    from isegformer.weights import resolve_model
+
+    server.add("/m.pth", Route(data))
+    registry = registry_for(tmp_path, server, **extra)
+    return registry, resolve_model("m", registry=registry, options=FAST)
