@@ -115,12 +115,6 @@ def stored_float_voxels(path: str | Path, shape: tuple[int, ...]) -> Optional[np
     return None if stored is None else stored[1]
 
 
-def stored_nonfinite(path: str | Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
-    """A bool (k, j, i) mask of the voxels ``path`` stores as NaN/inf (``None``: not known)."""
-    voxels = stored_float_voxels(path, shape)
-    return None if voxels is None else ~np.isfinite(voxels)
-
-
 def _reader_scaling(fields: NiftiHeader) -> Optional[tuple[float, float]]:
     """(slope, intercept) ITK's reader applies, or None when it applies none.
 
