@@ -94,8 +94,18 @@ def machine_lines(device: torch.device) -> list[str]:
         f"python  : {platform.python_version()}; torch {torch.__version__}; "
         f"threads {torch.get_num_threads()}; numpy {np.__version__}",
         f"device  : {device} {gpu}",
+        f"cpu blas: {cpu_blas_line()}",
         f"load    : {load_average()} (1, 5, 15-min load average at start)",
     ]
+
+
+def cpu_blas_line() -> str:
+    """Which BLAS this package's click model uses for its linear layers on the CPU."""
+    try:
+        from isegformer.click_engine import cpu_blas
+    except ImportError:  # an older checkout of the package, without the choice
+        return "PyTorch's (this package version has no other)"
+    return cpu_blas.describe()
 
 
 def test_image(size: int) -> np.ndarray:

@@ -80,7 +80,8 @@ def install_env(slicer_env, monkeypatch):
     from iSegFormerSlicerLib import dependencies
 
     slicer = slicer_env.slicer
-    installed = {"torch": None, "scipy": None, "SimpleITK": "2.5.0", "requests": "2.32.0"}
+    installed = {"torch": None, "scipy": None, "SimpleITK": "2.5.0", "requests": "2.32.0",
+                 "threadpoolctl": "3.5.0"}
     monkeypatch.setattr(deps, "installed_version", lambda name, lookup=None: installed.get(name))
     monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False)
     calls = []

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_blas import linear
+
 
 class ConvReLU(nn.Module):
     """1x1 conv with bias, then ReLU (named ``.conv`` as in the official checkpoints)."""
@@ -50,10 +52,10 @@ class MLPDecoder(nn.Module):
         inference = not torch.is_grad_enabled()
         fused = None
         for conv, feature, block in zip(self.convs, features, blocks):
-            projected = F.linear(feature.permute(0, 2, 3, 1), conv.conv.weight.flatten(1),
+            projected = linear(feature.permute(0, 2, 3, 1), conv.conv.weight.flatten(1),
                                  conv.conv.bias)
             projected = projected.relu_() if inference else F.relu(projected)
-            y = F.linear(projected, block).permute(0, 3, 1, 2)
+            y = linear(projected, block).permute(0, 3, 1, 2)
             if y.shape[2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             if fused is None:
@@ -63,6 +65,6 @@ class MLPDecoder(nn.Module):
         bias = self.fusion_conv.conv.bias.view(1, -1, 1, 1)
         fused = fused.add_(bias).relu_() if inference else F.relu(fused + bias)
         fused = self.dropout(fused)
-        logits = F.linear(fused.permute(0, 2, 3, 1), self.conv_seg.weight.flatten(1),
+        logits = linear(fused.permute(0, 2, 3, 1), self.conv_seg.weight.flatten(1),
                           self.conv_seg.bias)
         return logits.permute(0, 3, 1, 2)

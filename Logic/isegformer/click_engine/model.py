@@ -20,6 +20,7 @@ flip averaging (see ``predictor.py``), and thresholds at 0.49.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from .cpu_blas import single_thread_blas
 from .decoder import MLPDecoder
 from .disks import CLICK_RADIUS, click_disks
 from .sample_streams import run_in_streams
@@ -115,8 +117,12 @@ class ISegFormer(nn.Module):
         normalised = (image.to(torch.float32) - self.mean) / self.std
 
         use_autocast = self.autocast_dtype is not None and image.device.type == "cuda"
+        # The int8 mode keeps PyTorch's BLAS for its float layers: OpenBLAS serves one-thread
+        # calls only (cpu_blas.py), and an int8 click must not depend on the thread count.
+        on_cpu = image.device.type == "cpu" and not self.training and not self.split_samples
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float16,
-                            enabled=use_autocast):
+                            enabled=use_autocast), \
+                (single_thread_blas() if on_cpu else contextlib.nullcontext()):
             if not self.training and (self.sample_streams or self.split_samples):
                 features, quarter = run_in_streams(self._features, normalised, click_maps,
                                                    split_always=self.split_samples,

@@ -72,6 +72,10 @@ def check_click_precision(precision: Any, device: Union[str, torch.device]) -> t
     before any weights are read otherwise (a typo, or int8 off the CPU or on a torch without
     an int8 engine, should not cost a 355 MB download or load first)."""
     device = resolve_device(device)
+    if device.type == "cpu":
+        from . import cpu_blas
+
+        cpu_blas.mode()  # an unknown ISEGFORMER_CPU_BLAS is refused here, before any load
     if not isinstance(precision, str) or (precision not in PRECISIONS and precision != INT8):
         raise InvalidInputError(
             f"Unknown precision {precision!r}: use one of {', '.join([*PRECISIONS, INT8])}.")

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .cpu_blas import project
+
 MASKED = -100.0  # the reference's additive mask between shifted regions
 
 
@@ -130,7 +132,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return project(self.fc2, self.act(project(self.fc1, x)))
 
 
 class WindowAttention(nn.Module):
@@ -218,7 +220,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: int, mask: torch.Tensor | None) -> torch.Tensor:
         """x: (batch * num_windows, window², C) -> same; see :meth:`attend`."""
-        return self.proj(self.attend(self.qkv(x), batch, mask))
+        return project(self.proj, self.attend(project(self.qkv, x), batch, mask))
 
 
 class SwinBlock(nn.Module):
@@ -239,7 +241,7 @@ class SwinBlock(nn.Module):
         hp, wp = math.ceil(h / win) * win, math.ceil(w / win) * win
         # Pad, roll and window partition as one gather (and its inverse after attention).
         gather, scatter = window_token_order(h, w, win, self.shift, x.device)
-        qkv = self.attn.qkv(self.norm1(x))
+        qkv = project(self.attn.qkv, self.norm1(x))
         if hp * wp != tokens:
             # A zero padding token projects to exactly the qkv bias, so the projection runs on
             # the real tokens only and the padding positions all read this one bias token.
@@ -247,7 +249,7 @@ class SwinBlock(nn.Module):
                             dim=1)
         windows = qkv.index_select(1, gather).view(-1, win * win, 3 * c)
         y = self.attn.attend(windows, b, mask if self.shift else None)
-        y = self.attn.proj(y.view(b, hp * wp, c).index_select(1, scatter))
+        y = project(self.attn.proj, y.view(b, hp * wp, c).index_select(1, scatter))
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -269,7 +271,7 @@ class PatchMerging(nn.Module):
         # The 4C vector of a 2x2 cell is [(0,0), (1,0), (0,1), (1,1)] as (row, column) offsets,
         # i.e. column offset major: one permuted copy instead of four strided slices and a cat.
         x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5)
-        return self.reduction(self.norm(x.reshape(b, -1, 4 * c)))
+        return project(self.reduction, self.norm(x.reshape(b, -1, 4 * c)))
 
 
 class SwinStage(nn.Module):

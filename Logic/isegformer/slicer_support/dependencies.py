@@ -64,6 +64,7 @@ PIP_REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("scipy", "1.10", "2"),
     Requirement("SimpleITK", "2.2", "3"),
     Requirement("requests", "2.28", "3"),
+    Requirement("threadpoolctl", "3.1", "4"),
 )
 
 
