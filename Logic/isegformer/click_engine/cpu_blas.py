@@ -11,7 +11,9 @@ Where it applies (anything else is PyTorch's ``F.linear`` or the layer's own cal
 
 - inside :func:`single_thread_blas`, which keeps OpenBLAS on one thread for the network call.
   With its own thread pool, OpenBLAS and PyTorch's OpenMP threads competed for the cores and
-  the click was slower than with MKL (measured before the streams existed);
+  the click was slower than with MKL (measured before the streams existed). The count is
+  process-wide, like torch's: NumPy products elsewhere in the process meanwhile run on one
+  thread too;
 - in a thread whose torch thread count is 1 (a stream of a 2-thread click, or a 1-thread run):
   with more threads MKL's own threading is kept, since nothing was measured there;
 - float32 CPU tensors, no gradient needed, no autocast, tracing or compiling; for a layer, a
