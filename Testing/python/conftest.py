@@ -54,6 +54,17 @@ def weights_formula(golden_dir: Path):
     return module
 
 
+@pytest.fixture
+def torch_thread_count():
+    """For one test: call the fixture's value with a torch thread count; the process's count
+    is restored after the test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared 2-core machine a second spinning thread only

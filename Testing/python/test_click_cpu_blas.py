@@ -29,11 +29,8 @@ def mode_numpy():
 
 
 @pytest.fixture
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def one_thread(torch_thread_count):  # conftest.py
+    torch_thread_count(1)
 
 
 @pytest.fixture

@@ -13,11 +13,8 @@ from isegformer.click_engine.sample_streams import run_in_streams, stream_plan
 
 
 @pytest.fixture
-def two_torch_threads():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(saved)
+def two_torch_threads(torch_thread_count):  # conftest.py
+    torch_thread_count(2)
 
 
 @pytest.fixture(scope="module")
