@@ -9,15 +9,19 @@ calls OpenBLAS on one thread, in its own thread, with the GIL released.
 
 Where it applies (anything else is PyTorch's ``F.linear`` or the layer's own call):
 
-- inside :func:`single_thread_blas`, which keeps OpenBLAS on one thread for the network call.
-  With its own thread pool, OpenBLAS and PyTorch's OpenMP threads competed for the cores and
-  the click was slower than with MKL (measured before the streams existed). The count is
-  process-wide, like torch's: NumPy products elsewhere in the process meanwhile run on one
-  thread too;
-- in a thread whose torch thread count is 1 (a stream of a 2-thread click, or a 1-thread run):
-  with more threads MKL's own threading is kept, since nothing was measured there;
-- float32 CPU tensors, no gradient needed, no autocast, tracing or compiling; for a layer, a
-  plain ``nn.Linear`` without hooks (an int8 layer or a parametrized one runs as itself).
+- a network call whose operations run on one torch thread each: the streams of a click on 2
+  torch threads, or any call on 1. With more threads per stream (3 or more torch threads,
+  PyTorch's default on a machine with that many cores) MKL's own threading is kept, since
+  nothing was measured there, and OpenBLAS is left alone;
+- inside :func:`single_thread_blas`, which keeps OpenBLAS on one thread for that call. With
+  its own thread pool, OpenBLAS and PyTorch's OpenMP threads competed for the cores and the
+  click was slower than with MKL. The count is process-wide, like torch's: NumPy products
+  elsewhere in the process meanwhile run on one thread too;
+- in the threads that compute the call (:func:`products_here`), never in another thread that
+  happens to run torch at the same time;
+- float32 CPU tensors, no gradient of any kind (backward, forward-mode, ``torch.func``), no
+  autocast, tracing or compiling; for a layer, a plain ``nn.Linear`` without hooks or a
+  replaced ``forward`` (an int8 layer or a parametrized one runs as itself).
 
 The choice, ``ISEGFORMER_CPU_BLAS`` (read once, or set with :func:`set_mode`):
 
@@ -54,6 +58,7 @@ _lock = threading.Lock()
 _mode: Optional[str] = None      # None: not read from the environment yet
 _enabled: Optional[bool] = None  # the resolved choice for this process
 _depth = 0                       # open single_thread_blas scopes, over all threads
+_here = threading.local()        # .active: this thread computes a call inside such a scope
 _saved_threads: list[int] = []   # OpenBLAS's thread counts before the outermost scope
 
 
@@ -93,19 +98,49 @@ def enabled() -> bool:
     global _enabled
     if _enabled is None:
         chosen = mode()
-        _enabled = chosen != "torch" and _openblas() is not None and (
-            chosen == "numpy" or (cpu_vendor() == "AMD" and torch.backends.mkl.is_available()))
+        wanted = chosen == "numpy" or (
+            chosen == "auto" and cpu_vendor() == "AMD" and torch.backends.mkl.is_available())
+        _enabled = wanted and _numpy_uses_openblas() and _openblas() is not None
     return _enabled
+
+
+def _numpy_uses_openblas() -> bool:
+    """NumPy's own BLAS is OpenBLAS (np.matmul runs it, so it is the one to limit)."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return "openblas" in str(blas.get("name", "")).lower()
+    except Exception:  # NumPy before 1.25 has no such report: look for its bundled library
+        try:
+            from threadpoolctl import threadpool_info
+        except ImportError:
+            return False
+        site = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+
+        def bundled_with_numpy(path: str) -> bool:  # numpy.libs/, numpy/.libs/, numpy/.dylibs/
+            relative = os.path.relpath(os.path.abspath(path), site) if path else os.pardir
+            return not relative.startswith(os.pardir) and relative.split(os.sep)[0].startswith("numpy")
+
+        return any(info.get("internal_api") == "openblas" and bundled_with_numpy(info.get("filepath", ""))
+                   for info in threadpool_info())
 
 
 def describe() -> str:
     """One line for benchmark reports: which BLAS a CPU click's linear layers use."""
-    if enabled():
-        library = _openblas()[0]
-        return (f"NumPy's OpenBLAS {library.version} ({library.architecture} kernels), "
-                f"one thread per stream; {MODE_VARIABLE}={mode()}")
+    from .sample_streams import stream_plan
+
     torch_blas = "MKL" if torch.backends.mkl.is_available() else "its own BLAS"
-    return f"PyTorch's ({torch_blas}); {MODE_VARIABLE}={mode()}"
+    setting = f"{MODE_VARIABLE}={mode()}"
+    if not enabled():
+        return f"PyTorch's ({torch_blas}); {setting}"
+    threads = torch.get_num_threads()
+    streams, per_stream = stream_plan(2, threads)
+    if per_stream != 1:
+        return (f"PyTorch's ({torch_blas}): at {threads} torch threads a click's samples run "
+                f"on {per_stream} threads each, where OpenBLAS is not used; {setting}")
+    library = _openblas()[0]
+    where = "each of a click's two sample streams" if streams > 1 else "the one torch thread"
+    return (f"NumPy's OpenBLAS {library.version} ({library.architecture} kernels), one thread "
+            f"in {where}; {setting}")
 
 
 def cpu_vendor() -> str:
@@ -183,22 +218,30 @@ def _openblas() -> Optional[tuple[_OpenBLAS, ...]]:
 
 
 @contextlib.contextmanager
-def single_thread_blas() -> Iterator[None]:
-    """Around one network call: OpenBLAS on one thread, and the layers allowed to use it.
+def single_thread_blas(threads_per_stream: int) -> Iterator[None]:
+    """Around one network call whose streams run on ``threads_per_stream`` torch threads each:
+    OpenBLAS on one thread while it runs, when the call can use it (one thread per stream).
 
     Nested and concurrent scopes share one limit, set by the first and restored by the last,
-    whatever thread each runs in."""
+    whatever thread each runs in. The threads that compute the call enter
+    :func:`products_here`."""
     global _depth, _saved_threads
-    if not enabled():
+    if threads_per_stream != 1:
         yield
         return
-    libraries = _openblas()
     with _lock:
-        if _depth == 0:
-            _saved_threads = [library.threads() for library in libraries]
-            for library in libraries:
-                library.set_threads(1)
-        _depth += 1
+        if not enabled():
+            libraries = None
+        else:
+            libraries = _openblas()
+            if _depth == 0:
+                _saved_threads = [library.threads() for library in libraries]
+                for library in libraries:
+                    library.set_threads(1)
+            _depth += 1
+    if libraries is None:
+        yield
+        return
     try:
         yield
     finally:
@@ -210,17 +253,33 @@ def single_thread_blas() -> Iterator[None]:
                 _saved_threads = []
 
 
+@contextlib.contextmanager
+def products_here() -> Iterator[None]:
+    """In a thread that computes a network call (the caller's, or a sample stream's): its
+    linear layers may use OpenBLAS while a :func:`single_thread_blas` scope is open."""
+    previous = getattr(_here, "active", False)
+    _here.active = True
+    try:
+        yield
+    finally:
+        _here.active = previous
+
+
+def _active() -> bool:
+    return bool(_depth) and getattr(_here, "active", False)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through OpenBLAS where it applies (see the module text)."""
-    if _depth and _applies(x, weight, bias):
+    if _active() and _applies(x, weight, bias):
         return _openblas_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` for a linear layer, through OpenBLAS where it applies."""
-    if _depth and type(layer) is nn.Linear and not _has_hooks(layer) \
-            and _applies(x, layer.weight, layer.bias):
+    if _active() and type(layer) is nn.Linear and not _has_hooks(layer) \
+            and "forward" not in layer.__dict__ and _applies(x, layer.weight, layer.bias):
         return _openblas_linear(x, layer.weight, layer.bias)
     return layer(x)
 
@@ -237,10 +296,11 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     if torch.get_num_threads() != 1 or x.numel() == 0 or x.dim() < 1 or weight.dim() != 2:
         return False
     for t in tensors:
-        if t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided:
+        # A tensor subclass has its own dispatch; a negative or conjugate view is lazy.
+        if type(t) not in (torch.Tensor, nn.Parameter) or t.device.type != "cpu" \
+                or t.dtype != torch.float32 or t.layout != torch.strided \
+                or t.is_neg() or t.is_conj():
             return False
-    if type(x) is not torch.Tensor:  # a tensor subclass has its own dispatch
-        return False
     if bias is not None and bias.shape != (weight.shape[0],):
         return False
     # Rows of the weight may lie apart (a column slice of a larger weight), but each row must
@@ -250,7 +310,8 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if _autocast_on() or torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling():
+    if _autocast_on() or torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling() \
+            or _transformed(x):
         return False
     return True
 
@@ -260,10 +321,13 @@ def _openblas_linear(x: torch.Tensor, weight: torch.Tensor,
     rows = x.reshape(-1, x.shape[-1])
     if not rows.is_contiguous():
         rows = rows.contiguous()
-    out = torch.empty((rows.shape[0], weight.shape[0]), dtype=torch.float32)
+    out = torch.empty((rows.shape[0], weight.shape[0]), dtype=torch.float32, device="cpu")
     # NumPy hands a C-contiguous (M, K) array and the transposed view of the (N, K) weight to
     # sgemm directly, and releases the GIL while it runs, so the streams compute side by side.
-    np.matmul(rows.detach().numpy(), weight.detach().numpy().T, out=out.numpy())
+    # Its floating-point error settings must not turn an inf into a warning or an exception
+    # that F.linear would not raise.
+    with np.errstate(all="ignore"):
+        np.matmul(rows.detach().numpy(), weight.detach().numpy().T, out=out.numpy())
     if bias is not None:
         out.add_(bias.detach())
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -274,6 +338,17 @@ def _autocast_on() -> bool:
         return bool(torch.is_autocast_enabled("cpu"))
     except TypeError:  # older torch: no device argument
         return bool(torch.is_autocast_cpu_enabled())
+
+
+def _transformed(x: torch.Tensor) -> bool:
+    """Forward-mode autograd or a torch.func transform (vmap, jvp...) is active around ``x``:
+    both need PyTorch's own operations (private checks, skipped where torch lacks them)."""
+    forward_ad = getattr(torch.autograd, "forward_ad", None)
+    if getattr(forward_ad, "_current_level", -1) >= 0:
+        return True
+    functorch = getattr(torch._C, "_functorch", None)
+    is_wrapped = getattr(functorch, "is_functorch_wrapped_tensor", None)
+    return bool(is_wrapped(x)) if is_wrapped is not None else False
 
 
 def _compiling() -> bool:

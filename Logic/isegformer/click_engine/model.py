@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .cpu_blas import single_thread_blas
+from .cpu_blas import products_here, single_thread_blas
 from .decoder import MLPDecoder
 from .disks import CLICK_RADIUS, click_disks
-from .sample_streams import run_in_streams
+from .sample_streams import run_in_streams, stream_plan
 from .swin import SwinBackbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -119,11 +119,15 @@ class ISegFormer(nn.Module):
         use_autocast = self.autocast_dtype is not None and image.device.type == "cuda"
         # The int8 mode keeps PyTorch's BLAS for its float layers: OpenBLAS serves one-thread
         # calls only (cpu_blas.py), and an int8 click must not depend on the thread count.
-        on_cpu = image.device.type == "cpu" and not self.training and not self.split_samples
+        streams = not self.training and (self.sample_streams or self.split_samples)
+        if image.device.type == "cpu" and not self.training and not self.split_samples:
+            blas = single_thread_blas(stream_plan(image.shape[0])[1] if self.sample_streams
+                                      else torch.get_num_threads())
+        else:
+            blas = contextlib.nullcontext()
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float16,
-                            enabled=use_autocast), \
-                (single_thread_blas() if on_cpu else contextlib.nullcontext()):
-            if not self.training and (self.sample_streams or self.split_samples):
+                            enabled=use_autocast), blas:
+            if streams:
                 features, quarter = run_in_streams(self._features, normalised, click_maps,
                                                    split_always=self.split_samples,
                                                    parallel=self.sample_streams)
@@ -135,8 +139,9 @@ class ISegFormer(nn.Module):
                 "head_logits_quarter": quarter}
 
     def _features(self, normalised: torch.Tensor, click_maps: torch.Tensor):
-        features = self.backbone(normalised, click_maps)
-        return features, self.head(features)
+        with products_here():  # in each sample stream's thread
+            features = self.backbone(normalised, click_maps)
+            return features, self.head(features)
 
     @staticmethod
     def _check_inputs(image: torch.Tensor, prev_mask: torch.Tensor, points: torch.Tensor) -> None:
