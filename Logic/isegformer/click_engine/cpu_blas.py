@@ -135,8 +135,8 @@ def describe() -> str:
     threads = torch.get_num_threads()
     streams, per_stream = stream_plan(2, threads)
     if per_stream != 1:
-        return (f"PyTorch's ({torch_blas}): at {threads} torch threads a click's samples run "
-                f"on {per_stream} threads each, where OpenBLAS is not used; {setting}")
+        return (f"PyTorch's ({torch_blas}): at {threads} torch threads a click runs on "
+                f"{per_stream} threads per stream, where OpenBLAS is not used; {setting}")
     library = _openblas()[0]
     where = "each of a click's two sample streams" if streams > 1 else "the one torch thread"
     return (f"NumPy's OpenBLAS {library.version} ({library.architecture} kernels), one thread "

@@ -53,7 +53,7 @@ class MLPDecoder(nn.Module):
         fused = None
         for conv, feature, block in zip(self.convs, features, blocks):
             projected = linear(feature.permute(0, 2, 3, 1), conv.conv.weight.flatten(1),
-                                 conv.conv.bias)
+                               conv.conv.bias)
             projected = projected.relu_() if inference else F.relu(projected)
             y = linear(projected, block).permute(0, 3, 1, 2)
             if y.shape[2:] != size:
@@ -66,5 +66,5 @@ class MLPDecoder(nn.Module):
         fused = fused.add_(bias).relu_() if inference else F.relu(fused + bias)
         fused = self.dropout(fused)
         logits = linear(fused.permute(0, 2, 3, 1), self.conv_seg.weight.flatten(1),
-                          self.conv_seg.bias)
+                        self.conv_seg.bias)
         return logits.permute(0, 3, 1, 2)
