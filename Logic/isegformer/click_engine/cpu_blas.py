@@ -1,8 +1,8 @@
 """The click model's linear layers through NumPy's OpenBLAS, where that is faster than PyTorch's.
 
 PyTorch's x86 wheels do float32 matrix products with MKL. On this project's AMD EPYC (Zen 3)
-machines a Swin-B click took 0.89-0.92x of its MKL time with the OpenBLAS that NumPy's wheels
-bundle instead; the linear layers are about three quarters of a CPU click (README, *Fidelity
+machines a Swin-B click took 0.82-0.96x of its MKL time (two before-and-after runs, unzoomed and
+zoomed) with the OpenBLAS that NumPy's wheels bundle instead; the linear layers are about three quarters of a CPU click (README, *Fidelity
 and performance*; ``benchmarks/click_latency.py`` prints which one ran). A click's two
 samples already run as one single-thread stream each (``sample_streams.py``), so each stream
 calls OpenBLAS on one thread, in its own thread, with the GIL released.
