@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from .sample_streams import cpu_autocast_enabled, stream_plan
 
 MODE_VARIABLE = "ISEGFORMER_CPU_BLAS"
 MODES = ("auto", "torch", "numpy")
@@ -126,8 +127,6 @@ def _numpy_uses_openblas() -> bool:
 
 def describe() -> str:
     """One line for benchmark reports: which BLAS a CPU click's linear layers use."""
-    from .sample_streams import stream_plan
-
     torch_blas = "MKL" if torch.backends.mkl.is_available() else "its own BLAS"
     setting = f"{MODE_VARIABLE}={mode()}"
     if not enabled():
@@ -310,7 +309,7 @@ def _applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if _autocast_on() or torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling() \
+    if cpu_autocast_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling() \
             or _transformed(x):
         return False
     return True
@@ -331,13 +330,6 @@ def _openblas_linear(x: torch.Tensor, weight: torch.Tensor,
     if bias is not None:
         out.add_(bias.detach())
     return out.view(*x.shape[:-1], weight.shape[0])
-
-
-def _autocast_on() -> bool:
-    try:
-        return bool(torch.is_autocast_enabled("cpu"))
-    except TypeError:  # older torch: no device argument
-        return bool(torch.is_autocast_cpu_enabled())
 
 
 def _transformed(x: torch.Tensor) -> bool:

@@ -68,7 +68,7 @@ def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor, split_a
     batch = int(tensors[0].shape[0])
     streams, per_stream = stream_plan(batch)
     if not parallel or getattr(_stream, "active", False) or any(t.device.type != "cpu" for t in tensors) \
-            or _cpu_autocast_enabled():
+            or cpu_autocast_enabled():
         streams = 1
     if streams == 1:
         if not split_always or batch < 2:
@@ -107,7 +107,8 @@ def run_in_streams(function: Callable[..., Any], *tensors: torch.Tensor, split_a
     return _joined([first, *results])
 
 
-def _cpu_autocast_enabled() -> bool:
+def cpu_autocast_enabled() -> bool:
+    """Whether CPU autocast is on in this thread."""
     try:
         return bool(torch.is_autocast_enabled("cpu"))
     except TypeError:  # older torch: no device argument
