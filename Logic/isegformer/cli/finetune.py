@@ -182,6 +182,7 @@ def resumed_data_options(args, out_dir: Path) -> tuple[argparse.Namespace, dict]
     refuses the resume if the data then differs from the run's."""
     from ..finetune.runs import TRAIN_SOURCE_OPTIONS, VAL_SOURCE_OPTIONS, recorded_data_selection
 
+    path_options = TRAIN_SOURCE_OPTIONS + VAL_SOURCE_OPTIONS
     chosen = argparse.Namespace(**vars(args))
     if not args.resume:
         return chosen, {}
@@ -198,13 +199,13 @@ def resumed_data_options(args, out_dir: Path) -> tuple[argparse.Namespace, dict]
             old = recorded[name]
         if new != old:
             given = getattr(args, name)
-            changes[name] = [recorded[name], new if name in _PATH_OPTIONS else given]
+            changes[name] = [recorded[name], new if name in path_options else given]
 
     def take(name, note=True):
         if name in recorded:
             value = recorded[name]
             setattr(chosen, name, [Path(v) for v in value] if isinstance(value, list)
-                    else Path(value) if value is not None and name in _PATH_OPTIONS else value)
+                    else Path(value) if value is not None and name in path_options else value)
             if value is not None:
                 taken.append(f"{_flag(name)} {' '.join(value) if isinstance(value, list) else value}")
         elif note:
@@ -231,10 +232,6 @@ def resumed_data_options(args, out_dir: Path) -> tuple[argparse.Namespace, dict]
     for name, (old, new) in changes.items():
         log.info("Resuming with %s %s (the run had %s).", _flag(name), new, old)
     return chosen, changes
-
-
-_PATH_OPTIONS = ("volumes", "labels", "images", "masks", "val_volumes", "val_labels",
-                 "val_images", "val_masks")
 
 
 def _load_slices(args):

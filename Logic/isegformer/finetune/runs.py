@@ -187,8 +187,9 @@ class RunLock:
     """The exclusive right to write a run folder, held for the whole run.
 
     The operating system's lock (:mod:`isegformer.os_lock`, as for the weights cache) goes away
-    with its holder, so a killed run never blocks the folder. The lock file stays in place after release: removing it would let a process that
-    opened the old file and one that creates a new one both believe they hold the lock. It
+    with its holder, so a killed run never blocks the folder. The lock file stays in place after
+    release: removing it would let a process that opened the old file and one that creates a
+    new one both believe they hold the lock. It
     records who holds it, so that a refused second writer can be told which process to wait for.
     """
 

@@ -106,15 +106,6 @@ def _read_stored(path: Path, shape: tuple[int, ...]) -> Optional[tuple[NiftiHead
     return fields, np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
 
 
-def stored_float_voxels(path: str | Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
-    """The (k, j, i) float voxels ``path`` stores (before any scaling), for an array of
-    ``shape``; ``None`` when the file is not a float NIfTI/Analyze this module reads, or its
-    layout does not match ``shape`` (then nothing is claimed). A float file is read once more;
-    any other costs a header read."""
-    stored = _read_stored(Path(path), shape)
-    return None if stored is None else stored[1]
-
-
 def _reader_scaling(fields: NiftiHeader) -> Optional[tuple[float, float]]:
     """(slope, intercept) ITK's reader applies, or None when it applies none.
 
